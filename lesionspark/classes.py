@@ -1,0 +1,21 @@
+"""The class map every stage shares (DESIGN.md: Classes)."""
+from __future__ import annotations
+
+# Canonical order: alphabetical, labels 0..6.
+CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+LABEL_OF: dict[str, int] = {dx: i for i, dx in enumerate(CLASSES)}
+MALIGNANT: frozenset[str] = frozenset({"mel", "bcc", "akiec"})
+BENIGN: frozenset[str] = frozenset({"nv", "bkl", "df", "vasc"})
+
+# The Kaggle "Skin Cancer MNIST: HAM10000" pixel files (hmnist_<s>_<s>_{L,RGB}.csv) use their own
+# label order. Checked by class counts: label 4 has 6,705 rows, which only nv has.
+HMNIST_LABELS: dict[int, str] = {0: "akiec", 1: "bcc", 2: "bkl", 3: "df", 4: "nv", 5: "vasc", 6: "mel"}
+
+
+def is_malignant(dx: str) -> bool:
+    return dx in MALIGNANT
+
+
+def binary_label(dx: str) -> int:
+    """Benign (0) / malignant (1), from the class map and nothing else."""
+    return int(dx in MALIGNANT)

@@ -1,0 +1,292 @@
+"""Ingest: HAM10000 layout (metadata CSV + image folders) or hmnist pixel CSV -> Petastorm splits.
+
+Driver side: read and validate the metadata (small), assign lesion-grouped splits, plan the joins.
+Executors: list files, read bytes, decode/resize/encode (``decode_partition``), write Parquet.
+Every input ends up written or in ``rejects`` with a reason; the job checks
+``written + rejected == inputs`` before it swaps the new dataset in.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, storage
+from .classes import CLASSES
+from .config import Config
+from .images import ImageRejected, decode_resize, sha256_hex
+from .metadata import parse_metadata
+from .progress import timed
+from .schema import FIELD_NAMES, encode_image, lesion_schema
+from .split import SPLITS, assign_splits, check_fractions
+
+log = logging.getLogger(__name__)
+
+META_FIELDS = ["image_id", "lesion_id", "dx", "label", "malignant", "dx_type", "age", "sex",
+               "localization", "split"]
+REJECT_FIELDS = ["image_id", "source", "reason", "detail"]
+# The image id is the file name without its extension.
+IMAGE_ID_FROM_PATH = r"([^/]+?)(\.[^./]*)?$"
+
+
+class IngestError(RuntimeError):
+    pass
+
+
+def decoded_schema():
+    from pyspark.sql.types import (BinaryType, ByteType, FloatType, IntegerType, StringType,
+                                   StructField, StructType)
+    types = {"label": IntegerType(), "malignant": ByteType(), "age": FloatType(), "image": BinaryType()}
+    cols = list(FIELD_NAMES) + ["split", "reason", "detail"]
+    return StructType([StructField(c, types.get(c, StringType()), True) for c in cols])
+
+
+def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int) -> pd.DataFrame:
+    """Decode, resize and PNG-encode one batch of (file bytes + metadata). Pure; runs in executors.
+
+    Rows that cannot be decoded keep ``image=None`` and get ``reason``/``detail``."""
+    schema = lesion_schema(size)
+    images, hashes, reasons, details = [], [], [], []
+    for data in batch["content"]:
+        data = bytes(data) if data is not None else b""
+        hashes.append(sha256_hex(data))
+        try:
+            images.append(encode_image(schema, decode_resize(data, size, mode, max_pixels)))
+            reasons.append(None)
+            details.append(None)
+        except ImageRejected as rej:
+            images.append(None)
+            reasons.append(rej.code)
+            details.append(rej.detail)
+    out = batch.drop(columns=["content"]).rename(columns={"path": "source"})
+    out["image"] = images
+    out["sha256"] = hashes
+    out["reason"] = reasons
+    out["detail"] = details
+    return out[list(FIELD_NAMES) + ["split", "reason", "detail"]]
+
+
+def _decode_partition(size: int, mode: str, max_pixels: int):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield decode_batch(batch, size, mode, max_pixels)
+    return run
+
+
+def _read_text(spark, uri: str) -> str:
+    rows = spark.read.text(uri, wholetext=True).collect()
+    if not rows:
+        raise IngestError(f"metadata file {uri} not found or empty")
+    return rows[0].value
+
+
+def _petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int) -> None:
+    from petastorm.etl.dataset_metadata import materialize_dataset
+    with materialize_dataset(spark, url, lesion_schema(size), rowgroup_mb):
+        df.select(*FIELD_NAMES).coalesce(max(1, n_files)).write.mode("overwrite").parquet(url)
+
+
+def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
+    """Run the ingest stage; returns the manifest (also written beside the dataset)."""
+    if cfg.get("ingest.hmnist", None):
+        from .hmnist import ingest_hmnist
+        return ingest_hmnist(spark, cfg, run_id)
+    from pyspark.sql import functions as F
+
+    t_start = time.perf_counter()
+    run_id = run_id or storage.new_run_id()
+    name = cfg.get("dataset.name")
+    size = int(cfg.get("dataset.image_size"))
+    mode = cfg.get("dataset.resize")
+    meta_uri = cfg.get("ingest.metadata", None)
+    image_uris = cfg.get("ingest.images", []) or []
+    if isinstance(image_uris, str):
+        image_uris = [u for u in image_uris.split(",") if u]
+    if not meta_uri or not image_uris:
+        raise IngestError("ingest needs ingest.metadata (the metadata CSV) and ingest.images "
+                          "(one or more image folders), or ingest.hmnist (a pixel CSV)")
+    meta_uri = storage.normalize_uri(meta_uri)
+    image_uris = [storage.normalize_uri(u) for u in image_uris]
+    fractions = check_fractions(cfg.get("ingest.split"))
+    seed = int(cfg.get("ingest.split.seed"))
+    max_bytes = int(cfg.get("ingest.max_file_bytes"))
+    max_pixels = int(cfg.get("ingest.max_image_pixels"))
+    layout = storage.Layout(cfg.get("storage.root"))
+    log.info("ingest %s: metadata %s, images %s -> %s (run %s, %dpx %s)", name, meta_uri,
+             ", ".join(image_uris), layout.dataset(name), run_id, size, mode)
+
+    # 1. Metadata: parsed and validated on the driver (about 100 bytes a row).
+    with timed(log, "metadata", "rows") as step:
+        text = _read_text(spark, meta_uri)
+        records, meta_rejects = parse_metadata(text, meta_uri)
+        step.count = len(records) + len(meta_rejects)
+    if records.empty:
+        raise IngestError(f"{meta_uri}: no usable metadata rows ({len(meta_rejects)} rejected)")
+    records["split"] = assign_splits(records, fractions, seed)
+    meta = spark.createDataFrame(records[META_FIELDS].astype({"age": "float64"}))
+    meta = meta.withColumn("label", F.col("label").cast("int")) \
+               .withColumn("malignant", F.col("malignant").cast("byte")) \
+               .withColumn("age", F.col("age").cast("float"))
+    known_ids = spark.createDataFrame(
+        pd.DataFrame({"image_id": pd.concat([records["image_id"], meta_rejects["image_id"]]).dropna().unique()}))
+
+    # 2. Listing (no file contents read): match files to rows by file name without extension.
+    def files(with_content: bool):
+        reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+        glob = cfg.get("ingest.image_glob", None)
+        if glob:
+            reader = reader.option("pathGlobFilter", glob)
+        df = reader.load(image_uris).withColumn("image_id", F.regexp_extract("path", IMAGE_ID_FROM_PATH, 1))
+        return df.select("path", "length", "image_id", *(["content"] if with_content else []))
+
+    with timed(log, "listing", "files") as step:
+        listing = files(False).cache()
+        n_files = listing.count()
+        step.count = n_files
+    # The first path (sorted) of an image id is its file; other copies are duplicates.
+    chosen = listing.groupBy("image_id").agg(F.min("path").alias("chosen"), F.count("*").alias("copies"))
+    dup_rows = chosen.filter("copies > 1").collect()
+    dup_chosen = {r.chosen for r in dup_rows}
+    dup_ids = [r.image_id for r in dup_rows]
+
+    rejects = [spark.createDataFrame(meta_rejects, "image_id string, source string, reason string, detail string")]
+    orphan = listing.join(known_ids, "image_id", "left_anti").select(
+        "image_id", F.col("path").alias("source"), F.lit("no_metadata_row").alias("reason"),
+        F.lit("no row of the metadata file names this image").alias("detail"))
+    rejects.append(orphan)
+    if dup_ids:
+        extra = listing.join(known_ids, "image_id").join(chosen.filter("copies > 1"), "image_id") \
+            .filter(F.col("path") != F.col("chosen"))
+        rejects.append(extra.select("image_id", F.col("path").alias("source"),
+                                    F.lit("duplicate_image_file").alias("reason"),
+                                    F.concat(F.lit("another file has this image id and was used: "),
+                                             F.col("chosen")).alias("detail")))
+    chosen_files = listing.filter(~F.col("image_id").isin(dup_ids) | F.col("path").isin(list(dup_chosen)))
+    missing = meta.join(chosen_files.select("image_id"), "image_id", "left_anti").select(
+        "image_id", F.lit(meta_uri).alias("source"), F.lit("image_missing").alias("reason"),
+        F.lit("no image file named <image_id>.<ext> in the image folders").alias("detail"))
+    rejects.append(missing)
+    too_large = chosen_files.filter(F.col("length") > max_bytes).join(meta.select("image_id"), "image_id")
+    rejects.append(too_large.select("image_id", F.col("path").alias("source"),
+                                    F.lit("file_too_large").alias("reason"),
+                                    F.concat(F.col("length").cast("string"),
+                                             F.lit(f" bytes > ingest.max_file_bytes={max_bytes}")).alias("detail")))
+
+    # 3. Decode in executors: only chosen files within the size limit are read.
+    content = files(True).filter(F.col("length") <= max_bytes)
+    if dup_ids:
+        content = content.filter(~F.col("image_id").isin(dup_ids) | F.col("path").isin(list(dup_chosen)))
+    joined = content.drop("length").join(F.broadcast(meta), "image_id")
+    decoded = joined.mapInPandas(_decode_partition(size, mode, max_pixels), decoded_schema())
+    from pyspark import StorageLevel
+    decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
+    with timed(log, f"decode+resize to {size}px ({joined.rdd.getNumPartitions()} tasks)") as step:
+        step.count = decoded.count()
+    decode_seconds = step.seconds
+    n_rows = len(records) + len(meta_rejects)
+    non_chosen = n_files - chosen_files.count()
+    orphan_chosen = chosen_files.join(known_ids, "image_id", "left_anti").count()
+    inputs = {"metadata": meta_uri, "images": image_uris, "metadata_rows": n_rows, "image_files": n_files,
+              "total": n_rows + non_chosen + orphan_chosen}
+    manifest = write_dataset(spark, cfg, run_id, decoded, rejects, records, inputs,
+                             hashlib.sha256(text.encode()).hexdigest(), decode_seconds,
+                             extra={"lesion_grouped": True})
+    listing.unpersist()
+    log.info("ingest %s: done in %.1fs -> %s", name, time.perf_counter() - t_start, layout.dataset(name))
+    return manifest
+
+
+def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, records: pd.DataFrame,
+                  inputs: dict, source_digest: str, decode_seconds: float, extra: dict | None = None) -> dict:
+    """Write splits, rejects and manifest under a staging directory and swap it in, but only when
+    ``written + rejected == inputs['total']``. ``decoded`` has the decoded schema and is persisted."""
+    from pyspark.sql import functions as F
+
+    name = cfg.get("dataset.name")
+    size = int(cfg.get("dataset.image_size"))
+    layout = storage.Layout(cfg.get("storage.root"))
+    fractions = check_fractions(cfg.get("ingest.split"))
+    seed = int(cfg.get("ingest.split.seed"))
+    stats = decoded.groupBy("split", "dx", "reason").count().collect()
+    rejects = rejects + [decoded.filter(F.col("reason").isNotNull()).select(*REJECT_FIELDS)]
+    all_rejects = rejects[0]
+    for r in rejects[1:]:
+        all_rejects = all_rejects.unionByName(r)
+    all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
+    written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
+    for r in stats:
+        if r["reason"] is None:
+            written[r["split"]][r["dx"]] += r["count"]
+    rowgroup_mb = int(cfg.get("ingest.rowgroup_size_mb"))
+    rows_per_file = int(cfg.get("ingest.rows_per_file"))
+    with storage.AtomicDir(layout.dataset(name), run_id) as staging:
+        with timed(log, "write petastorm splits", "records") as step:
+            for s in SPLITS:
+                n = sum(written[s].values())
+                part = decoded.filter((F.col("split") == s) & F.col("reason").isNull())
+                _petastorm_write(spark, part, f"{staging}/{s}", size, rowgroup_mb, -(-n // rows_per_file))
+                log.info("  %-5s %6d records %s", s, n, {k: v for k, v in written[s].items() if v})
+            step.count = sum(sum(v.values()) for v in written.values())
+        all_rejects.coalesce(1).write.mode("overwrite").parquet(f"{staging}/rejects")
+        rej_counts = {r["reason"]: r["count"] for r in
+                      spark.read.parquet(f"{staging}/rejects").groupBy("reason").count().collect()}
+        n_written = step.count
+        n_rejected = sum(rej_counts.values())
+        log.info("ingest %s: %d inputs -> %d written + %d rejected", name, inputs["total"], n_written, n_rejected)
+        for reason, n in sorted(rej_counts.items(), key=lambda kv: -kv[1]):
+            log.info("  rejected %-22s %6d", reason, n)
+        if n_written + n_rejected != inputs["total"]:
+            raise IngestError(f"accounting failed: {n_written} written + {n_rejected} rejected != "
+                              f"{inputs['total']} inputs; the previous dataset was left in place")
+        n_decoded = sum(r["count"] for r in stats)
+        manifest = {
+            "dataset": name, "run_id": run_id,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "format": "petastorm", "image_size": size, "resize": cfg.get("dataset.resize"), "channels": 3,
+            "classes": list(CLASSES), "fields": list(FIELD_NAMES),
+            "inputs": inputs,
+            "counts": {"written": n_written, "rejected": n_rejected,
+                       "by_split": {s: {"total": sum(written[s].values()), "per_class": written[s]}
+                                    for s in SPLITS},
+                       "lesions_by_split": records.groupby("split")["lesion_id"].nunique().to_dict(),
+                       "rejected_by_reason": rej_counts},
+            "split": {"fractions": fractions, "seed": seed, "grouped_by": "lesion_id", "stratified_by": "dx"},
+            "parameters": {"max_file_bytes": int(cfg.get("ingest.max_file_bytes")),
+                           "max_image_pixels": int(cfg.get("ingest.max_image_pixels")),
+                           "rowgroup_size_mb": rowgroup_mb, "codec": "png"},
+            "timing": {"decode_seconds": round(decode_seconds, 2),
+                       "decode_images_per_s": round(n_decoded / max(decode_seconds, 1e-9), 1)},
+            "fingerprint": _fingerprint(source_digest, decoded, cfg),
+            "versions": _versions(),
+            **(extra or {}),
+        }
+        storage.write_json(f"{staging}/manifest.json", manifest)
+    decoded.unpersist()
+    return manifest
+
+
+def _fingerprint(source_digest: str, decoded, cfg: Config) -> str:
+    """Order-independent digest of what was written: metadata bytes, every written image's
+    (image_id, sha256, split) and the parameters that shape the records."""
+    from pyspark.sql import functions as F
+    row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
+    agg = decoded.filter(F.col("reason").isNull()).select(
+        F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("s"),
+        F.count("*").alias("n")).collect()[0]
+    h = hashlib.sha256()
+    params = [cfg.get("dataset.image_size"), cfg.get("dataset.resize"), cfg.get("ingest.split")]
+    for part in (source_digest, str(agg["s"]), str(agg["n"]), repr(params)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import petastorm
+    import pyarrow
+    import pyspark
+    return {"lesionspark": __version__, "pyspark": pyspark.__version__, "pyarrow": pyarrow.__version__,
+            "petastorm": petastorm.__version__, "numpy": np.__version__}

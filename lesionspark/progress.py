@@ -1,0 +1,42 @@
+"""Logging set-up and timed, counted log lines for long work."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import contextmanager
+
+
+def setup_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_lesionspark", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               "%H:%M:%S"))
+        handler._lesionspark = True
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("py4j", "petastorm", "pyarrow", "tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Step:
+    """``with timed(log, 'decode') as step: ...; step.count = n`` logs duration and rate."""
+
+    def __init__(self):
+        self.count: int | None = None
+        self.seconds = 0.0
+
+
+@contextmanager
+def timed(log: logging.Logger, what: str, unit: str = "img"):
+    step = Step()
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield step
+    step.seconds = time.perf_counter() - start
+    if step.count is not None and step.seconds > 0:
+        log.info("%s: %d %s in %.1fs (%.1f %s/s)", what, step.count, unit, step.seconds,
+                 step.count / step.seconds, unit)
+    else:
+        log.info("%s: done in %.1fs", what, step.seconds)

@@ -1,0 +1,40 @@
+"""Petastorm Unischema of lesion records (DESIGN.md: Lesion records) and record encoding."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from petastorm.codecs import CompressedImageCodec, ScalarCodec
+from petastorm.unischema import Unischema, UnischemaField
+from pyspark.sql.types import ByteType, FloatType, IntegerType, StringType
+
+# Scalar fields in DESIGN.md order; the image field is inserted after them by size.
+SCALAR_FIELDS = (
+    ("image_id", np.str_, StringType(), False),
+    ("lesion_id", np.str_, StringType(), False),
+    ("dx", np.str_, StringType(), False),
+    ("label", np.int32, IntegerType(), False),
+    ("malignant", np.int8, ByteType(), False),
+    ("dx_type", np.str_, StringType(), False),
+    ("age", np.float32, FloatType(), True),
+    ("sex", np.str_, StringType(), False),
+    ("localization", np.str_, StringType(), False),
+    ("sha256", np.str_, StringType(), False),
+    ("source", np.str_, StringType(), False),
+)
+FIELD_NAMES = tuple(f[0] for f in SCALAR_FIELDS[:5]) + ("image",) + tuple(f[0] for f in SCALAR_FIELDS[5:])
+
+
+@lru_cache(maxsize=None)
+def lesion_schema(size: int) -> Unischema:
+    """The Unischema for ``size x size`` RGB images (PNG-compressed, lossless)."""
+    fields = [UnischemaField(name, dtype, (), ScalarCodec(spark_type), nullable)
+              for name, dtype, spark_type, nullable in SCALAR_FIELDS]
+    image = UnischemaField("image", np.uint8, (size, size, 3), CompressedImageCodec("png"), False)
+    fields.insert(5, image)
+    return Unischema(f"LesionRecord{size}", fields)
+
+
+def encode_image(schema: Unischema, image: np.ndarray) -> bytes:
+    """PNG bytes as Petastorm stores them (its codec handles the RGB/BGR order)."""
+    return bytes(schema.fields["image"].codec.encode(schema.fields["image"], image))

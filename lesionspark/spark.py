@@ -1,0 +1,51 @@
+"""SparkSession factory: local mode by default, a cluster's settings untouched under spark-submit."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+def under_spark_submit() -> bool:
+    """True when the Python driver was launched by spark-submit (the JVM already exists)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(cfg: Config):
+    """Return the active SparkSession, creating one if needed.
+
+    Under ``spark-submit`` (or when a session already exists) master, memory and every setting the
+    user gave are kept; lesionspark's ``spark.conf`` defaults (Arrow on, batch size) are applied
+    only where the user left them unset. Otherwise a local session is started with
+    ``spark.master`` from the configuration, and the Python workers use this interpreter.
+    """
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    defaults = {k: str(v) for k, v in (cfg.get("spark.conf", {}) or {}).items()}
+    builder = SparkSession.builder.appName(cfg.get("spark.app_name", "lesionspark"))
+    if under_spark_submit():
+        present = dict(SparkConf().getAll())
+        for key, value in defaults.items():
+            if key not in present:
+                builder = builder.config(key, value)
+    else:
+        # Python workers must run this interpreter (the venv's), not whatever is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = builder.master(cfg.get("spark.master", "local[*]"))
+        builder = builder.config("spark.driver.memory", cfg.get("spark.driver_memory", "4g"))
+        for key, value in defaults.items():
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.get("spark.log_level", "WARN"))
+    log.info("spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
+             spark.sparkContext.defaultParallelism)
+    return spark
