@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from typing import Iterator
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,13 @@ IMAGE_ID_FROM_PATH = r"([^/]+?)(\.[^./]*)?$"
 
 class IngestError(RuntimeError):
     pass
+
+
+def hadoop_path(uri: str) -> str:
+    """A file-index URI (``file:///a/b%20c.jpg``) as the binaryFile ``path`` column spells it
+    (Hadoop ``Path.toString``: ``file:/a/b c.jpg``)."""
+    uri = unquote(uri)
+    return "file:/" + uri[len("file:///"):] if uri.startswith("file:///") else uri
 
 
 def decoded_schema():
@@ -140,7 +148,13 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
         glob = cfg.get("ingest.image_glob", None)
         if glob:
             reader = reader.option("pathGlobFilter", glob)
-        df = reader.load(image_uris).withColumn("image_id", F.regexp_extract("path", IMAGE_ID_FROM_PATH, 1))
+        df = reader.load(image_uris)
+        if not with_content:
+            # Spark's file scan skips 0-byte files; its file index (inputFiles) does not, so the
+            # listing starts from the index and takes lengths from the scan.
+            index = spark.createDataFrame([(hadoop_path(p),) for p in df.inputFiles()], "path string")
+            df = index.join(df.select("path", "length"), "path", "left").fillna(0, ["length"])
+        df = df.withColumn("image_id", F.regexp_extract("path", IMAGE_ID_FROM_PATH, 1))
         return df.select("path", "length", "image_id", *(["content"] if with_content else []))
 
     with timed(log, "listing", "files") as step:
@@ -171,13 +185,16 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
         F.lit("no image file named <image_id>.<ext> in the image folders").alias("detail"))
     rejects.append(missing)
     too_large = chosen_files.filter(F.col("length") > max_bytes).join(meta.select("image_id"), "image_id")
+    empty = chosen_files.filter(F.col("length") == 0).join(meta.select("image_id"), "image_id")
+    rejects.append(empty.select("image_id", F.col("path").alias("source"), F.lit("empty_file").alias("reason"),
+                                F.lit("the file has 0 bytes").alias("detail")))
     rejects.append(too_large.select("image_id", F.col("path").alias("source"),
                                     F.lit("file_too_large").alias("reason"),
                                     F.concat(F.col("length").cast("string"),
                                              F.lit(f" bytes > ingest.max_file_bytes={max_bytes}")).alias("detail")))
 
     # 3. Decode in executors: only chosen files within the size limit are read.
-    content = files(True).filter(F.col("length") <= max_bytes)
+    content = files(True).filter((F.col("length") > 0) & (F.col("length") <= max_bytes))
     if dup_ids:
         content = content.filter(~F.col("image_id").isin(dup_ids) | F.col("path").isin(list(dup_chosen)))
     joined = content.drop("length").join(F.broadcast(meta), "image_id")

@@ -1,0 +1,47 @@
+"""Shared fixtures: one local SparkSession and generated data made once per test session."""
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+GENUINE = resources.files("lesionspark").joinpath("data/ham10000")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+    session = (SparkSession.builder.master("local[2]").appName("lesionspark-tests")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+               .config("spark.driver.memory", "2g")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def genuine_dir() -> Path:
+    return Path(str(GENUINE))
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory):
+    """120 generated images following the genuine metadata, plus the 56 genuine JPEGs."""
+    from lesionspark.synth import synth
+    out = tmp_path_factory.mktemp("synth")
+    return synth(str(out), n_images=120, seed=3, with_genuine=True, workers=2, progress=False)
+
+
+def make_cfg(root, **keys):
+    from lesionspark.config import Config
+    cfg = Config.load(overrides=["spark.master=local[2]"])
+    return cfg.with_overrides({"storage.root": str(root), **{k.replace("__", "."): v for k, v in keys.items()}})
