@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import unquote
 
@@ -85,6 +86,28 @@ def _decode_partition(size: int, mode: str, max_pixels: int):
     return run
 
 
+@contextmanager
+def sql_conf(spark, **settings):
+    """Set SQL confs for the duration of a block, then restore the session's own values."""
+    keys = {k.replace("_", "."): str(v) for k, v in settings.items()}
+    before = {k: spark.conf.get(k, None) for k in keys}
+    for k, v in keys.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
+
+
+def file_partitioning(n_files: int, total_bytes: int, files_per_task: int) -> dict:
+    """Scan settings that put about ``files_per_task`` files in a task. Spark's default charges
+    every file a 4 MB open cost, so a task gets only ~32 JPEGs and per-task overhead dominates."""
+    avg = max(1, total_bytes // max(1, n_files))
+    return {"spark_sql_files_maxPartitionBytes": max(avg * files_per_task, 1 << 20),
+            "spark_sql_files_openCostInBytes": max(1, avg // 8)}
+
+
 def _read_text(spark, uri: str) -> str:
     rows = spark.read.text(uri, wholetext=True).collect()
     if not rows:
@@ -157,9 +180,10 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
         df = df.withColumn("image_id", F.regexp_extract("path", IMAGE_ID_FROM_PATH, 1))
         return df.select("path", "length", "image_id", *(["content"] if with_content else []))
 
-    with timed(log, "listing", "files") as step:
+    with timed(log, "listing", "files") as step, sql_conf(spark, **file_partitioning(1, 1 << 30, 1)):
         listing = files(False).cache()
-        n_files = listing.count()
+        n_files, total_bytes = listing.agg(F.count("*"), F.sum("length")).collect()[0]
+        total_bytes = total_bytes or 0
         step.count = n_files
     # The first path (sorted) of an image id is its file; other copies are duplicates.
     chosen = listing.groupBy("image_id").agg(F.min("path").alias("chosen"), F.count("*").alias("copies"))
@@ -201,7 +225,9 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     decoded = joined.mapInPandas(_decode_partition(size, mode, max_pixels), decoded_schema())
     from pyspark import StorageLevel
     decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
-    with timed(log, f"decode+resize to {size}px ({joined.rdd.getNumPartitions()} tasks)") as step:
+    scan = file_partitioning(n_files, total_bytes, int(cfg.get("ingest.files_per_task")))
+    scan["spark_sql_execution_arrow_maxRecordsPerBatch"] = int(cfg.get("ingest.arrow_batch_rows"))
+    with sql_conf(spark, **scan), timed(log, f"decode+resize to {size}px") as step:
         step.count = decoded.count()
     decode_seconds = step.seconds
     n_rows = len(records) + len(meta_rejects)
