@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", dest="dataset.name", help="dataset name (dataset.name)")
     p.add_argument("--size", dest="dataset.image_size", type=int, help="image size (dataset.image_size)")
 
+    p = sub.add_parser("balance", help="SMOTE / oversample / class weights on the training split")
+    _common(p)
+    p.add_argument("--name", dest="dataset.name", help="dataset name (dataset.name)")
+    p.add_argument("--method", dest="balance.method", choices=["smote", "oversample", "weights", "none"])
+    p.add_argument("--target", dest="balance.target", choices=["majority", "ratio", "counts"])
+    p.add_argument("--ratio", dest="balance.ratio", type=float)
+
     p = sub.add_parser("demo", help="the pipeline on a built-in default: no cluster, no downloads")
     _common(p)
     p.add_argument("--n-images", dest="synth.n_images", type=int, help="generated images (synth.n_images)")
@@ -93,6 +100,12 @@ def run_ingest(cfg: Config) -> dict:
     return {k: manifest[k] for k in ("dataset", "run_id", "image_size", "counts", "timing", "fingerprint")}
 
 
+def run_balance(cfg: Config) -> dict:
+    from .balance import balance
+    from .spark import get_spark
+    return balance(get_spark(cfg), cfg)
+
+
 def run_demo(cfg: Config) -> dict:
     """Synth a small HAM10000-shaped set (plus the 56 genuine JPEGs) and ingest it."""
     from . import storage
@@ -113,7 +126,7 @@ def run_demo(cfg: Config) -> dict:
     return summary
 
 
-STAGES = {"synth": run_synth, "ingest": run_ingest, "demo": run_demo}
+STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "demo": run_demo}
 
 
 if __name__ == "__main__":

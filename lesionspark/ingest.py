@@ -115,10 +115,11 @@ def _read_text(spark, uri: str) -> str:
     return rows[0].value
 
 
-def _petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int) -> None:
+def _petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int, schema=None) -> None:
     from petastorm.etl.dataset_metadata import materialize_dataset
-    with materialize_dataset(spark, url, lesion_schema(size), rowgroup_mb):
-        df.select(*FIELD_NAMES).coalesce(max(1, n_files)).write.mode("overwrite").parquet(url)
+    schema = schema or lesion_schema(size)
+    with materialize_dataset(spark, url, schema, rowgroup_mb):
+        df.select(*schema.fields.keys()).coalesce(max(1, n_files)).write.mode("overwrite").parquet(url)
 
 
 def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:

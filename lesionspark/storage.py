@@ -136,3 +136,6 @@ class Layout:
 
     def manifest(self, name: str) -> str:
         return join(self.dataset(name), "manifest.json")
+
+    def balanced(self, name: str, method: str) -> str:
+        return join(self.root, "balanced", name, method)
