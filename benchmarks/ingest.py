@@ -62,6 +62,8 @@ def main():
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from lesionspark.progress import setup_logging
+    setup_logging("INFO")
     cv2.setNumThreads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-"))
     from lesionspark.synth import synth

@@ -74,7 +74,10 @@ def _output_schema():
 
 def synthesize_group(pdf: pd.DataFrame, method: str, targets: Mapping[str, int], size: int, k: int,
                      seed: int, neighbor_size: int | None, chunk_rows: int, synth_chunk_rows: int) -> pd.DataFrame:
-    """New rows for one class (all of its training rows in ``pdf``). Runs in an executor."""
+    """New rows for one class (all of its training rows in ``pdf``). Runs in an executor.
+
+    The caller range-partitions by label first: one class per task, never two classes hashed
+    into one task while another task idles."""
     pdf = pdf.sort_values("image_id").reset_index(drop=True)  # order-independent of the shuffle
     dx = pdf["dx"].iloc[0]
     n_new = targets[dx] - len(pdf)
@@ -160,7 +163,7 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
                 args = (method, targets, size, k, seed, cfg.get("balance.neighbor_size", None),
                         int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
                 new = train.filter(F.col("dx").isin(list(grow))).select(*FIELD_NAMES) \
-                    .repartition(len(grow), "label") \
+                    .repartitionByRange(len(grow), "label") \
                     .groupBy("label").applyInPandas(lambda pdf: synthesize_group(pdf, *args), _output_schema())
                 out = originals.unionByName(new)
             from .ingest import _petastorm_write

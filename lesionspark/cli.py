@@ -107,7 +107,7 @@ def run_balance(cfg: Config) -> dict:
 
 
 def run_demo(cfg: Config) -> dict:
-    """Synth a small HAM10000-shaped set (plus the 56 genuine JPEGs) and ingest it."""
+    """Synth a small HAM10000-shaped set (plus the 56 genuine JPEGs), ingest it, balance it."""
     from . import storage
     start = time.perf_counter()
     root = storage.normalize_uri(cfg.get("storage.root"))
@@ -115,12 +115,15 @@ def run_demo(cfg: Config) -> dict:
         raise ConfigError("the demo writes its generated images to a local storage.root")
     out = root[len("file://"):] + "/raw/demo"
     cfg = cfg.with_overrides({"synth.out": out})
-    log.info("demo 1/2: synth %d generated images + 56 genuine into %s", cfg.get("synth.n_images"), out)
+    log.info("demo 1/3: synth %d generated images + 56 genuine into %s", cfg.get("synth.n_images"), out)
     made = run_synth(cfg)
     cfg = cfg.with_overrides({"ingest.metadata": made["metadata"], "ingest.images": made["images"],
                               "dataset.name": cfg.get("dataset.name")})
-    log.info("demo 2/2: ingest")
+    log.info("demo 2/3: ingest")
     summary = run_ingest(cfg)
+    log.info("demo 3/3: balance (%s)", cfg.get("balance.method"))
+    balanced = run_balance(cfg)
+    summary["balance"] = {k: balanced[k] for k in ("method", "before", "after", "class_weights")}
     summary["demo_seconds"] = round(time.perf_counter() - start, 1)
     summary["dataset_uri"] = storage.Layout(root).dataset(cfg.get("dataset.name"))
     return summary

@@ -62,6 +62,25 @@ class ChunkedNeighbors(NearestNeighbors):
         return (dist, idx) if return_distance else idx
 
 
+class FixedNeighbors(NearestNeighbors):
+    """Neighbours computed once per class and handed to SMOTE in every synthesis round
+    (imbalanced-learn clones its estimator per call, so the table travels as a parameter)."""
+
+    def __init__(self, n_neighbors=6, indices=None):
+        super().__init__(n_neighbors=n_neighbors)
+        self.indices = indices
+
+    def fit(self, X, y=None):
+        if len(X) != len(self.indices):
+            raise ValueError("FixedNeighbors: the class changed between search and synthesis")
+        self.n_samples_fit_ = len(X)
+        return self
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        idx = self.indices[:, : (n_neighbors or self.n_neighbors)]
+        return (np.zeros(idx.shape), idx) if return_distance else idx
+
+
 class LineageSMOTE(SMOTE):
     """imbalanced-learn's SMOTE, recording (parent, neighbour, step) for each synthetic sample."""
 
@@ -90,12 +109,14 @@ def smote_class(images: np.ndarray, n_new: int, k: int, seed: int, neighbor_size
     placeholder = np.zeros((1, flat.shape[1]), np.int16)
     X = np.vstack([flat, placeholder])
     y = np.r_[np.ones(n, int), 0]
+    search = ChunkedNeighbors(n_neighbors=k_eff + 1, chunk_rows=chunk_rows, image_shape=shape,
+                              neighbor_size=neighbor_size).fit(flat)
+    table = search.kneighbors(flat, return_distance=False)  # once per class, reused by every round
     out, parents, neighbours, steps = [], [], [], []
     done, rnd = 0, 0
     while done < n_new:
         m = min(synth_chunk_rows, n_new - done)
-        nn = ChunkedNeighbors(n_neighbors=k_eff + 1, chunk_rows=chunk_rows, image_shape=shape,
-                              neighbor_size=neighbor_size)
+        nn = FixedNeighbors(n_neighbors=k_eff + 1, indices=table)
         sm = LineageSMOTE(sampling_strategy={1: n + m}, k_neighbors=nn, random_state=seed + 7919 * rnd)
         Xr, _ = sm.fit_resample(X, y)
         new = Xr[n + 1:]

@@ -1,0 +1,139 @@
+"""Balance (SMOTE) at HAM10000's class structure: the Spark job vs imbalanced-learn on the whole matrix.
+
+Data: all 10,015 rows of the genuine metadata file (nv 6705 ... df 115) as the training split,
+each with a GENERATED 64x64 image (lesionspark.synth's renderer). Same data, same run:
+
+  spark     `balance` (method smote, every class up to the majority), local[2]: reads the
+            Petastorm split, SMOTE per class in executors, PNG-encodes and writes 46,935 rows
+  imblearn  SMOTE(k=5).fit_resample on the whole float32 pixel matrix in one process (in memory,
+            nothing written), in a subprocess so its peak RSS is its own
+
+Peak memory: the largest RSS of any Spark Python worker (polled every 0.1 s) vs the imblearn process.
+
+    .venv/bin/python benchmarks/balance.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+SIZE = 64
+
+
+def _render(args):
+    from PIL import Image
+    from lesionspark.synth import lesion_params, render
+    lesion_id, image_id, dx = args
+    img = render(lesion_params(lesion_id, dx, 0), image_id, 0, 128, 96)
+    return np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR))
+
+
+def make_data(work: Path):
+    from lesionspark.classes import LABEL_OF, binary_label
+    from lesionspark.schema import encode_image, lesion_schema
+    from lesionspark.synth import genuine_metadata
+    meta = genuine_metadata()
+    with ProcessPoolExecutor(2) as pool:
+        images = np.stack(list(pool.map(_render, zip(meta.lesion_id, meta.image_id, meta.dx), chunksize=256)))
+    np.save(work / "X.npy", images.reshape(len(images), -1))
+    np.save(work / "y.npy", meta.dx.map(LABEL_OF).to_numpy())
+    schema = lesion_schema(SIZE)
+    pdf = pd.DataFrame({
+        "image_id": meta.image_id, "lesion_id": meta.lesion_id, "dx": meta.dx,
+        "label": meta.dx.map(LABEL_OF).astype("int32"), "malignant": meta.dx.map(binary_label).astype("int8"),
+        "image": [encode_image(schema, im) for im in images], "dx_type": meta.dx_type,
+        "age": pd.to_numeric(meta.age, errors="coerce").astype("float32"), "sex": meta.sex,
+        "localization": meta.localization, "sha256": "0" * 64, "source": "generated"})
+    return pdf
+
+
+def imblearn_child(work: str):
+    from imblearn.over_sampling import SMOTE
+    X = np.load(f"{work}/X.npy").astype(np.float32)
+    y = np.load(f"{work}/y.npy")
+    start = time.perf_counter()
+    Xr, yr = SMOTE(k_neighbors=5, random_state=0).fit_resample(X, y)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "rows": len(yr), "counts": np.bincount(yr).tolist(),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+class WorkerPeak(threading.Thread):
+    """Largest RSS of any pyspark Python worker process while running."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0, False
+
+    def run(self):
+        while not self.stop:
+            for p in psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "pyspark.daemon" in cmd or "pyspark/worker" in cmd or "pyspark.worker" in cmd:
+                    self.peak = max(self.peak, p.info["memory_info"].rss)
+            time.sleep(0.1)
+
+
+def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--imblearn-child":
+        return imblearn_child(sys.argv[2])
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from lesionspark.progress import setup_logging
+    setup_logging("INFO")
+    work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-balance-"))
+    t = time.perf_counter()
+    pdf = make_data(work)
+    print(f"data: {len(pdf)} rows (genuine metadata, GENERATED {SIZE}x{SIZE} images) in "
+          f"{time.perf_counter() - t:.0f}s; counts {pdf.dx.value_counts().to_dict()}", flush=True)
+
+    from lesionspark import storage
+    from lesionspark.balance import balance
+    from lesionspark.config import Config
+    from lesionspark.ingest import _petastorm_write
+    from lesionspark.spark import get_spark
+    root = work / "root"
+    cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
+                                 "dataset.name=bench"]).with_overrides({"storage.root": str(root)})
+    spark = get_spark(cfg)
+    layout = storage.Layout(str(root))
+    _petastorm_write(spark, spark.createDataFrame(pdf), layout.split("bench", "train"), SIZE, 32, 5)
+    storage.write_json(layout.manifest("bench"), {"image_size": SIZE, "fingerprint": "benchmark"})
+
+    peak = WorkerPeak()
+    peak.start()
+    start = time.perf_counter()
+    summary = balance(spark, cfg.with_overrides({"balance.method": "smote"}))
+    spark_seconds = time.perf_counter() - start
+    peak.stop = True
+    peak.join()
+    spark.stop()
+
+    child = subprocess.run([sys.executable, __file__, "--imblearn-child", str(work)], capture_output=True, text=True)
+    imb = json.loads(child.stdout.strip().splitlines()[-1])
+    largest_minority = sorted(summary["before"].values())[-2]
+    print(f"\n{'':<36}{'seconds':>9}{'peak MB':>10}")
+    print(f"{'spark balance (local[2], writes)':<36}{spark_seconds:>9.1f}{peak.peak / 2**20:>10.0f}  (largest Python worker)")
+    print(f"{'imblearn SMOTE, whole matrix':<36}{imb['seconds']:>9.1f}{imb['peak_rss_mb']:>10.0f}  (whole process)")
+    print(f"spark / imblearn time: {spark_seconds / imb['seconds']:.2f}x")
+    print(f"after: spark {summary['after']}; imblearn counts {imb['counts']} ({imb['rows']} rows)")
+    print(f"largest class SMOTE works on: {largest_minority} rows x {SIZE * SIZE * 3} features "
+          f"(int16: {largest_minority * SIZE * SIZE * 3 * 2 / 2**20:.0f} MB)")
+    print(json.dumps({"spark_seconds": round(spark_seconds, 1), "spark_worker_peak_mb": round(peak.peak / 2**20),
+                      "imblearn_seconds": round(imb["seconds"], 1), "imblearn_peak_mb": round(imb["peak_rss_mb"])}))
+
+
+if __name__ == "__main__":
+    main()
