@@ -1,0 +1,139 @@
+"""Keras model builders, one per architecture, and the preprocessing each one names.
+
+Models take uint8-range RGB images (float32 tensors of 0..255) after ``preprocess(name, x)``;
+the name is stored in the model card so scoring applies exactly the same function.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("cnn", "resnet50", "efficientnet")
+PREPROCESSING = {"cnn": "scale_0_1", "resnet50": "resnet50_caffe", "efficientnet": "efficientnet_identity"}
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def preprocess(name: str, images):
+    """The named preprocessing, on a float32 batch of RGB 0..255 (numpy or tensor)."""
+    import tensorflow as tf
+    if name == "scale_0_1":
+        return tf.cast(images, tf.float32) / 255.0
+    if name == "resnet50_caffe":  # RGB -> BGR, ImageNet mean subtracted (Keras' own function)
+        return tf.keras.applications.resnet50.preprocess_input(tf.cast(images, tf.float32))
+    if name == "efficientnet_identity":  # EfficientNet rescales inside the model
+        return tf.cast(images, tf.float32)
+    raise ValueError(f"unknown preprocessing {name!r}")
+
+
+def _weights_arg(weights):
+    if weights in (None, "none", "None"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not os.path.exists(str(weights)):
+        raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet or a path)")
+    return str(weights)
+
+
+def _backbone(factory, name: str, size: int, weights):
+    import tensorflow as tf
+    inputs = tf.keras.Input((size, size, 3), name="image")
+    x = inputs
+    if size < 32:  # the Keras applications need at least 32x32
+        x = tf.keras.layers.Resizing(32, 32, name="upsample_to_32")(x)
+    w = _weights_arg(weights)
+    try:
+        base = factory(include_top=False, weights=w, input_shape=(max(size, 32), max(size, 32), 3))
+    except Exception as exc:
+        if w == "imagenet":
+            raise WeightsError(
+                f"could not get ImageNet weights for {name} ({type(exc).__name__}: {exc}). Without internet, "
+                f"download {name}'s 'notop' .h5 file elsewhere and pass model.weights=/path/to/file.h5") from None
+        raise
+    return inputs, x, base
+
+
+def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float = 0.25,
+              filters=(32, 64, 128), dense: int = 128):
+    """The seeds' simple CNN: three conv blocks (conv, optional batch-norm, pooling, dropout)."""
+    import tensorflow as tf
+    L = tf.keras.layers
+    inputs = tf.keras.Input((size, size, 3), name="image")
+    x = inputs
+    for f in filters:
+        x = L.Conv2D(f, 3, padding="same", activation=None if batchnorm else "relu")(x)
+        if batchnorm:
+            x = L.BatchNormalization()(x)
+            x = L.Activation("relu")(x)
+        x = L.MaxPooling2D()(x)
+        x = L.Dropout(dropout)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(dense, activation="relu")(x)
+    x = L.Dropout(dropout)(x)
+    outputs = L.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return tf.keras.Model(inputs, outputs, name="cnn")
+
+
+def build_resnet50(size: int, n_classes: int, weights=None, mode: str = "frozen", dropout: float = 0.2):
+    """ResNet50 backbone + global average pooling head. ``frozen``: backbone not trained;
+    ``finetune``: trainable (see ``unfreeze_top``), after a warm-up of the head."""
+    import tensorflow as tf
+    if mode not in ("frozen", "finetune"):
+        raise ValueError(f"resnet50 mode must be frozen or finetune, got {mode!r}")
+    inputs, x, base = _backbone(tf.keras.applications.ResNet50, "resnet50", size, weights)
+    base.trainable = False
+    x = base(x, training=False)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    x = tf.keras.layers.Dropout(dropout)(x)
+    outputs = tf.keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    model = tf.keras.Model(inputs, outputs, name="resnet50")
+    model.backbone_name = base.name
+    return model
+
+
+def unfreeze_top(model, n_blocks: int) -> int:
+    """Make the top ``n_blocks`` ResNet stages' blocks trainable (batch-norm stays frozen).
+    Returns the number of trainable layers in the backbone."""
+    import tensorflow as tf
+    base = next(l for l in model.layers if isinstance(l, tf.keras.Model))
+    base.trainable = True
+    blocks = sorted({l.name.rsplit("_", 2)[0] for l in base.layers if l.name.startswith("conv") and "_block" in l.name})
+    keep = set(blocks[-n_blocks:]) if n_blocks > 0 else set()
+    n = 0
+    for layer in base.layers:
+        block = layer.name.rsplit("_", 2)[0] if "_block" in layer.name else None
+        layer.trainable = block in keep and not isinstance(layer, tf.keras.layers.BatchNormalization)
+        n += layer.trainable
+    return n
+
+
+def build_efficientnet(size: int, n_classes: int, weights=None, variant: str = "B0", dropout: float = 0.2):
+    import tensorflow as tf
+    factory = getattr(tf.keras.applications, f"EfficientNet{variant.upper()}", None)
+    if factory is None:
+        raise ValueError(f"unknown EfficientNet variant {variant!r} (B0..B7)")
+    inputs, x, base = _backbone(factory, f"efficientnet{variant.lower()}", size, weights)
+    base.trainable = False
+    x = base(x, training=False)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    x = tf.keras.layers.Dropout(dropout)(x)
+    outputs = tf.keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return tf.keras.Model(inputs, outputs, name=f"efficientnet{variant.lower()}")
+
+
+def build(arch: str, size: int, n_classes: int, params: dict | None = None):
+    """The model named by ``model.arch`` with its ``model.*`` parameters."""
+    p = dict(params or {})
+    if arch == "cnn":
+        return build_cnn(size, n_classes, bool(p.get("batchnorm", True)), float(p.get("dropout", 0.25)),
+                         tuple(p.get("filters", (32, 64, 128))), int(p.get("dense", 128)))
+    if arch == "resnet50":
+        return build_resnet50(size, n_classes, p.get("weights"), p.get("mode", "frozen"), float(p.get("dropout", 0.2)))
+    if arch == "efficientnet":
+        return build_efficientnet(size, n_classes, p.get("weights"), p.get("variant", "B0"), float(p.get("dropout", 0.2)))
+    raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {arch!r}")
