@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", dest="balance.target", choices=["majority", "ratio", "counts"])
     p.add_argument("--ratio", dest="balance.ratio", type=float)
 
+    p = sub.add_parser("train", help="train a model with Horovod workers on Spark")
+    _common(p)
+    p.add_argument("--name", dest="dataset.name", help="dataset name (dataset.name)")
+    p.add_argument("--model", dest="model.arch", choices=["cnn", "resnet50", "efficientnet"])
+    p.add_argument("--balance", dest="train.balance", choices=["smote", "oversample", "weights", "none"])
+    p.add_argument("--num-proc", dest="train.num_proc", type=int, help="Horovod workers (train.num_proc)")
+    p.add_argument("--epochs", dest="train.epochs", type=int)
+    p.add_argument("--run-id", dest="train.run_id", help="resume this run from its last checkpoint")
+
     p = sub.add_parser("demo", help="the pipeline on a built-in default: no cluster, no downloads")
     _common(p)
     p.add_argument("--n-images", dest="synth.n_images", type=int, help="generated images (synth.n_images)")
@@ -106,6 +115,13 @@ def run_balance(cfg: Config) -> dict:
     return balance(get_spark(cfg), cfg)
 
 
+def run_train(cfg: Config) -> dict:
+    from .spark import get_spark
+    from .train import train
+    card = train(get_spark(cfg), cfg)
+    return {k: card[k] for k in ("name", "version", "architecture", "balance", "epochs_run", "workers", "metrics")}
+
+
 def run_demo(cfg: Config) -> dict:
     """Synth a small HAM10000-shaped set (plus the 56 genuine JPEGs), ingest it, balance it."""
     from . import storage
@@ -129,7 +145,7 @@ def run_demo(cfg: Config) -> dict:
     return summary
 
 
-STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "demo": run_demo}
+STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "train": run_train, "demo": run_demo}
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float 
     for f in filters:
         x = L.Conv2D(f, 3, padding="same", activation=None if batchnorm else "relu")(x)
         if batchnorm:
-            x = L.BatchNormalization()(x)
+            # momentum 0.9: moving statistics settle within tens of steps, not hundreds
+            x = L.BatchNormalization(momentum=0.9)(x)
             x = L.Activation("relu")(x)
         x = L.MaxPooling2D()(x)
         x = L.Dropout(dropout)(x)

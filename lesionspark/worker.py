@@ -1,0 +1,280 @@
+"""What each Horovod rank runs (the driver side is ``lesionspark.train``).
+
+``train_worker(spec)`` is shipped by ``horovod.spark.run`` to N Spark tasks. Each rank sets its
+thread budget before TensorFlow starts, reads its shard of the Petastorm training data, trains
+with ``hvd.DistributedOptimizer`` (learning rate scaled by N, warm-up), starts from rank 0's
+weights, averages metrics across ranks, and validates on the whole val split each epoch. Rank 0
+checkpoints every epoch under ``runs/<run_id>/`` and a rank that finds a checkpoint resumes from it.
+``spec`` is plain data (see ``lesionspark.train.build_spec``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import zlib
+
+import numpy as np
+
+CHECKPOINT = "checkpoint.h5"
+BEST = "best_weights.h5"
+STATE = "state.json"
+
+
+def _limit_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _gpu_setup(hvd) -> None:
+    """One GPU per rank (by local rank), memory growth on; no-op without GPUs."""
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
+
+
+def macro_recall_metric(n_classes: int):
+    import tensorflow as tf
+
+    class MacroRecall(tf.keras.metrics.Metric):
+        """Mean per-class recall (= balanced accuracy) over classes present in the labels."""
+
+        def __init__(self, n_classes=n_classes, name="macro_recall", **kw):
+            super().__init__(name=name, **kw)
+            self.n_classes = n_classes
+            self.cm = self.add_weight("cm", shape=(n_classes, n_classes), initializer="zeros", dtype=tf.float32)
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            t = tf.argmax(y_true, axis=-1)
+            p = tf.argmax(y_pred, axis=-1)
+            self.cm.assign_add(tf.math.confusion_matrix(t, p, self.n_classes, dtype=tf.float32))
+
+        def result(self):
+            support = tf.reduce_sum(self.cm, axis=1)
+            recall = tf.math.divide_no_nan(tf.linalg.diag_part(self.cm), support)
+            present = tf.cast(support > 0, tf.float32)
+            return tf.math.divide_no_nan(tf.reduce_sum(recall * present), tf.reduce_sum(present))
+
+        def reset_state(self):
+            self.cm.assign(tf.zeros_like(self.cm))
+
+        def get_config(self):
+            return {"n_classes": self.n_classes, "name": self.name}
+
+    return MacroRecall
+
+
+def _load_split(url: str, label_field: str):
+    """A whole (small) split as uint8 images and integer labels: for validation and test."""
+    from petastorm import make_reader
+    images, labels = [], []
+    with make_reader(url, schema_fields=["image", label_field], num_epochs=1, workers_count=2,
+                     shuffle_row_groups=False, reader_pool_type="thread") as reader:
+        for row in reader:
+            images.append(row.image)
+            labels.append(int(getattr(row, label_field)))
+    return np.stack(images), np.array(labels)
+
+
+def _train_dataset(spec, rank: int, size: int):
+    import tensorflow as tf
+    from petastorm import make_reader
+    from petastorm.predicates import in_lambda
+    from petastorm.tf_utils import make_petastorm_dataset
+    from .models import preprocess
+
+    label_field = spec["label_field"]
+    fields = ["image", label_field]
+    kw = dict(num_epochs=None, shuffle_row_groups=True, seed=spec["seed"] + rank, workers_count=2,
+              reader_pool_type="thread")
+    if spec["sharding"] == "row_groups":
+        kw.update(cur_shard=rank, shard_count=size)
+    else:  # fewer row groups than ranks: shard rows by a stable hash of the image id
+        fields.append("image_id")  # petastorm reads predicate fields as part of the schema
+        kw["predicate"] = in_lambda(["image_id"], lambda image_id: zlib.crc32(str(image_id).encode()) % size == rank)
+    reader = make_reader(spec["train_url"], schema_fields=fields, **kw)
+    n_classes = spec["n_classes"]
+    ds = make_petastorm_dataset(reader)
+    ds = ds.map(lambda r: (tf.cast(r.image, tf.float32), tf.one_hot(tf.cast(getattr(r, label_field), tf.int32), n_classes)),
+                num_parallel_calls=1)
+    ds = ds.shuffle(spec["shuffle_buffer"], seed=spec["seed"] + rank)
+    aug = spec["augment"]
+    if aug.get("enabled"):
+        layers = [tf.keras.layers.RandomFlip("horizontal_and_vertical", seed=spec["seed"] + rank)]
+        if aug.get("rotation"):
+            layers.append(tf.keras.layers.RandomRotation(float(aug["rotation"]), seed=spec["seed"] + rank))
+        if aug.get("contrast"):
+            layers.append(tf.keras.layers.RandomContrast(float(aug["contrast"]), seed=spec["seed"] + rank))
+        augment = tf.keras.Sequential(layers)
+        ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0, 255), y))
+    ds = ds.batch(spec["batch_size"]).map(lambda x, y: (preprocess(spec["preprocessing"], x), y))
+    return reader, ds.prefetch(2)
+
+
+def _download(uri: str) -> str:
+    from . import storage
+    fd, path = tempfile.mkstemp(suffix=os.path.splitext(uri)[1])
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(storage.read_bytes(uri))
+    return path
+
+
+def _upload(local: str, uri: str) -> None:
+    from . import storage
+    with open(local, "rb") as fh:
+        storage.write_bytes(uri + ".tmp", fh.read())
+    fs, path = storage.filesystem(uri)
+    fs.move(path + ".tmp", path)  # a reader never sees a half-written checkpoint
+
+
+def train_worker(spec: dict) -> dict:
+    _limit_threads(int(spec["threads"]))
+    import tensorflow as tf
+    import horovod.tensorflow.keras as hvd
+    from . import storage
+    from .models import build, preprocess, unfreeze_top
+
+    hvd.init()
+    _gpu_setup(hvd)
+    rank, size = hvd.rank(), hvd.size()
+    tf.keras.utils.set_random_seed(spec["seed"])
+    n_classes, label_field = spec["n_classes"], spec["label_field"]
+    run_dir = spec["run_dir"]
+    MacroRecall = macro_recall_metric(n_classes)
+    custom = {"MacroRecall": MacroRecall}
+
+    lr = spec["learning_rate"] * size  # linear scaling with the number of workers
+    if spec["loss"] == "focal":
+        loss = tf.keras.losses.CategoricalFocalCrossentropy(gamma=float(spec["focal_gamma"]))
+    else:
+        loss = tf.keras.losses.CategoricalCrossentropy()
+    state = storage.read_json(f"{run_dir}/{STATE}") if storage.exists(f"{run_dir}/{STATE}") else None
+
+    def compile_(model, rate):
+        opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(rate))
+        model.compile(optimizer=opt, loss=loss, metrics=["accuracy", MacroRecall()])
+
+    if state is not None:  # resume: every rank loads the same checkpoint
+        local = _download(f"{run_dir}/{CHECKPOINT}")
+        model = tf.keras.models.load_model(local, custom_objects=custom, compile=False)
+        os.remove(local)
+        compile_(model, float(state["learning_rate"]))
+        initial_epoch = int(state["epoch"])
+    else:
+        model = build(spec["arch"], spec["image_size"], n_classes, spec["model_params"])
+        compile_(model, lr)
+        initial_epoch = 0
+
+    reader, train_ds = _train_dataset(spec, rank, size)
+    x_val, y_val = _load_split(spec["val_url"], label_field)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), tf.one_hot(y_val, n_classes))) \
+        .batch(spec["batch_size"]).map(lambda x, y: (preprocess(spec["preprocessing"], x), y))
+    steps = max(1, -(-spec["n_train"] // (spec["batch_size"] * size)))
+    monitor = spec["monitor"]
+    history = dict(state["history"]) if state else {}
+    best = state.get("best") if state else None
+    epochs_run = 0
+
+    class Checkpoint(tf.keras.callbacks.Callback):
+        """Rank 0: model + optimizer every epoch, best weights when the monitor improves."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal best, epochs_run
+            epochs_run += 1
+            logs = dict(logs or {})
+            for k, v in logs.items():
+                history.setdefault(k, []).append(float(v))
+            history.setdefault("epoch", []).append(epoch)
+            improved = best is None or logs.get(monitor, -np.inf) > best["value"]
+            if rank != 0:
+                if improved:
+                    best = {"value": float(logs.get(monitor, 0.0)), "epoch": epoch}
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                if improved:
+                    best = {"value": float(logs.get(monitor, 0.0)), "epoch": epoch}
+                    self.model.save_weights(f"{tmp}/best_weights.h5")
+                    _upload(f"{tmp}/best_weights.h5", f"{run_dir}/{BEST}")
+                self.model.save(f"{tmp}/ckpt.h5", include_optimizer=True)
+                _upload(f"{tmp}/ckpt.h5", f"{run_dir}/{CHECKPOINT}")
+            storage.write_json(f"{run_dir}/{STATE}", {
+                "epoch": epoch + 1, "history": history, "best": best,
+                "learning_rate": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)),
+                "wait": early.wait})
+            if spec.get("sleep_after_epoch"):
+                time.sleep(float(spec["sleep_after_epoch"]))  # lets tests kill a run mid-way
+
+    class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if state is not None and best is not None:
+                self.best, self.wait = best["value"], int(state.get("wait", 0))
+
+    early = ResumableEarlyStopping(monitor=monitor, mode="max", patience=int(spec["patience"]))
+    callbacks = [
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        hvd.callbacks.MetricAverageCallback(),
+    ]
+    if initial_epoch < spec["warmup_epochs"]:
+        callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
+            initial_lr=lr, warmup_epochs=spec["warmup_epochs"], steps_per_epoch=steps, verbose=0))
+    callbacks += [
+        tf.keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
+                                             patience=max(1, int(spec["patience"]) // 2), min_lr=1e-6),
+        early, Checkpoint(),
+    ]
+    fine = spec["finetune"]
+    start = time.perf_counter()
+    if spec["arch"] == "resnet50" and spec["model_params"].get("mode") == "finetune" and initial_epoch == 0:
+        # Warm-up of the head with the backbone frozen, then the top blocks at a lower rate.
+        model.fit(train_ds, steps_per_epoch=steps, epochs=int(fine["head_epochs"]), verbose=0,
+                  callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)], class_weight=spec["class_weight"])
+        unfreeze_top(model, int(fine["blocks"]))
+        compile_(model, lr * float(fine["lr_factor"]))
+    if initial_epoch < spec["epochs"]:
+        model.fit(train_ds, steps_per_epoch=steps, epochs=spec["epochs"], initial_epoch=initial_epoch,
+                  validation_data=val_ds, class_weight=spec["class_weight"], callbacks=callbacks,
+                  verbose=2 if rank == 0 else 0)
+    seconds = time.perf_counter() - start
+    reader.stop()
+    reader.join()
+    digest = lambda ws: hashlib.sha256(b"".join(w.numpy().tobytes() for w in ws)).hexdigest()
+    result = {"rank": rank, "size": size, "initial_epoch": initial_epoch, "epochs_run": epochs_run,
+              "history": history, "seconds": seconds, "steps_per_epoch": steps,
+              # Trainable weights are synchronised by allreduce and must be identical on every rank;
+              # batch-norm moving statistics are per rank (each sees its own batches).
+              "trainable_sha256": digest(model.trainable_weights),
+              "non_trainable_sha256": digest(model.non_trainable_weights),
+              "samples_per_s": epochs_run * steps * spec["batch_size"] * size / max(seconds, 1e-9)}
+    if rank == 0:
+        if storage.exists(f"{run_dir}/{BEST}"):  # the best epoch's weights, also across a resume
+            local = _download(f"{run_dir}/{BEST}")
+            model.load_weights(local)
+            os.remove(local)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(f"{tmp}/model.keras")
+            _upload(f"{tmp}/model.keras", f"{run_dir}/model.keras")
+        result["best"] = best
+        result["metrics"] = {}
+        for split, url in (("val", spec["val_url"]), ("test", spec["test_url"])):
+            x, y = _load_split(url, label_field)
+            probs = model.predict(preprocess(spec["preprocessing"], x.astype(np.float32)), batch_size=64, verbose=0)
+            result["metrics"][split] = summary_metrics(y, probs.argmax(1), n_classes)
+    return result
+
+
+def summary_metrics(y_true, y_pred, n_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    return {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0)),
+            "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0))}
