@@ -137,7 +137,7 @@ def train(spark, cfg: Config, run_id: str | None = None) -> dict:
         raise RuntimeError(f"ranks finished with different trainable weights ({len(hashes)} distinct): "
                            "not synchronised")
     card = publish(cfg, spec, rank0, seconds, ranks=[
-        {k: r[k] for k in ("rank", "initial_epoch", "epochs_run", "steps_per_epoch", "samples_per_s",
+        {k: r[k] for k in ("rank", "initial_epoch", "epochs_run", "steps_per_epoch", "samples_per_s", "epoch_train_seconds",
                            "trainable_sha256", "non_trainable_sha256")} for r in sorted(results, key=lambda r: r["rank"])])
     log.info("train: %s/%s in %.0fs; val %s; test %s", card["name"], card["version"], seconds,
              card["metrics"]["val"], card["metrics"]["test"])

@@ -213,6 +213,23 @@ def train_worker(spec: dict) -> dict:
             if spec.get("sleep_after_epoch"):
                 time.sleep(float(spec["sleep_after_epoch"]))  # lets tests kill a run mid-way
 
+    class TrainClock(tf.keras.callbacks.Callback):
+        """Seconds spent in training steps per epoch (validation excluded), for throughput."""
+
+        def __init__(self):
+            super().__init__()
+            self.epochs, self._t = [], None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            if self._t is not None:
+                self.epochs.append(time.perf_counter() - self._t)
+                self._t = None
+
+    clock = TrainClock()
+
     class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
@@ -230,7 +247,7 @@ def train_worker(spec: dict) -> dict:
     callbacks += [
         tf.keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                              patience=max(1, int(spec["patience"]) // 2), min_lr=1e-6),
-        early, Checkpoint(),
+        early, Checkpoint(), clock,
     ]
     fine = spec["finetune"]
     start = time.perf_counter()
@@ -254,7 +271,10 @@ def train_worker(spec: dict) -> dict:
               # batch-norm moving statistics are per rank (each sees its own batches).
               "trainable_sha256": digest(model.trainable_weights),
               "non_trainable_sha256": digest(model.non_trainable_weights),
-              "samples_per_s": epochs_run * steps * spec["batch_size"] * size / max(seconds, 1e-9)}
+              # steady state: epochs after the first (graph tracing), training steps only, all ranks
+              "samples_per_s": (steps * spec["batch_size"] * size * len(clock.epochs[1:]) / sum(clock.epochs[1:]))
+              if len(clock.epochs) > 1 else None,
+              "epoch_train_seconds": [round(t, 3) for t in clock.epochs]}
     if rank == 0:
         if storage.exists(f"{run_dir}/{BEST}"):  # the best epoch's weights, also across a resume
             local = _download(f"{run_dir}/{BEST}")

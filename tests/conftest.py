@@ -45,3 +45,15 @@ def make_cfg(root, **keys):
     from lesionspark.config import Config
     cfg = Config.load(overrides=["spark.master=local[2]"])
     return cfg.with_overrides({"storage.root": str(root), **{k.replace("__", "."): v for k, v in keys.items()}})
+
+
+@pytest.fixture(scope="session")
+def ingested_small(spark, synth_small, tmp_path_factory):
+    """synth_small ingested at 32 px: (cfg, manifest, layout). Shared by balance and train tests."""
+    from lesionspark import storage
+    from lesionspark.ingest import ingest
+    root = tmp_path_factory.mktemp("small-root")
+    cfg = make_cfg(root, ingest__metadata=synth_small["metadata"], ingest__images=synth_small["images"],
+                   dataset__image_size=32)
+    manifest = ingest(spark, cfg)
+    return cfg, manifest, storage.Layout(str(root))

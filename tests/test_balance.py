@@ -3,22 +3,11 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from conftest import make_cfg
 from lesionspark import storage
 from lesionspark.balance import balance
 from lesionspark.classes import LABEL_OF
-from lesionspark.ingest import ingest
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture(scope="module")
-def ingested_small(spark, synth_small, tmp_path_factory):
-    root = tmp_path_factory.mktemp("balance-root")
-    cfg = make_cfg(root, ingest__metadata=synth_small["metadata"], ingest__images=synth_small["images"],
-                   dataset__image_size=32)
-    manifest = ingest(spark, cfg)
-    return cfg, manifest, storage.Layout(str(root))
 
 
 def _rows(url):

@@ -1,0 +1,115 @@
+"""Real Horovod (Gloo) workers launched by local Spark, reading real Petastorm data."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from lesionspark import storage
+from lesionspark.train import sharding, train
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+FAST = {"model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
+        "train.balance": "none", "train.num_proc": 2, "train.warmup_epochs": 1, "train.patience": 10,
+        "train.learning_rate": 0.003, "train.horovod_verbose": 0}
+
+
+@pytest.fixture(scope="module")
+def trained(spark, ingested_small):
+    cfg, manifest, layout = ingested_small
+    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 4}), run_id="t-two-ranks")
+    return cfg, layout, card
+
+
+def test_two_ranks_train_in_lockstep(trained):
+    cfg, layout, card = trained
+    ranks = card["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and card["workers"] == 2
+    assert all(r["epochs_run"] == 4 and r["steps_per_epoch"] > 0 for r in ranks)
+    assert ranks[0]["trainable_sha256"] == ranks[1]["trainable_sha256"]  # allreduce kept them identical
+    assert card["threads_per_worker"] == 1  # 2 workers on 2 cores: no oversubscription
+
+
+def test_loss_goes_down_and_history_is_complete(trained):
+    cfg, layout, card = trained
+    model_dir = Path(layout.root.replace("file://", "")) / "models" / "cnn" / card["version"]
+    history = storage.read_json(str(model_dir / "history.json"))
+    for key in ("loss", "accuracy", "macro_recall", "val_loss", "val_accuracy", "val_macro_recall"):
+        assert len(history[key]) == 4, key
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["lr"][1] == pytest.approx(0.006, rel=1e-3)  # 0.003 x 2 workers after warm-up
+
+
+def test_model_and_card_are_written(trained):
+    import tensorflow as tf
+    cfg, layout, card = trained
+    base = Path(layout.root.replace("file://", "")) / "models" / "cnn"
+    assert (base / "latest").read_text() == card["version"]
+    saved = storage.read_json(str(base / card["version"] / "model_card.json"))
+    for key in ("name", "version", "architecture", "classes", "image_size", "preprocessing", "balance",
+                "dataset_fingerprint", "hyperparameters", "epochs_run", "workers", "metrics", "created_at",
+                "versions"):
+        assert key in saved, key
+    assert saved["classes"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert saved["metrics"]["test"]["n"] > 0 and 0 <= saved["metrics"]["val"]["balanced_accuracy"] <= 1
+    model = tf.keras.models.load_model(str(base / card["version"] / "model.keras"), compile=False)
+    probs = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_sharding_plan():
+    assert sharding(8, 2) == "row_groups" and sharding(3, 2) == "hash"
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(spark, ingested_small, tmp_path):
+    cfg, manifest, layout = ingested_small
+    run_id = "t-killed"
+    run_dir = Path(layout.root.replace("file://", "")) / "runs" / run_id
+    conf = tmp_path / "run.yaml"
+    conf.write_text(cfg.with_overrides({**FAST, "train.epochs": 4, "train.sleep_after_epoch": 4,
+                                        "spark.master": "local[2]"}).to_yaml())
+    cmd = [str(Path(sys.executable).parent / "lesionspark"), "train", "--conf", str(conf), "--run-id", run_id,
+           "spark.conf.spark.ui.showConsoleProgress=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            state = run_dir / "state.json"
+            if state.exists() and storage.read_json(str(state))["epoch"] >= 2:
+                break
+            assert proc.poll() is None, "the training run ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint after 300 s")
+    finally:
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        for pid in family:  # the whole tree, Horovod ranks included, as a crash would
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    epoch_at_kill = storage.read_json(str(run_dir / "state.json"))["epoch"]
+    assert 2 <= epoch_at_kill < 4
+    assert not (run_dir.parent.parent / "models" / "cnn" / run_id).exists()  # nothing published yet
+    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 4}), run_id=run_id)
+    assert all(r["initial_epoch"] == epoch_at_kill for r in card["ranks"])
+    assert card["epochs_run"] == 4  # the history spans the run before and after the crash
+    assert all(r["epochs_run"] == 4 - epoch_at_kill for r in card["ranks"])
+
+
+def test_binary_mode_with_focal_loss_and_class_weights(spark, ingested_small):
+    cfg, manifest, layout = ingested_small
+    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 2, "train.mode": "binary",
+                                            "train.loss": "focal", "train.balance": "weights",
+                                            "model.name": "cnn-binary"}), run_id="t-binary")
+    assert card["classes"] == ["benign", "malignant"] and card["mode"] == "binary"
+    weights = card["hyperparameters"]["class_weight"]
+    assert set(weights) == {0, 1} and weights[1] > 1 > weights[0]  # malignant is the minority
+    assert card["hyperparameters"]["loss"] == "focal"
+    assert card["metrics"]["test"]["n"] == manifest["counts"]["by_split"]["test"]["total"]
