@@ -7,10 +7,16 @@ import time
 from contextlib import contextmanager
 
 
+def _not_py4j_chatter(record: logging.LogRecord) -> bool:
+    """py4j logs its own reconnects as INFO tracebacks (seen with Horovod on Spark): drop them."""
+    return not ("/py4j/" in record.pathname and record.levelno < logging.WARNING)
+
+
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_lesionspark", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(_not_py4j_chatter)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                                "%H:%M:%S"))
         handler._lesionspark = True

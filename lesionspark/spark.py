@@ -10,6 +10,19 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 
+def flatten_conf(conf: dict, prefix: str = "") -> dict[str, str]:
+    """``spark.conf`` as Spark keys. A command-line override such as
+    ``spark.conf.spark.ui.showConsoleProgress=false`` arrives as nested sections; flatten them."""
+    out = {}
+    for key, value in (conf or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_conf(value, name + "."))
+        else:
+            out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
 def under_spark_submit() -> bool:
     """True when the Python driver was launched by spark-submit (the JVM already exists)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -29,7 +42,7 @@ def get_spark(cfg: Config):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    defaults = {k: str(v) for k, v in (cfg.get("spark.conf", {}) or {}).items()}
+    defaults = flatten_conf(cfg.get("spark.conf", {}) or {})
     builder = SparkSession.builder.appName(cfg.get("spark.app_name", "lesionspark"))
     if under_spark_submit():
         present = dict(SparkConf().getAll())

@@ -112,6 +112,9 @@ def build_spec(spark, cfg: Config, run_id: str) -> dict:
         "num_proc": num_proc, "threads": threads_per_worker(spark, num_proc, int(cfg.get("train.threads_per_worker"))),
         "sharding": sharding(n_row_groups, num_proc), "row_groups": n_row_groups,
         "sleep_after_epoch": cfg.get("train.sleep_after_epoch", 0),
+        "samples_per_epoch": cfg.get("train.samples_per_epoch", None),
+        "compression": cfg.get("train.compression"),
+        "backward_passes_per_step": int(cfg.get("train.backward_passes_per_step")),
     }
 
 
@@ -160,7 +163,7 @@ def publish(cfg: Config, spec: dict, rank0: dict, seconds: float, ranks: list) -
         "dataset": spec["dataset"], "dataset_fingerprint": spec["fingerprint"], "train_counts": spec["train_counts"],
         "hyperparameters": {k: spec[k] for k in ("epochs", "batch_size", "learning_rate", "warmup_epochs", "loss",
                                                   "focal_gamma", "monitor", "patience", "augment", "seed",
-                                                  "class_weight")},
+                                                  "class_weight", "compression", "backward_passes_per_step")},
         "epochs_run": len(history.get("loss", [])), "best": rank0.get("best"), "workers": spec["num_proc"],
         "threads_per_worker": spec["threads"], "sharding": spec["sharding"], "run_id": spec["run_id"],
         "train_seconds": round(seconds, 1), "metrics": rank0["metrics"], "ranks": ranks,

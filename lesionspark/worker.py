@@ -160,7 +160,11 @@ def train_worker(spec: dict) -> dict:
     state = storage.read_json(f"{run_dir}/{STATE}") if storage.exists(f"{run_dir}/{STATE}") else None
 
     def compile_(model, rate):
-        opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(rate))
+        opt = hvd.DistributedOptimizer(
+            tf.keras.optimizers.Adam(rate),
+            compression=hvd.Compression.fp16 if spec.get("compression") == "fp16" else hvd.Compression.none,
+            backward_passes_per_step=int(spec.get("backward_passes_per_step", 1)),
+            average_aggregated_gradients=True)
         model.compile(optimizer=opt, loss=loss, metrics=["accuracy", MacroRecall()])
 
     if state is not None:  # resume: every rank loads the same checkpoint
@@ -178,7 +182,8 @@ def train_worker(spec: dict) -> dict:
     x_val, y_val = _load_split(spec["val_url"], label_field)
     val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), tf.one_hot(y_val, n_classes))) \
         .batch(spec["batch_size"]).map(lambda x, y: (preprocess(spec["preprocessing"], x), y))
-    steps = max(1, -(-spec["n_train"] // (spec["batch_size"] * size)))
+    per_epoch = int(spec.get("samples_per_epoch") or spec["n_train"])  # a fixed budget, or one pass
+    steps = max(1, -(-per_epoch // (spec["batch_size"] * size)))
     monitor = spec["monitor"]
     history = dict(state["history"]) if state else {}
     best = state.get("best") if state else None

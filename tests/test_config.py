@@ -21,3 +21,13 @@ def test_bad_overrides_and_missing_keys_are_clear():
         Config.load().get("nope.key")
     with pytest.raises(ConfigError):
         Config.load(overrides=["dataset.name.x=1"])
+
+
+def test_spark_conf_overrides_become_spark_keys():
+    from lesionspark.spark import flatten_conf
+    cfg = Config.load(overrides=["spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.sql.shuffle.partitions=3"])
+    flat = flatten_conf(cfg.get("spark.conf"))
+    assert flat["spark.ui.showConsoleProgress"] == "false"
+    assert flat["spark.sql.shuffle.partitions"] == "3"
+    assert flat["spark.sql.execution.arrow.pyspark.enabled"] == "true"
+    assert not any(k == "spark" for k in flat)

@@ -1,0 +1,182 @@
+"""Training throughput and quality.
+
+  throughput  CNN at 64 px, samples/s in steady state (first epoch excluded, validation excluded):
+              (a) one process, in-memory tensors, 1 compute thread
+              (b) one Horovod worker reading Petastorm, 1 thread
+              (c) two Horovod workers, 1 thread each (2 cores)
+              (d) one Horovod worker, 2 threads
+              and ResNet50 (frozen, weights=None) at 128 px for (b) and (c).
+              Data: 2,000 GENERATED images (lesionspark synth) ingested at 64 and 128 px.
+  quality     the pipeline at HAM10000's class structure: synth all 10,015 genuine metadata rows
+              (GENERATED images), ingest at 64 px, balance with SMOTE, train the CNN with 2 workers
+              for a fixed budget (same samples per epoch with and without SMOTE); val/test
+              macro F1 and balanced accuracy.
+
+    .venv/bin/python benchmarks/train.py throughput
+    .venv/bin/python benchmarks/train.py quality --epochs 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def in_memory_child(url: str, size: int, epochs: int, batch: int, threads: int, steps: int) -> None:
+    from lesionspark.worker import _limit_threads
+    _limit_threads(threads)
+    import numpy as np
+    import tensorflow as tf
+    from lesionspark.models import build, preprocess
+    from lesionspark.worker import _load_split
+    x, y = _load_split(url, "label")
+    x = preprocess("scale_0_1", x.astype(np.float32)).numpy()
+    y = tf.one_hot(y, 7).numpy()
+    model = build("cnn", size, 7)
+    model.compile(tf.keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    times = []
+
+    class Clock(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, e, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(512).repeat().batch(batch).prefetch(2)
+    model.fit(ds, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[Clock()])
+    print(json.dumps({"samples_per_s": steps * batch * (epochs - 1) / sum(times[1:])}))
+
+
+def _cfg(root, **over):
+    from lesionspark.config import Config
+    cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false"])
+    return cfg.with_overrides({"storage.root": str(root), **over})
+
+
+def throughput(args):
+    from lesionspark.ingest import ingest
+    from lesionspark.spark import get_spark
+    from lesionspark.synth import synth
+    from lesionspark.train import train
+    work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-train-"))
+    made = synth(str(work / "raw"), n_images=args.n_images, seed=5, with_genuine=False, progress=False)
+    spark = get_spark(_cfg(work))
+    base = {"ingest.metadata": made["metadata"], "ingest.images": made["images"]}
+    for size in (64, 128):
+        ingest(spark, _cfg(work, **base, **{"dataset.image_size": size, "dataset.name": f"g{size}",
+                                            "ingest.rowgroup_size_mb": 1}))
+    results = {}
+    common = {"train.balance": "none", "train.horovod_verbose": 0, "train.warmup_epochs": 0,
+              "train.augment": {"enabled": False}, "train.patience": 100, "train.batch_size": args.batch}
+
+    def run(label, size, arch, num_proc, threads, samples, epochs, **extra):
+        if label.split("_")[0] not in only and label not in only:
+            return
+        card = train(spark, _cfg(work, **common, **extra, **{
+            "dataset.name": f"g{size}", "model.arch": arch, "model.name": f"{arch}-{label}",
+            "train.num_proc": num_proc, "train.threads_per_worker": threads,
+            "train.samples_per_epoch": samples, "train.epochs": epochs}))
+        results[label] = card["ranks"][0]["samples_per_s"]
+        print(f"{label}: {results[label]:.1f} samples/s ({card['sharding']} sharding)", flush=True)
+
+    samples = args.samples
+    only = set(args.only.split(","))
+    if "a" in only:
+        child = subprocess.run([sys.executable, __file__, "in-memory-child", f"file://{work}/datasets/g64/train",
+                            "64", str(args.epochs), str(args.batch), "1", str(samples // args.batch)],
+                               capture_output=True, text=True)
+        results["a_in_memory_1_thread"] = json.loads(child.stdout.strip().splitlines()[-1])["samples_per_s"]
+        print(f"a: {results['a_in_memory_1_thread']:.1f} samples/s", flush=True)
+    run("b_1_worker_1_thread", 64, "cnn", 1, 1, samples, args.epochs)
+    run("c_2_workers_1_thread", 64, "cnn", 2, 1, samples, args.epochs)
+    run("d_1_worker_2_threads", 64, "cnn", 1, 2, samples, args.epochs)
+    run("c_fp16_2_workers_fp16_allreduce", 64, "cnn", 2, 1, samples, args.epochs, **{"train.compression": "fp16"})
+    run("c_bpps2_2_workers_allreduce_every_2", 64, "cnn", 2, 1, samples, args.epochs,
+        **{"train.backward_passes_per_step": 2})
+    run("resnet50_128_b_1_worker", 128, "resnet50", 1, 1, args.resnet_samples, 3)
+    run("resnet50_128_c_2_workers", 128, "resnet50", 2, 1, args.resnet_samples, 3)
+    spark.stop()
+    print(json.dumps({k: round(v, 1) for k, v in results.items()}))
+    r = results
+    if not {"a_in_memory_1_thread", "b_1_worker_1_thread", "c_2_workers_1_thread", "d_1_worker_2_threads",
+            "resnet50_128_b_1_worker", "resnet50_128_c_2_workers"} <= set(r):
+        return
+    print("\nratios: b/a %.2f (target >= 0.9), c/b %.2f (target >= 1.6), c/d %.2f (target > 1), "
+          "resnet50 c/b %.2f" % (r["b_1_worker_1_thread"] / r["a_in_memory_1_thread"],
+                                 r["c_2_workers_1_thread"] / r["b_1_worker_1_thread"],
+                                 r["c_2_workers_1_thread"] / r["d_1_worker_2_threads"],
+                                 r["resnet50_128_c_2_workers"] / r["resnet50_128_b_1_worker"]))
+
+
+def quality(args):
+    from lesionspark.balance import balance
+    from lesionspark.ingest import ingest
+    from lesionspark.spark import get_spark
+    from lesionspark.synth import synth
+    from lesionspark.train import train
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-quality-"))
+    t = time.perf_counter()
+    made = synth(str(work / "raw"), n_images=20000, seed=1, with_genuine=True, progress=False)
+    print(f"synth: {made['generated']} generated + {made['genuine']} genuine in {time.perf_counter() - t:.0f}s",
+          flush=True)
+    cfg = _cfg(work, **{"ingest.metadata": made["metadata"], "ingest.images": made["images"],
+                        "dataset.image_size": 64, "ingest.rowgroup_size_mb": 4})
+    spark = get_spark(cfg)
+    manifest = ingest(spark, cfg)
+    n_train = manifest["counts"]["by_split"]["train"]["total"]
+    print(f"ingest: {manifest['counts']['written']} written, train {n_train}", flush=True)
+    balance(spark, cfg.with_overrides({"balance.method": "smote"}))
+    out = {}
+    for method in ("none", "smote"):
+        t = time.perf_counter()
+        card = train(spark, cfg.with_overrides({
+            "train.balance": method, "train.epochs": args.epochs, "train.num_proc": 2,
+            "train.samples_per_epoch": n_train, "train.patience": args.epochs, "train.horovod_verbose": 0,
+            "model.name": f"cnn-{method}"}))
+        out[method] = {"val": card["metrics"]["val"], "test": card["metrics"]["test"],
+                       "best_epoch": card["best"], "seconds": round(time.perf_counter() - t)}
+        print(method, json.dumps(out[method]), flush=True)
+    spark.stop()
+    print("\n| balance | split | accuracy | balanced accuracy | macro F1 | weighted F1 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for method, r in out.items():
+        for split in ("val", "test"):
+            m = r[split]
+            print(f"| {method} | {split} (n={m['n']}) | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | "
+                  f"{m['macro_f1']:.3f} | {m['weighted_f1']:.3f} |")
+
+
+def main():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if sys.argv[1:2] == ["in-memory-child"]:
+        a = sys.argv[2:]
+        return in_memory_child(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5]))
+    from lesionspark.progress import setup_logging
+    setup_logging("INFO")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--n-images", type=int, default=2000)
+    t.add_argument("--samples", type=int, default=2048, help="samples per epoch")
+    t.add_argument("--resnet-samples", type=int, default=192)
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--only", default="a,b,c,d,resnet50",
+                   help="comma list of runs: a, b, c, d, c_fp16, c_bpps2, resnet50")
+    q = sub.add_parser("quality")
+    q.add_argument("--epochs", type=int, default=10)
+    q.add_argument("--workdir")
+    args = ap.parse_args()
+    throughput(args) if args.what == "throughput" else quality(args)
+
+
+if __name__ == "__main__":
+    main()
