@@ -61,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", dest="train.epochs", type=int)
     p.add_argument("--run-id", dest="train.run_id", help="resume this run from its last checkpoint")
 
+    p = sub.add_parser("score", help="score an image archive into tables/predictions (incremental)")
+    _common(p)
+    p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
+    p.add_argument("--model", dest="score.model", help="name[:version|latest] (score.model)")
+
+    p = sub.add_parser("sql", help="run Spark SQL over the tables under the storage root")
+    _common(p)
+    p.add_argument("--query", "-q", required=True, help="the SQL query")
+    p.add_argument("--out", help="write the result to a .csv or Parquet path instead of printing it")
+
     p = sub.add_parser("demo", help="the pipeline on a built-in default: no cluster, no downloads")
     _common(p)
     p.add_argument("--n-images", dest="synth.n_images", type=int, help="generated images (synth.n_images)")
@@ -83,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lesionspark: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = STAGES[args.stage](cfg)
+        if args.stage == "sql":
+            result = run_sql(cfg, args.query, args.out)
+        else:
+            result = STAGES[args.stage](cfg)
     except (ConfigError, ValueError) as exc:
         log.error("%s failed: %s", args.stage, exc)
         return 2 if isinstance(exc, ConfigError) else 1
@@ -122,6 +135,24 @@ def run_train(cfg: Config) -> dict:
     return {k: card[k] for k in ("name", "version", "architecture", "balance", "epochs_run", "workers", "metrics")}
 
 
+def run_score(cfg: Config) -> dict:
+    from .score import score
+    from .spark import get_spark
+    return score(get_spark(cfg), cfg)
+
+
+def run_sql(cfg: Config, query: str, out: str | None):
+    from .spark import get_spark
+    from .sql import run_query
+    result = run_query(get_spark(cfg), cfg.get("storage.root"), query, out, bool(cfg.get("sql.metastore")))
+    if out:
+        return result
+    import pandas as pd
+    with pd.option_context("display.max_columns", 30, "display.width", 200, "display.max_colwidth", 60):
+        print(result.to_string(index=False))
+    return None
+
+
 def run_demo(cfg: Config) -> dict:
     """Synth a small HAM10000-shaped set (plus the 56 genuine JPEGs), ingest it, balance it."""
     from . import storage
@@ -145,7 +176,8 @@ def run_demo(cfg: Config) -> dict:
     return summary
 
 
-STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "train": run_train, "demo": run_demo}
+STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "train": run_train,
+          "score": run_score, "demo": run_demo}
 
 
 if __name__ == "__main__":

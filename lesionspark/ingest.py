@@ -12,7 +12,6 @@ import logging
 import time
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from . import __version__, storage
 from .classes import CLASSES
 from .config import Config
 from .images import ImageRejected, decode_resize, sha256_hex
+from .listing import STEM_FROM_PATH, file_contents, list_files
 from .metadata import parse_metadata
 from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
@@ -31,59 +31,10 @@ log = logging.getLogger(__name__)
 META_FIELDS = ["image_id", "lesion_id", "dx", "label", "malignant", "dx_type", "age", "sex",
                "localization", "split"]
 REJECT_FIELDS = ["image_id", "source", "reason", "detail"]
-# The image id is the file name without its extension.
-IMAGE_ID_FROM_PATH = r"([^/]+?)(\.[^./]*)?$"
 
 
 class IngestError(RuntimeError):
     pass
-
-
-def hadoop_path(uri: str) -> str:
-    """A file-index URI (``file:///a/b%20c.jpg``) as the binaryFile ``path`` column spells it
-    (Hadoop ``Path.toString``: ``file:/a/b c.jpg``)."""
-    uri = unquote(uri)
-    return "file:/" + uri[len("file:///"):] if uri.startswith("file:///") else uri
-
-
-def decoded_schema():
-    from pyspark.sql.types import (BinaryType, ByteType, FloatType, IntegerType, StringType,
-                                   StructField, StructType)
-    types = {"label": IntegerType(), "malignant": ByteType(), "age": FloatType(), "image": BinaryType()}
-    cols = list(FIELD_NAMES) + ["split", "reason", "detail"]
-    return StructType([StructField(c, types.get(c, StringType()), True) for c in cols])
-
-
-def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int) -> pd.DataFrame:
-    """Decode, resize and PNG-encode one batch of (file bytes + metadata). Pure; runs in executors.
-
-    Rows that cannot be decoded keep ``image=None`` and get ``reason``/``detail``."""
-    schema = lesion_schema(size)
-    images, hashes, reasons, details = [], [], [], []
-    for data in batch["content"]:
-        data = bytes(data) if data is not None else b""
-        hashes.append(sha256_hex(data))
-        try:
-            images.append(encode_image(schema, decode_resize(data, size, mode, max_pixels)))
-            reasons.append(None)
-            details.append(None)
-        except ImageRejected as rej:
-            images.append(None)
-            reasons.append(rej.code)
-            details.append(rej.detail)
-    out = batch.drop(columns=["content"]).rename(columns={"path": "source"})
-    out["image"] = images
-    out["sha256"] = hashes
-    out["reason"] = reasons
-    out["detail"] = details
-    return out[list(FIELD_NAMES) + ["split", "reason", "detail"]]
-
-
-def _decode_partition(size: int, mode: str, max_pixels: int):
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            yield decode_batch(batch, size, mode, max_pixels)
-    return run
 
 
 @contextmanager
@@ -167,19 +118,15 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
         pd.DataFrame({"image_id": pd.concat([records["image_id"], meta_rejects["image_id"]]).dropna().unique()}))
 
     # 2. Listing (no file contents read): match files to rows by file name without extension.
+    glob = cfg.get("ingest.image_glob", None)
+
     def files(with_content: bool):
-        reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-        glob = cfg.get("ingest.image_glob", None)
-        if glob:
-            reader = reader.option("pathGlobFilter", glob)
-        df = reader.load(image_uris)
-        if not with_content:
-            # Spark's file scan skips 0-byte files; its file index (inputFiles) does not, so the
-            # listing starts from the index and takes lengths from the scan.
-            index = spark.createDataFrame([(hadoop_path(p),) for p in df.inputFiles()], "path string")
-            df = index.join(df.select("path", "length"), "path", "left").fillna(0, ["length"])
-        df = df.withColumn("image_id", F.regexp_extract("path", IMAGE_ID_FROM_PATH, 1))
-        return df.select("path", "length", "image_id", *(["content"] if with_content else []))
+        if with_content:
+            df = file_contents(spark, image_uris, glob).withColumn("stem", F.regexp_extract("path", STEM_FROM_PATH, 1))
+        else:
+            df = list_files(spark, image_uris, glob)
+        return df.withColumnRenamed("stem", "image_id").select(
+            "path", "length", "image_id", *(["content"] if with_content else []))
 
     with timed(log, "listing", "files") as step, sql_conf(spark, **file_partitioning(1, 1 << 30, 1)):
         listing = files(False).cache()

@@ -1,0 +1,12 @@
+"""spark-submit entry point for scoring; same arguments as ``lesionspark score``.
+
+    spark-submit --master yarn jobs/score.py --root hdfs:///lesionspark \
+        --archive hdfs:///dermatology/archive --model cnn:latest
+Exit codes: 0 done; 2 model or archive missing (message on stderr/stdout); 1 the run failed.
+"""
+import sys
+
+from lesionspark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))

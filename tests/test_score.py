@@ -1,0 +1,199 @@
+"""Scoring an archive with real local Spark, a real Keras model and real Parquet tables."""
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import make_cfg
+from lesionspark import storage
+from lesionspark.classes import CLASSES
+from lesionspark.images import decode_resize
+from lesionspark.models import build, preprocess
+from lesionspark.score import score
+
+pytestmark = pytest.mark.spark
+SIZE = 32
+
+
+def publish_untrained_model(root: Path, name="cnn", version="v1", size=SIZE):
+    """A real Keras CNN (random weights) with a complete model card, as train publishes it."""
+    d = root / "models" / name / version
+    d.mkdir(parents=True)
+    model = build("cnn", size, 7, {"filters": [8, 16, 16], "dense": 16})
+    model.save(str(d / "model.keras"))
+    card = {"name": name, "version": version, "architecture": "cnn", "classes": list(CLASSES),
+            "image_size": size, "resize": "squash", "preprocessing": "scale_0_1"}
+    storage.write_json(str(d / "model_card.json"), card)
+    (root / "models" / name / "latest").write_text(version)
+    return model, card
+
+
+def _jpeg(img, fmt="JPEG"):
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def archive(synth_small, genuine_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("archive")
+    a = base / "archive"
+    gen = sorted(Path(synth_small["images"][0]).glob("*.jpg"))[:40]
+    for i, p in enumerate(gen):
+        sub = a / f"2026-11-{i % 3 + 1:02d}" / ("ward B" if i % 2 else "wardA")
+        sub.mkdir(parents=True, exist_ok=True)
+        name = p.name if i % 5 else p.stem + ".JPG"  # upper-case extensions count
+        shutil.copy(p, sub / name)
+    shutil.copytree(genuine_dir / "images", a / "genuine")
+    (a / "odd names").mkdir()
+    shutil.copy(gen[0], a / "odd names" / "dermatoscopie été #1.jpeg")  # same content, second path
+    Image.new("RGB", (80, 60), (150, 90, 70)).save(a / "odd names" / "lesion.PNG")
+    bad = a / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image")
+    full = gen[1].read_bytes()
+    (bad / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    (bad / "random.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (bad / "huge.png").write_bytes(_jpeg(Image.fromarray(
+        np.random.default_rng(1).integers(0, 255, (700, 700, 3), dtype=np.uint8)), "PNG"))
+    (bad / "notes.txt").write_text("not listed: not an image extension")
+    n_images = sum(1 for p in a.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return a, n_images
+
+
+@pytest.fixture(scope="module")
+def scored(spark, archive, tmp_path_factory):
+    a, n_images = archive
+    root = tmp_path_factory.mktemp("score-root")
+    model, card = publish_untrained_model(root)
+    cfg = make_cfg(root, score__archive=str(a), score__model="cnn", score__max_file_bytes=1_000_000)
+    first = score(spark, cfg, run_id="r1")
+    return cfg, root, model, card, first, n_images
+
+
+def _table(root, name):
+    return pq.read_table(str(root / "tables" / name)).to_pandas()
+
+
+def test_counts_add_up_and_rejects_have_reasons(scored):
+    cfg, root, model, card, first, n_images = scored
+    assert first["listed"] == n_images
+    assert first["scored"] + first["rejected"] + first["skipped"] == first["listed"]
+    rejects = _table(root, "score_rejects")
+    by_name = {os.path.basename(p): r for p, r in zip(rejects["image_path"], rejects["reason"])}
+    assert by_name == {"empty.jpg": "empty_file", "text.jpg": "not_an_image",
+                       "truncated.jpg": "truncated_or_corrupt", "random.jpg": "not_an_image",
+                       "huge.png": "file_too_large"}
+    assert rejects["detail"].notna().all()
+    assert first["scored"] == n_images - 5 - 1  # five bad files, one duplicate content
+    assert first["skipped"] == 1
+
+
+def test_predictions_are_complete_and_match_model_predict(scored, archive):
+    cfg, root, model, card, first, n_images = scored
+    preds = _table(root, "predictions")
+    assert len(preds) == first["scored"] and preds["image_sha256"].is_unique
+    probs = np.stack(preds["probabilities"].to_numpy())
+    assert probs.shape[1] == 7 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (preds["predicted_dx"] == [CLASSES[i] for i in probs.argmax(1)]).all()
+    assert np.allclose(preds["confidence"], probs.max(1))
+    assert np.allclose(preds["malignant_probability"], probs[:, [0, 1, 4]].sum(1))
+    assert set(preds["scored_date"].astype(str)) == {time.strftime("%Y-%m-%d", time.gmtime())}
+    sample = preds.sample(8, random_state=0)
+    images = np.stack([decode_resize(Path(p.replace("file:", "")).read_bytes(), SIZE, "squash")
+                       for p in sample["image_path"]])
+    expected = model.predict(preprocess("scale_0_1", images.astype(np.float32)), verbose=0)
+    assert np.allclose(np.stack(sample["probabilities"].to_numpy()), expected, atol=1e-5)
+
+
+def test_duplicate_content_is_scored_once_and_both_paths_are_recorded(spark, scored):
+    from lesionspark.sql import register
+    cfg, root, model, card, first, n_images = scored
+    register(spark, str(root))
+    dup = spark.sql("""SELECT image_sha256, count(*) n FROM predictions_by_path
+                       GROUP BY image_sha256 HAVING n > 1""").collect()
+    assert len(dup) == 1 and dup[0]["n"] == 2
+    paths = [r.image_path for r in spark.sql(
+        f"SELECT image_path FROM predictions_by_path WHERE image_sha256 = '{dup[0]['image_sha256']}'").collect()]
+    assert any("été" in p for p in paths)
+
+
+def test_rerun_scores_nothing_and_new_files_are_picked_up(spark, scored, archive, synth_small):
+    cfg, root, model, card, first, n_images = scored
+    a, _ = archive
+    again = score(spark, cfg, run_id="r2")
+    assert again["scored"] == 0 and again["new_files"] == 0 and again["skipped"] == again["listed"] == n_images
+    new = sorted(Path(synth_small["images"][0]).glob("*.jpg"))[50:53]
+    (a / "2026-11-04").mkdir()
+    for p in new:
+        shutil.copy(p, a / "2026-11-04" / p.name)
+    third = score(spark, cfg, run_id="r3")
+    assert third["new_files"] == 3 and third["scored"] == 3 and third["listed"] == n_images + 3
+    preds = _table(root, "predictions")
+    assert preds["image_sha256"].is_unique and len(preds) == first["scored"] + 3
+    for p in new:
+        (a / "2026-11-04" / p.name).unlink()
+    (a / "2026-11-04").rmdir()
+
+
+def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_path):
+    a, n_images = archive
+    model, card = publish_untrained_model(tmp_path)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
+                   spark__master="local[2]")
+    conf = tmp_path / "c.yaml"
+    conf.write_text(cfg.to_yaml())
+    staging = tmp_path / "tables" / "_staging"
+    cmd = [str(Path(sys.executable).parent / "lesionspark"), "score", "--conf", str(conf),
+           "spark.conf.spark.ui.showConsoleProgress=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (staging.exists() and any(staging.rglob("*.parquet"))):
+            assert proc.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.05)
+    finally:
+        for pid in [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert not (tmp_path / "tables" / "predictions").exists()  # nothing half-committed
+    rerun = score(spark, cfg, run_id="after-kill")
+    preds = _table(tmp_path, "predictions")
+    assert len(preds) == rerun["scored"] == n_images - 6 and preds["image_sha256"].is_unique
+    assert not staging.exists() or not any(staging.iterdir())
+
+
+def test_hashed_paths_and_no_paths_in_logs(spark, archive, tmp_path, caplog):
+    a, n_images = archive
+    publish_untrained_model(tmp_path)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn", score__hash_paths=True,
+                   score__path_salt="s3cret", score__max_file_bytes=1_000_000)
+    with caplog.at_level("INFO"):
+        result = score(spark, cfg)
+    preds = _table(tmp_path, "predictions")
+    assert preds["image_path"].str.fullmatch(r"[0-9a-f]{64}").all() and result["scored"] == len(preds)
+    assert "ward" not in caplog.text and "ISIC_" not in caplog.text
+
+
+def test_missing_model_or_archive_exit_2(tmp_path, archive):
+    from lesionspark.cli import main
+    a, _ = archive
+    assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", "nope"]) == 2
+    publish_untrained_model(tmp_path)
+    assert main(["score", "--root", str(tmp_path), "--archive", str(tmp_path / "missing"), "--model", "cnn"]) == 2
+    (tmp_path / "models" / "cnn" / "v1" / "model_card.json").write_text("{broken")
+    assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", "cnn:v1"]) == 2
