@@ -20,16 +20,16 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import WorkerPeak  # noqa: E402
 SIZE = 64
 
 
@@ -71,22 +71,6 @@ def imblearn_child(work: str):
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-class WorkerPeak(threading.Thread):
-    """Largest RSS of any pyspark Python worker process while running."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak, self.stop = 0, False
-
-    def run(self):
-        while not self.stop:
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if "pyspark.daemon" in cmd or "pyspark/worker" in cmd or "pyspark.worker" in cmd:
-                    self.peak = max(self.peak, p.info["memory_info"].rss)
-            time.sleep(0.1)
-
-
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--imblearn-child":
         return imblearn_child(sys.argv[2])
@@ -112,13 +96,10 @@ def main():
     _petastorm_write(spark, spark.createDataFrame(pdf), layout.split("bench", "train"), SIZE, 32, 5)
     storage.write_json(layout.manifest("bench"), {"image_size": SIZE, "fingerprint": "benchmark"})
 
-    peak = WorkerPeak()
-    peak.start()
-    start = time.perf_counter()
-    summary = balance(spark, cfg.with_overrides({"balance.method": "smote"}))
-    spark_seconds = time.perf_counter() - start
-    peak.stop = True
-    peak.join()
+    with WorkerPeak() as peak:
+        start = time.perf_counter()
+        summary = balance(spark, cfg.with_overrides({"balance.method": "smote"}))
+        spark_seconds = time.perf_counter() - start
     spark.stop()
 
     child = subprocess.run([sys.executable, __file__, "--imblearn-child", str(work)], capture_output=True, text=True)

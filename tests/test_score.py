@@ -197,3 +197,20 @@ def test_missing_model_or_archive_exit_2(tmp_path, archive):
     assert main(["score", "--root", str(tmp_path), "--archive", str(tmp_path / "missing"), "--model", "cnn"]) == 2
     (tmp_path / "models" / "cnn" / "v1" / "model_card.json").write_text("{broken")
     assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", "cnn:v1"]) == 2
+
+
+def test_readme_queries_run(spark, scored):
+    """The SQL examples in README.md run against a scored storage root."""
+    import re
+    from lesionspark.sql import register
+    cfg, root, model, card, first, n_images = scored
+    register(spark, str(root))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```sql\n(.*?)```", readme, re.S).group(1)
+    code = "\n".join(l for l in block.splitlines() if not l.strip().startswith("--"))
+    statements = [s.strip() for s in code.split(";") if s.strip()]
+    assert len(statements) == 4
+    for sql in statements:
+        spark.sql(sql.replace("<v1>", card["version"]).replace("<v2>", card["version"])).collect()
+    triage = spark.sql("SELECT count(*) c FROM predictions WHERE scored_date = current_date()").collect()[0].c
+    assert triage >= first["scored"]
