@@ -37,6 +37,46 @@ class IngestError(RuntimeError):
     pass
 
 
+def decoded_schema():
+    from pyspark.sql.types import (BinaryType, ByteType, FloatType, IntegerType, StringType,
+                                   StructField, StructType)
+    types = {"label": IntegerType(), "malignant": ByteType(), "age": FloatType(), "image": BinaryType()}
+    cols = list(FIELD_NAMES) + ["split", "reason", "detail"]
+    return StructType([StructField(c, types.get(c, StringType()), True) for c in cols])
+
+
+def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int) -> pd.DataFrame:
+    """Decode, resize and PNG-encode one batch of (file bytes + metadata). Pure; runs in executors.
+
+    Rows that cannot be decoded keep ``image=None`` and get ``reason``/``detail``."""
+    schema = lesion_schema(size)
+    images, hashes, reasons, details = [], [], [], []
+    for data in batch["content"]:
+        data = bytes(data) if data is not None else b""
+        hashes.append(sha256_hex(data))
+        try:
+            images.append(encode_image(schema, decode_resize(data, size, mode, max_pixels)))
+            reasons.append(None)
+            details.append(None)
+        except ImageRejected as rej:
+            images.append(None)
+            reasons.append(rej.code)
+            details.append(rej.detail)
+    out = batch.drop(columns=["content"]).rename(columns={"path": "source"})
+    out["image"] = images
+    out["sha256"] = hashes
+    out["reason"] = reasons
+    out["detail"] = details
+    return out[list(FIELD_NAMES) + ["split", "reason", "detail"]]
+
+
+def _decode_partition(size: int, mode: str, max_pixels: int):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield decode_batch(batch, size, mode, max_pixels)
+    return run
+
+
 @contextmanager
 def sql_conf(spark, **settings):
     """Set SQL confs for the duration of a block, then restore the session's own values."""
