@@ -124,7 +124,16 @@ def quality(args):
     from lesionspark.train import train
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-quality-"))
     t = time.perf_counter()
-    made = synth(str(work / "raw"), n_images=20000, seed=1, with_genuine=True, progress=False)
+    if args.reuse and (work / "raw" / "HAM10000_metadata.csv").exists():  # synth is deterministic
+        from lesionspark.synth import genuine_image_ids
+        import pandas as pd
+        meta = pd.read_csv(work / "raw" / "HAM10000_metadata.csv")
+        made = {"metadata": str(work / "raw" / "HAM10000_metadata.csv"),
+                "images": [str(work / "raw" / "images_generated"), str(work / "raw" / "images_genuine")],
+                "genuine": int(meta.image_id.isin(genuine_image_ids()).sum())}
+        made["generated"] = len(meta) - made["genuine"]
+    else:
+        made = synth(str(work / "raw"), n_images=20000, seed=1, with_genuine=True, progress=False)
     print(f"synth: {made['generated']} generated + {made['genuine']} genuine in {time.perf_counter() - t:.0f}s",
           flush=True)
     cfg = _cfg(work, **{"ingest.metadata": made["metadata"], "ingest.images": made["images"],
@@ -174,6 +183,7 @@ def main():
     q = sub.add_parser("quality")
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--workdir")
+    q.add_argument("--reuse", action="store_true", help="reuse the generated images already in --workdir")
     args = ap.parse_args()
     throughput(args) if args.what == "throughput" else quality(args)
 

@@ -146,7 +146,6 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
                                                        int(cfg.get("ingest.max_image_pixels")),
                                                        int(cfg.get("score.threads"))), out_schema)
     results = results.persist(StorageLevel.MEMORY_AND_DISK)
-    n_cap = None
     arrow_rows = int(cfg.get("score.arrow_batch_rows"))
     from .ingest import sql_conf
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=arrow_rows), \
@@ -166,9 +165,8 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         sum((F.element_at(probs, i + 1) for i in malignant_idx), F.lit(0.0)).alias("malignant_probability"),
         F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at"),
         F.lit(now.date().isoformat()).alias("scored_date"))
-    reject_reason = F.coalesce(F.col("reason"), F.lit("?"))
     decode_rejects = results.filter(F.col("reason").isNotNull()).select(
-        "path", F.col("sha256").alias("image_sha256"), reject_reason.alias("reason"), "detail")
+        "path", F.col("sha256").alias("image_sha256"), "reason", "detail")
     listing_rejects = too_large.select("path", "image_sha256", F.lit("file_too_large").alias("reason"),
                                        F.concat(F.col("length").cast("string"), F.lit(f" bytes > score.max_file_bytes={max_bytes}")).alias("detail")) \
         .unionByName(empty.select("path", "image_sha256", F.lit("empty_file").alias("reason"),
@@ -191,8 +189,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         step.count = sum(counts.values())
     _commit(root, run_id)
     scored, rejected = counts["predictions"], counts["score_rejects"]
-    rejected_files = rejected  # one reject row per content; its other paths are duplicates
-    skipped = listed - scored - rejected_files
+    skipped = listed - scored - rejected  # one reject row per content; its other paths are skipped
     summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
                "listed": listed, "new_files": len(new_paths), "scored": scored, "rejected": rejected,
                "skipped": skipped, "seconds": round(time.perf_counter() - t_start, 1),
