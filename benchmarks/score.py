@@ -105,8 +105,8 @@ def main():
             start = time.perf_counter()
             s = score(spark, cfg.with_overrides({"score.archive": str(folder), "score.model": arch}), run_id=label)
             seconds = time.perf_counter() - start
-        assert s["scored"] == s["listed"], s
-        return s["listed"] / seconds, peak.peak / 2**20, s["listed"]
+        assert s["scored"] + s["skipped"] == s["listed"] and s["rejected"] == 0, s
+        return s["scored"] / seconds, peak.peak / 2**20, s["scored"]
 
     results["cnn_bare"] = bare("cnn", made["images"][0], len(files))
     results["cnn_spark"], results["cnn_peak_mb_n"], n1 = spark_run("cnn", made["images"][0], "cnn-n")
@@ -119,8 +119,9 @@ def main():
         d.mkdir()
         for p in files:
             (d / p.name).write_bytes(p.read_bytes() + b"\0" * k)
-    _, results["cnn_peak_mb_4n"], n4 = spark_run("cnn", Path(made["images"][0]).parent, "cnn-4n")
-    print(f"cnn: worker peak {results['cnn_peak_mb_4n']:.0f} MB at {n4 + n1} files listed ({n4} new)", flush=True)
+    results["cnn_spark_3n_new"], results["cnn_peak_mb_4n"], n4 = spark_run("cnn", Path(made["images"][0]).parent, "cnn-4n")
+    print(f"cnn: worker peak {results['cnn_peak_mb_4n']:.0f} MB at {n4 + n1} files listed ({n4} new, "
+          f"{results['cnn_spark_3n_new']:.1f} img/s)", flush=True)
     results["resnet50_bare"] = bare("resnet50", small, args.resnet_images)
     results["resnet50_spark"], _, _ = spark_run("resnet50", small, "resnet")
     print(f"resnet50: bare {results['resnet50_bare']:.1f} img/s, spark {results['resnet50_spark']:.1f} img/s "

@@ -135,10 +135,9 @@ def train(spark, cfg: Config, run_id: str | None = None) -> dict:
                                 verbose=int(cfg.get("train.horovod_verbose")))
     seconds = time.perf_counter() - start
     rank0 = next(r for r in results if r["rank"] == 0)
-    hashes = {r["trainable_sha256"] for r in results}
-    if len(hashes) != 1:
-        raise RuntimeError(f"ranks finished with different trainable weights ({len(hashes)} distinct): "
-                           "not synchronised")
+    for kind in ("trainable_sha256", "non_trainable_sha256"):
+        if len({r[kind] for r in results}) != 1:
+            raise RuntimeError(f"ranks finished with different {kind.split('_sha')[0]} weights: not synchronised")
     card = publish(cfg, spec, rank0, seconds, ranks=[
         {k: r[k] for k in ("rank", "initial_epoch", "epochs_run", "steps_per_epoch", "samples_per_s", "epoch_train_seconds",
                            "trainable_sha256", "non_trainable_sha256")} for r in sorted(results, key=lambda r: r["rank"])])

@@ -218,6 +218,22 @@ def train_worker(spec: dict) -> dict:
             if spec.get("sleep_after_epoch"):
                 time.sleep(float(spec["sleep_after_epoch"]))  # lets tests kill a run mid-way
 
+    class SyncNonTrainable(tf.keras.callbacks.Callback):
+        """Average batch-norm moving statistics across ranks before each validation and at the
+        end, so every rank validates (and rank 0 saves) the same model that the averaged
+        validation metric describes. Gradients are allreduced by the optimizer; these are not."""
+
+        def _sync(self):
+            for i, v in enumerate(self.model.non_trainable_variables):
+                if v.dtype.is_floating:
+                    v.assign(hvd.allreduce(v, op=hvd.Average, name=f"sync_non_trainable_{i}"))
+
+        def on_test_begin(self, logs=None):
+            self._sync()
+
+        def on_train_end(self, logs=None):
+            self._sync()
+
     class TrainClock(tf.keras.callbacks.Callback):
         """Seconds spent in training steps per epoch (validation excluded), for throughput."""
 
@@ -244,6 +260,7 @@ def train_worker(spec: dict) -> dict:
     early = ResumableEarlyStopping(monitor=monitor, mode="max", patience=int(spec["patience"]))
     callbacks = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        SyncNonTrainable(),
         hvd.callbacks.MetricAverageCallback(),
     ]
     if initial_epoch < spec["warmup_epochs"]:
@@ -272,8 +289,8 @@ def train_worker(spec: dict) -> dict:
     digest = lambda ws: hashlib.sha256(b"".join(w.numpy().tobytes() for w in ws)).hexdigest()
     result = {"rank": rank, "size": size, "initial_epoch": initial_epoch, "epochs_run": epochs_run,
               "history": history, "seconds": seconds, "steps_per_epoch": steps,
-              # Trainable weights are synchronised by allreduce and must be identical on every rank;
-              # batch-norm moving statistics are per rank (each sees its own batches).
+              # Trainable weights are synchronised by the optimizer's allreduce; batch-norm moving
+              # statistics by SyncNonTrainable. Both must be identical on every rank.
               "trainable_sha256": digest(model.trainable_weights),
               "non_trainable_sha256": digest(model.non_trainable_weights),
               # steady state: epochs after the first (graph tracing), training steps only, all ranks

@@ -32,6 +32,7 @@ def test_two_ranks_train_in_lockstep(trained):
     assert [r["rank"] for r in ranks] == [0, 1] and card["workers"] == 2
     assert all(r["epochs_run"] == 4 and r["steps_per_epoch"] > 0 for r in ranks)
     assert ranks[0]["trainable_sha256"] == ranks[1]["trainable_sha256"]  # allreduce kept them identical
+    assert ranks[0]["non_trainable_sha256"] == ranks[1]["non_trainable_sha256"]  # batch-norm stats synced
     assert card["threads_per_worker"] == 1  # 2 workers on 2 cores: no oversubscription
 
 
