@@ -100,6 +100,21 @@ def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int 
     return arr
 
 
+def decode_each(contents, size: int, mode: str = "squash", max_pixels: int = 40_000_000):
+    """``decode_resize`` over many files: (arrays or None, reason codes or None, details or None)."""
+    arrays, reasons, details = [], [], []
+    for data in contents:
+        try:
+            arrays.append(decode_resize(bytes(data) if data is not None else b"", size, mode, max_pixels))
+            reasons.append(None)
+            details.append(None)
+        except ImageRejected as rej:
+            arrays.append(None)
+            reasons.append(rej.code)
+            details.append(rej.detail)
+    return arrays, reasons, details
+
+
 def decode_resize_naive(data: bytes, size: int) -> np.ndarray:
     """The baseline the benchmark compares against: full decode, then a bicubic resize."""
     img = Image.open(io.BytesIO(data)).convert("RGB")

@@ -19,7 +19,7 @@ import pandas as pd
 from . import __version__, storage
 from .classes import CLASSES
 from .config import Config
-from .images import ImageRejected, decode_resize, sha256_hex
+from .images import decode_each, sha256_hex
 from .listing import STEM_FROM_PATH, file_contents, list_files
 from .metadata import parse_metadata
 from .progress import timed
@@ -50,18 +50,9 @@ def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int) -> 
 
     Rows that cannot be decoded keep ``image=None`` and get ``reason``/``detail``."""
     schema = lesion_schema(size)
-    images, hashes, reasons, details = [], [], [], []
-    for data in batch["content"]:
-        data = bytes(data) if data is not None else b""
-        hashes.append(sha256_hex(data))
-        try:
-            images.append(encode_image(schema, decode_resize(data, size, mode, max_pixels)))
-            reasons.append(None)
-            details.append(None)
-        except ImageRejected as rej:
-            images.append(None)
-            reasons.append(rej.code)
-            details.append(rej.detail)
+    arrays, reasons, details = decode_each(batch["content"], size, mode, max_pixels)
+    images = [None if a is None else encode_image(schema, a) for a in arrays]
+    hashes = [sha256_hex(bytes(d) if d is not None else b"") for d in batch["content"]]
     out = batch.drop(columns=["content"]).rename(columns={"path": "source"})
     out["image"] = images
     out["sha256"] = hashes

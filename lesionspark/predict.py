@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .images import ImageRejected, decode_resize
+from .images import decode_each
 
 _MODELS: dict[str, object] = {}
 
@@ -52,21 +52,10 @@ def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int
             pass  # already initialised in this reused worker
         model = load_model(model_uri)
         for batch in batches:
-            ok, arrays, reasons, details = [], [], [], []
-            for data in batch["content"]:
-                try:
-                    arrays.append(decode_resize(bytes(data), size, resize, max_pixels))
-                    ok.append(True)
-                    reasons.append(None)
-                    details.append(None)
-                except ImageRejected as rej:
-                    ok.append(False)
-                    reasons.append(rej.code)
-                    details.append(rej.detail)
-            probs = predict_arrays(model, card, np.stack(arrays), batch_size) if arrays else np.zeros((0, 0))
-            rows, it = [], iter(probs)
-            for okay in ok:
-                rows.append(list(next(it)) if okay else None)
+            arrays, reasons, details = decode_each(batch["content"], size, resize, max_pixels)
+            good = [a for a in arrays if a is not None]
+            probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
+            rows = [None if a is None else list(next(probs)) for a in arrays]
             yield pd.DataFrame({"path": batch["path"], "sha256": batch["sha256"], "probabilities": rows,
                                 "reason": reasons, "detail": details})
     return run
