@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from . import storage
-from .classes import CLASSES, HMNIST_LABELS, LABEL_OF, binary_label
+from .classes import HMNIST_LABELS, LABEL_OF, binary_label
 from .config import Config
 from .images import ImageRejected, sha256_hex
 from .progress import timed

@@ -214,7 +214,7 @@ def synth(out: str, n_images: int = 1000, seed: int = 0, width: int = 600, heigh
 def write_hmnist_csv(path: str, images: np.ndarray, dx: list[str], grayscale: bool = False) -> None:
     """Write images in the Kaggle ``hmnist_<s>_<s>_{L,RGB}.csv`` layout (pixel columns + label)."""
     code = {v: k for k, v in HMNIST_LABELS.items()}
-    n, s = images.shape[0], images.shape[1]
+    n = images.shape[0]
     if grayscale:
         flat = np.asarray([np.asarray(Image.fromarray(im).convert("L")) for im in images]).reshape(n, -1)
     else:
