@@ -61,6 +61,8 @@ def test_hmnist_csv_ingests_with_rejects(spark, synth_small, tmp_path):
             per_class[k] = per_class.get(k, 0) + v
     assert {k: v for k, v in per_class.items() if v} == pd.Series(dx).value_counts().to_dict()
     from petastorm import make_reader
-    with make_reader(f"file://{tmp_path}/root/datasets/hmnist/train", num_epochs=1, workers_count=1) as r:
-        row = next(iter(r))
-    assert row.image.shape == (28, 28, 3) and row.image_id.startswith("hmnist_28_RGB_")
+    with make_reader(f"file://{tmp_path}/root/datasets/hmnist/train", num_epochs=1, workers_count=1,
+                     shuffle_row_groups=False) as r:
+        rows = list(r)
+    assert len(rows) == manifest["counts"]["by_split"]["train"]["total"]
+    assert all(row.image.shape == (28, 28, 3) and row.image_id.startswith("hmnist_28_RGB_") for row in rows)
