@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 from .config import Config, ConfigError
 
@@ -66,14 +65,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
     p.add_argument("--model", dest="score.model", help="name[:version|latest] (score.model)")
 
+    p = sub.add_parser("evaluate", help="metrics, plots and a report for a model version on dataset splits")
+    _common(p)
+    p.add_argument("--model", dest="evaluate.model", help="name[:version|latest] (evaluate.model)")
+    p.add_argument("--name", dest="evaluate.dataset", help="dataset (evaluate.dataset; default: the model's)")
+    p.add_argument("--splits", dest="evaluate.splits", nargs="+", help="splits to report (evaluate.splits)")
+
+    p = sub.add_parser("compare", help="models side by side from the metrics table")
+    _common(p)
+    p.add_argument("--split", default="test", help="which split's metrics (default test)")
+    p.add_argument("--name", dest="dataset_filter", help="only this dataset")
+
     p = sub.add_parser("sql", help="run Spark SQL over the tables under the storage root")
     _common(p)
     p.add_argument("--query", "-q", required=True, help="the SQL query")
     p.add_argument("--out", help="write the result to a .csv or Parquet path instead of printing it")
 
-    p = sub.add_parser("demo", help="the pipeline on a built-in default: no cluster, no downloads")
+    p = sub.add_parser("pipeline", help="ingest, balance, train, evaluate and score in order (pipeline.steps)")
     _common(p)
-    p.add_argument("--n-images", dest="synth.n_images", type=int, help="generated images (synth.n_images)")
+    p.add_argument("--steps", dest="pipeline.steps", nargs="+", help="a subset, in order (pipeline.steps)")
+
+    p = sub.add_parser("demo", help="every stage on a built-in default: no cluster, no downloads")
+    _common(p)
+    p.add_argument("--n-images", dest="demo.n_images", type=int, help="generated images (demo.n_images)")
     return parser
 
 
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.stage == "sql":
             result = run_sql(cfg, args.query, args.out)
+        elif args.stage == "compare":
+            result = run_compare(cfg, args.split, args.dataset_filter)
         else:
             result = STAGES[args.stage](cfg)
     except (ConfigError, ValueError) as exc:
@@ -141,43 +157,64 @@ def run_score(cfg: Config) -> dict:
     return score(get_spark(cfg), cfg)
 
 
+def run_evaluate(cfg: Config) -> dict:
+    from .evaluate import evaluate
+    from .spark import get_spark
+    return evaluate(get_spark(cfg), cfg)
+
+
+def _print_frame(frame) -> None:
+    import pandas as pd
+    with pd.option_context("display.max_columns", 30, "display.width", 200, "display.max_colwidth", 60,
+                           "display.float_format", "{:.3f}".format):
+        print(frame.to_string(index=False))
+
+
+def run_compare(cfg: Config, split: str = "test", dataset: str | None = None) -> None:
+    from .evaluate import compare
+    from .spark import get_spark
+    _print_frame(compare(get_spark(cfg), cfg.get("storage.root"), split, dataset))
+    return None
+
+
 def run_sql(cfg: Config, query: str, out: str | None):
     from .spark import get_spark
     from .sql import run_query
     result = run_query(get_spark(cfg), cfg.get("storage.root"), query, out, bool(cfg.get("sql.metastore")))
     if out:
         return result
-    import pandas as pd
-    with pd.option_context("display.max_columns", 30, "display.width", 200, "display.max_colwidth", 60):
-        print(result.to_string(index=False))
+    _print_frame(result)
     return None
 
 
+def run_pipeline(cfg: Config) -> dict:
+    from .pipeline import pipeline
+    from .spark import get_spark
+    return pipeline(get_spark(cfg), cfg)
+
+
 def run_demo(cfg: Config) -> dict:
-    """Synth a small HAM10000-shaped set (plus the 56 genuine JPEGs), ingest it, balance it."""
-    from . import storage
-    start = time.perf_counter()
-    root = storage.normalize_uri(cfg.get("storage.root"))
-    if not root.startswith("file://"):
-        raise ConfigError("the demo writes its generated images to a local storage.root")
-    out = root[len("file://"):] + "/raw/demo"
-    cfg = cfg.with_overrides({"synth.out": out})
-    log.info("demo 1/3: synth %d generated images + 56 genuine into %s", cfg.get("synth.n_images"), out)
-    made = run_synth(cfg)
-    cfg = cfg.with_overrides({"ingest.metadata": made["metadata"], "ingest.images": made["images"],
-                              "dataset.name": cfg.get("dataset.name")})
-    log.info("demo 2/3: ingest")
-    summary = run_ingest(cfg)
-    log.info("demo 3/3: balance (%s)", cfg.get("balance.method"))
-    balanced = run_balance(cfg)
-    summary["balance"] = {k: balanced[k] for k in ("method", "before", "after", "class_weights")}
-    summary["demo_seconds"] = round(time.perf_counter() - start, 1)
-    summary["dataset_uri"] = storage.Layout(root).dataset(cfg.get("dataset.name"))
-    return summary
+    from .pipeline import demo
+    result = demo(cfg)
+    print("\n== models compared on the test split (from the metrics table) ==")
+    _print_frame(result.pop("compare"))
+    for what, sql, frame in result.pop("queries"):
+        print(f"\n== {what} ==\n$ lesionspark sql -q \"{sql}\"")
+        _print_frame(frame)
+    print("\n== reports ==")
+    for name, m in result["models"].items():
+        print(f"{name}: {m['report']}  (test balanced accuracy {m['test']['balanced_accuracy']:.3f}, "
+              f"macro F1 {m['test']['macro_f1']:.3f})")
+    result["score"] = {k: result["score"][k] for k in ("run_id", "model", "model_version", "archive", "listed",
+                                                       "scored", "rejected", "skipped")}
+    for m in result["models"].values():
+        m["test"] = {k: m["test"][k] for k in ("n_images", "accuracy", "balanced_accuracy", "macro_f1", "malignant_auc")}
+    print(f"\ndemo finished in {result['demo_seconds']:.0f}s")
+    return result
 
 
 STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "train": run_train,
-          "score": run_score, "demo": run_demo}
+          "score": run_score, "evaluate": run_evaluate, "pipeline": run_pipeline, "demo": run_demo}
 
 
 if __name__ == "__main__":

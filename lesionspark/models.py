@@ -35,9 +35,25 @@ def _weights_arg(weights):
         return None
     if weights == "imagenet":
         return "imagenet"
-    if not os.path.exists(str(weights)):
-        raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet or a path)")
-    return str(weights)
+    weights = str(weights)
+    if "://" in weights:  # hdfs://, s3a://, file://: copied once to a local file (Keras reads local files)
+        from . import storage
+        import hashlib
+        import tempfile
+        local = os.path.join(tempfile.gettempdir(),
+                             f"lesionspark-weights-{hashlib.sha1(weights.encode()).hexdigest()[:16]}.h5")
+        if not os.path.exists(local):
+            if not storage.exists(weights):
+                raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, "
+                                   "a path or a URI)")
+            tmp = f"{local}.{os.getpid()}.part"
+            with open(tmp, "wb") as fh:
+                fh.write(storage.read_bytes(weights))
+            os.replace(tmp, local)
+        return local
+    if not os.path.exists(weights):
+        raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, a path or a URI)")
+    return weights
 
 
 def _backbone(factory, name: str, size: int, weights):

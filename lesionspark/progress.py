@@ -12,7 +12,16 @@ def _not_py4j_chatter(record: logging.LogRecord) -> bool:
     return not ("/py4j/" in record.pathname and record.levelno < logging.WARNING)
 
 
+def quiet_library_warnings() -> None:
+    """Petastorm uses pyarrow's legacy dataset API, which warns on every dataset it opens: harmless
+    with the pinned versions (README: Troubleshooting), and it would bury the progress lines."""
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*(ParquetDataset|pyarrow.localfs).*")
+
+
 def setup_logging(level: str = "INFO") -> None:
+    quiet_library_warnings()
     root = logging.getLogger()
     if not any(getattr(h, "_lesionspark", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)

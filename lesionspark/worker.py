@@ -138,6 +138,8 @@ def _upload(local: str, uri: str) -> None:
 
 def train_worker(spec: dict) -> dict:
     _limit_threads(int(spec["threads"]))
+    from .progress import quiet_library_warnings
+    quiet_library_warnings()  # on every row group read, burying the epoch progress
     import tensorflow as tf
     import horovod.tensorflow.keras as hvd
     from . import storage

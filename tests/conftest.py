@@ -47,6 +47,23 @@ def make_cfg(root, **keys):
     return cfg.with_overrides({"storage.root": str(root), **{k.replace("__", "."): v for k, v in keys.items()}})
 
 
+def publish_untrained_model(root: Path, name="cnn", version="v1", size=32, **card_keys):
+    """A real Keras CNN (random weights) with a complete model card, as train publishes it."""
+    from lesionspark import storage
+    from lesionspark.classes import CLASSES
+    from lesionspark.models import build
+    d = root / "models" / name / version
+    d.mkdir(parents=True)
+    classes = card_keys.pop("classes", list(CLASSES))
+    model = build("cnn", size, len(classes), {"filters": [8, 16, 16], "dense": 16})
+    model.save(str(d / "model.keras"))
+    card = {"name": name, "version": version, "architecture": "cnn", "classes": classes,
+            "image_size": size, "resize": "squash", "preprocessing": "scale_0_1", **card_keys}
+    storage.write_json(str(d / "model_card.json"), card)
+    (root / "models" / name / "latest").write_text(version)
+    return model, card
+
+
 @pytest.fixture(scope="session")
 def ingested_small(spark, synth_small, tmp_path_factory):
     """synth_small ingested at 32 px: (cfg, manifest, layout). Shared by balance and train tests."""

@@ -47,6 +47,12 @@ def test_local_weights_file(tmp_path):
     assert np.array_equal(loaded.get_weights()[0], base.get_weights()[0])
     with pytest.raises(WeightsError, match="not found"):
         build("resnet50", 64, 7, {"weights": str(tmp_path / "missing.h5")})
+    # A URI (hdfs://, s3a://, file://: cluster nodes have no internet) is copied to a local file once.
+    by_uri = build("resnet50", 64, 7, {"weights": "file://" + path})
+    loaded = next(l for l in by_uri.layers if isinstance(l, tf.keras.Model))
+    assert np.array_equal(loaded.get_weights()[0], base.get_weights()[0])
+    with pytest.raises(WeightsError, match="not found"):
+        build("resnet50", 64, 7, {"weights": "file://" + str(tmp_path / "missing.h5")})
 
 
 def test_preprocessing_names():

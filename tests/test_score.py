@@ -14,28 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_cfg
-from lesionspark import storage
+from conftest import make_cfg, publish_untrained_model
 from lesionspark.classes import CLASSES
 from lesionspark.images import decode_resize
-from lesionspark.models import build, preprocess
+from lesionspark.models import preprocess
 from lesionspark.score import score
 
 pytestmark = pytest.mark.spark
 SIZE = 32
-
-
-def publish_untrained_model(root: Path, name="cnn", version="v1", size=SIZE):
-    """A real Keras CNN (random weights) with a complete model card, as train publishes it."""
-    d = root / "models" / name / version
-    d.mkdir(parents=True)
-    model = build("cnn", size, 7, {"filters": [8, 16, 16], "dense": 16})
-    model.save(str(d / "model.keras"))
-    card = {"name": name, "version": version, "architecture": "cnn", "classes": list(CLASSES),
-            "image_size": size, "resize": "squash", "preprocessing": "scale_0_1"}
-    storage.write_json(str(d / "model_card.json"), card)
-    (root / "models" / name / "latest").write_text(version)
-    return model, card
 
 
 def _jpeg(img, fmt="JPEG"):

@@ -1,0 +1,189 @@
+"""Evaluate (driver side): score dataset splits with a model version, compute the metrics, write
+the metrics table rows and the report.
+
+Scoring is distributed: the split's Petastorm files are read by Spark and go through the same
+executor function as ``score`` (``predict.score_partition``: decode, the card's preprocessing,
+``model.predict``). Only the per-image probabilities (7 doubles an image) come back to the driver,
+where scikit-learn computes the metrics (``metrics.py``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, storage
+from .classes import MALIGNANT
+from .config import Config, ConfigError
+from .progress import timed
+from .score import resolve_model
+
+log = logging.getLogger(__name__)
+
+METRICS_SCHEMA = (("model", "string"), ("model_version", "string"), ("dataset", "string"), ("split", "string"),
+                  ("metric", "string"), ("class", "string"), ("value", "double"), ("evaluated_at", "timestamp"),
+                  ("run_id", "string"))
+
+
+def report_dir(root: str, card: dict, dataset: str) -> str:
+    """``reports/<model>/<version>/`` (or ``<version>-on-<dataset>`` for a dataset other than the one
+    the model was trained on, so that the two reports do not replace each other)."""
+    version = card["version"] if dataset == card.get("dataset", dataset) else f"{card['version']}-on-{dataset}"
+    return storage.join(root, "reports", card["name"], version)
+
+
+def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> pd.DataFrame:
+    """Per-image probabilities of one Petastorm split, scored in executors."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+    from .ingest import sql_conf
+    from .predict import score_partition
+    records = spark.read.parquet(url)
+    out_schema = StructType([StructField("path", StringType()), StructField("sha256", StringType()),
+                             StructField("probabilities", ArrayType(DoubleType())),
+                             StructField("reason", StringType()), StructField("detail", StringType())])
+    images = records.select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content")) \
+        .repartition(max(1, spark.sparkContext.defaultParallelism))
+    scored = images.mapInPandas(score_partition(model_uri, card, int(cfg.get("score.batch_size")),
+                                                int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads"))),
+                                out_schema)
+    joined = records.select("image_id", "lesion_id", "dx", "label", "malignant").join(
+        scored.select(F.col("path").alias("image_id"), "probabilities", "reason", "detail"), "image_id", "left")
+    with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))):
+        return joined.toPandas().sort_values("image_id", ignore_index=True)
+
+
+def malignant_probability(probs: np.ndarray, classes: list[str]) -> np.ndarray:
+    if list(classes) == ["benign", "malignant"]:
+        return probs[:, 1]
+    return probs[:, [i for i, c in enumerate(classes) if c in MALIGNANT]].sum(axis=1)
+
+
+def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg: Config) -> dict:
+    """All metrics of one scored split (rows with a reject reason are counted, not scored)."""
+    good = frame[frame["reason"].isna()]
+    binary = list(classes) == ["benign", "malignant"]
+    probs = np.array(good["probabilities"].tolist(), dtype=np.float64).reshape(len(good), len(classes))
+    y = good["malignant" if binary else "label"].to_numpy().astype(int)
+    y_mal = good["malignant"].to_numpy().astype(int)
+    p_mal = malignant_probability(probs, classes)
+    result = metrics.classification(y, probs, classes)
+    result["overall"]["n_rejected"] = int(len(frame) - len(good))
+    target = float(cfg.get("evaluate.target_sensitivity"))
+    result["malignant"] = metrics.malignant_view(y_mal, p_mal, float(cfg.get("evaluate.default_threshold")),
+                                                 threshold, target)
+    result["ci"] = metrics.bootstrap_ci(y, probs.argmax(axis=1), good["lesion_id"].to_numpy(), len(classes),
+                                        int(cfg.get("evaluate.bootstrap")), int(cfg.get("evaluate.seed")))
+    result["calibration"] = metrics.calibration(y, probs, int(cfg.get("evaluate.calibration_bins")))
+    if len(frame) > len(good):
+        result["warnings"].append(f"{len(frame) - len(good)} images could not be scored (see predictions_*.parquet)")
+    if np.isnan(threshold):
+        result["warnings"].append("no threshold for the target sensitivity: the threshold split lacks malignant "
+                                  "or benign images")
+    return result
+
+
+def metrics_file(root: str, model: str, version: str, dataset: str, split: str) -> str:
+    """One Parquet file per (model, version, dataset, split): a rerun replaces exactly its own rows."""
+    key = hashlib.sha1(f"{model}\0{version}\0{dataset}\0{split}".encode()).hexdigest()[:20]
+    return storage.join(root, "tables", "metrics", f"part-{key}.parquet")
+
+
+def write_metrics(root: str, rows: list[dict], model: str, version: str, dataset: str, split: str) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    types = {"string": pa.string(), "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC")}
+    schema = pa.schema([(name, types[t]) for name, t in METRICS_SCHEMA])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    final = metrics_file(root, model, version, dataset, split)
+    tmp = final.rsplit("/", 1)[0] + "/_tmp-" + final.rsplit("/", 1)[1]  # Spark skips _-files
+    fs, tmp_path = storage.filesystem(tmp)
+    _, final_path = storage.filesystem(final)
+    fs.create_dir(tmp_path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, tmp_path, filesystem=fs)
+    fs.move(tmp_path, final_path)  # atomic replace on local filesystems and HDFS
+    return final
+
+
+def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
+    from .report import write_report
+    start = time.perf_counter()
+    run_id = run_id or storage.new_run_id()
+    root = storage.normalize_uri(cfg.get("storage.root"))
+    layout = storage.Layout(root)
+    card, model_uri = resolve_model(root, cfg.get("evaluate.model"))
+    dataset = cfg.get("evaluate.dataset", None) or card.get("dataset") or cfg.get("dataset.name")
+    if not storage.exists(layout.manifest(dataset)):
+        raise ConfigError(f"no ingested dataset {dataset!r} under {root}: run `lesionspark ingest` first")
+    manifest = storage.read_json(layout.manifest(dataset))
+    if int(manifest["image_size"]) != int(card["image_size"]):
+        log.warning("evaluate: dataset %s is %d px, the model takes %d px: images are resized", dataset,
+                    manifest["image_size"], card["image_size"])
+    threshold_split = cfg.get("evaluate.threshold_split")
+    splits = list(dict.fromkeys([threshold_split, *cfg.get("evaluate.splits")]))
+    for split in splits:
+        if not storage.exists(layout.split(dataset, split)):
+            raise ConfigError(f"dataset {dataset!r} has no split {split!r}")
+    classes = list(card["classes"])
+    log.info("evaluate %s:%s on %s %s (run %s)", card["name"], card["version"], dataset, splits, run_id)
+
+    frames, results = {}, {}
+    for split in splits:
+        with timed(log, f"score {dataset}/{split}") as step:
+            frames[split] = predict_split(spark, layout.split(dataset, split), card, model_uri, cfg)
+            step.count = len(frames[split])
+    val = frames[threshold_split]
+    val_ok = val[val["reason"].isna()]
+    threshold = metrics.threshold_for_sensitivity(
+        val_ok["malignant"].to_numpy().astype(int),
+        malignant_probability(np.array(val_ok["probabilities"].tolist()).reshape(len(val_ok), len(classes)), classes),
+        float(cfg.get("evaluate.target_sensitivity")))
+    now = dt.datetime.now(dt.timezone.utc)
+    for split in splits:
+        with timed(log, f"metrics {dataset}/{split} (bootstrap x{cfg.get('evaluate.bootstrap')})"):
+            results[split] = split_result(frames[split], classes, threshold, cfg)
+        for w in results[split]["warnings"]:
+            log.warning("evaluate %s: %s", split, w)
+        rows = [{"model": card["name"], "model_version": card["version"], "dataset": dataset, "split": split,
+                 "metric": m, "class": c, "value": v, "evaluated_at": now, "run_id": run_id}
+                for m, c, v in metrics.long_rows(results[split], classes)]
+        write_metrics(root, rows, card["name"], card["version"], dataset, split)
+    out = report_dir(root, card, dataset)
+    with timed(log, f"report {out}"):
+        history = storage.read_json(model_uri.rsplit("/", 1)[0] + "/history.json") \
+            if storage.exists(model_uri.rsplit("/", 1)[0] + "/history.json") else {}
+        write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
+                     threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id)
+    summary = {"run_id": run_id, "model": card["name"], "model_version": card["version"], "dataset": dataset,
+               "report": out + "/report.md", "threshold": {"split": threshold_split, "value": threshold,
+                                                          "target_sensitivity": cfg.get("evaluate.target_sensitivity")},
+               "splits": {s: {**{k: r["overall"][k] for k in ("n_images", "n_rejected", "accuracy", "balanced_accuracy",
+                                                             "macro_f1", "weighted_f1", "macro_auc")},
+                              "malignant_auc": r["malignant"]["malignant_auc"],
+                              "ci": r["ci"], "ece": r["calibration"]["ece"], "warnings": r["warnings"]}
+                          for s, r in results.items()},
+               "seconds": round(time.perf_counter() - start, 1)}
+    log.info("evaluate: %s", "; ".join(f"{s}: bal-acc {r['balanced_accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
+                                      for s, r in summary["splits"].items()))
+    return summary
+
+
+def compare(spark, root: str, split: str = "test", dataset: str | None = None) -> pd.DataFrame:
+    """Models side by side, from the metrics table (Spark SQL), best balanced accuracy first."""
+    from .sql import register
+    if "metrics" not in register(spark, root):
+        raise ConfigError(f"no metrics table under {root}: run `lesionspark evaluate` first")
+    where = f"split = '{split}'" + (f" AND dataset = '{dataset}'" if dataset else "")
+    wanted = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "malignant_auc",
+              "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "n_images")
+    cols = ", ".join(f"max(CASE WHEN metric = '{m}' THEN value END) AS {m}" for m in wanted)
+    return spark.sql(f"""
+        SELECT model, model_version, dataset, split, {cols}
+        FROM metrics WHERE {where} AND class IS NULL
+        GROUP BY model, model_version, dataset, split
+        ORDER BY balanced_accuracy DESC""").toPandas().astype({"n_images": "Int64"})
+

@@ -1,0 +1,164 @@
+"""Evaluation metrics from per-image predictions: pure functions over numpy arrays.
+
+Everything scikit-learn computes is taken from scikit-learn. What it does not have is written here
+and kept small: the threshold for a target sensitivity, the lesion-level bootstrap and the
+top-label calibration bins. Undefined values (a class absent from the split, no malignant images)
+are NaN with a message in ``warnings``; they never raise.
+"""
+from __future__ import annotations
+
+import math
+import warnings as _warnings
+
+import numpy as np
+
+OVERALL_CI = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _quiet(fn, *args, **kw):
+    """Call a scikit-learn metric without its UndefinedMetricWarning chatter (we report our own)."""
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        return fn(*args, **kw)
+
+
+def classification(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Overall, per-class and confusion metrics of an argmax classifier over ``classes``."""
+    from sklearn import metrics as M
+    labels = list(range(len(classes)))
+    y_pred = probs.argmax(axis=1)
+    notes = []
+    present = set(np.unique(y_true).tolist())
+    predicted = set(np.unique(y_pred).tolist())
+    for k, c in enumerate(classes):
+        if k not in present:
+            notes.append(f"class {c} is absent from the split: its recall and AUC are undefined (NaN)")
+        elif k not in predicted:
+            notes.append(f"class {c} is never predicted: its precision is undefined and reported as 0")
+    p, r, f, s = _quiet(M.precision_recall_fscore_support, y_true, y_pred, labels=labels, zero_division=0)
+    cm = M.confusion_matrix(y_true, y_pred, labels=labels)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cm_rate = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
+    auc = []
+    for k in labels:
+        pos = y_true == k
+        auc.append(float(M.roc_auc_score(pos, probs[:, k])) if 0 < pos.sum() < len(y_true) else math.nan)
+    per_class = {c: {"precision": float(p[k]), "recall": float(r[k]) if k in present else math.nan,
+                     "f1": float(f[k]), "support": int(s[k]), "auc": auc[k]} for k, c in enumerate(classes)}
+    overall = {
+        "n_images": int(len(y_true)),
+        "accuracy": float(M.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(_quiet(M.balanced_accuracy_score, y_true, y_pred)),
+        "macro_f1": float(_quiet(M.f1_score, y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(_quiet(M.f1_score, y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "macro_precision": float(_quiet(M.precision_score, y_true, y_pred, labels=labels, average="macro",
+                                        zero_division=0)),
+        "cohen_kappa": float(M.cohen_kappa_score(y_true, y_pred, labels=labels)),
+        # One-vs-rest macro AUC over the classes that are present (scikit-learn's ovr macro when all are).
+        "macro_auc": float(np.nanmean(auc)) if not all(math.isnan(a) for a in auc) else math.nan,
+    }
+    return {"overall": overall, "per_class": per_class, "confusion": cm.tolist(),
+            "confusion_rate": cm_rate.tolist(), "warnings": notes}
+
+
+def sensitivity_specificity(y_mal: np.ndarray, p_mal: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Recall of malignant and of benign when ``p_mal >= threshold`` calls malignant."""
+    from sklearn.metrics import recall_score
+    pred = (p_mal >= threshold).astype(int)
+    sens = float(_quiet(recall_score, y_mal, pred, pos_label=1, zero_division=np.nan)) if (y_mal == 1).any() else math.nan
+    spec = float(_quiet(recall_score, y_mal, pred, pos_label=0, zero_division=np.nan)) if (y_mal == 0).any() else math.nan
+    return sens, spec
+
+
+def threshold_for_sensitivity(y_mal: np.ndarray, p_mal: np.ndarray, target: float) -> float:
+    """The highest threshold whose sensitivity is at least ``target`` (so the best specificity there).
+    NaN when there are no malignant and benign images to choose from."""
+    from sklearn.metrics import roc_curve
+    if not ((y_mal == 1).any() and (y_mal == 0).any()):
+        return math.nan
+    _, tpr, thr = roc_curve(y_mal, p_mal, drop_intermediate=False)
+    ok = np.flatnonzero(tpr >= target)
+    return float(min(thr[ok[0]], 1.0))
+
+
+def malignant_view(y_mal: np.ndarray, p_mal: np.ndarray, default_threshold: float,
+                   chosen_threshold: float, target: float) -> dict:
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+    both = (y_mal == 1).any() and (y_mal == 0).any()
+    out = {"malignant_auc": float(roc_auc_score(y_mal, p_mal)) if both else math.nan,
+           "malignant_brier": float(brier_score_loss(y_mal, p_mal)) if len(y_mal) else math.nan,
+           "malignant_prevalence": float(y_mal.mean()) if len(y_mal) else math.nan}
+    out["malignant_sensitivity@default"], out["malignant_specificity@default"] = \
+        sensitivity_specificity(y_mal, p_mal, default_threshold)
+    out["malignant_threshold@default"] = float(default_threshold)
+    out[f"malignant_threshold@sens{target:g}"] = chosen_threshold
+    if math.isnan(chosen_threshold):
+        out[f"malignant_sensitivity@sens{target:g}"] = out[f"malignant_specificity@sens{target:g}"] = math.nan
+    else:
+        out[f"malignant_sensitivity@sens{target:g}"], out[f"malignant_specificity@sens{target:g}"] = \
+            sensitivity_specificity(y_mal, p_mal, chosen_threshold)
+    return out
+
+
+def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int,
+                 n_boot: int, seed: int, level: float = 0.95) -> dict:
+    """Percentile intervals for accuracy, balanced accuracy and macro F1, resampling whole lesions
+    (images of one lesion are not independent), seeded."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    if n_boot <= 0 or len(y_true) == 0:
+        return {}
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(inverse.max() + 1))
+    members = np.split(order, starts[1:])
+    rng = np.random.default_rng(seed)
+    labels = list(range(n_classes))
+    values = {m: [] for m in OVERALL_CI}
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        for _ in range(n_boot):
+            idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+            t, p = y_true[idx], y_pred[idx]
+            values["accuracy"].append(accuracy_score(t, p))
+            values["balanced_accuracy"].append(balanced_accuracy_score(t, p))
+            values["macro_f1"].append(f1_score(t, p, labels=labels, average="macro", zero_division=0))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {m: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for m, v in values.items()}
+
+
+def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int) -> dict:
+    """Top-label reliability: per confidence bin, mean confidence, accuracy and count; and the
+    expected calibration error, sum over bins of |accuracy - confidence| x share of images."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        m = which == b
+        if m.any():
+            bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "confidence": float(conf[m].mean()),
+                         "accuracy": float(correct[m].mean()), "count": int(m.sum())})
+            ece += abs(correct[m].mean() - conf[m].mean()) * m.sum() / len(conf)
+    return {"ece": float(ece) if len(conf) else math.nan, "bins": bins}
+
+
+def long_rows(result: dict, classes: list[str]) -> list[tuple[str, str | None, float | None]]:
+    """One split's result as (metric, class, value) rows: the metrics table's long format.
+    NaN becomes null. Confusion cells are ``confusion_count`` / ``confusion_rate`` with class
+    ``<true>-><predicted>``."""
+    def v(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+    rows = [(m, None, v(x)) for m, x in result["overall"].items()]
+    rows += [(m, None, v(x)) for m, x in result.get("malignant", {}).items()]
+    for m, (lo, hi) in result.get("ci", {}).items():
+        rows += [(f"{m}_ci_low", None, v(lo)), (f"{m}_ci_high", None, v(hi))]
+    rows.append(("ece", None, v(result["calibration"]["ece"])))
+    for c, ms in result["per_class"].items():
+        rows += [(m, c, v(x)) for m, x in ms.items()]
+    for kind in ("confusion_count", "confusion_rate"):
+        matrix = result["confusion" if kind == "confusion_count" else "confusion_rate"]
+        rows += [(kind, f"{classes[i]}->{classes[j]}", v(matrix[i][j]))
+                 for i in range(len(classes)) for j in range(len(classes))]
+    return rows

@@ -1,0 +1,68 @@
+"""The docs stay true: every ``lesionspark`` and ``spark-submit jobs/...`` command shown in README.md
+and docs/*.md names a real stage and real flags (the commands themselves run in the demo, the cluster
+test and the stage tests); every job file and config file they name exists."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lesionspark.cli import _parser
+from lesionspark.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "docker" / "README.md"]
+
+
+def _commands(text: str) -> list[str]:
+    out = []
+    for block in re.findall(r"```(?:bash|cron)\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split(" #")[0].strip()
+            if re.search(r"(^|\s|/)lesionspark\s+[a-z]", line) or re.search(r"jobs/\w+\.py", line):
+                out.append(line)
+    return out
+
+
+def _args(line: str) -> tuple[str, list[str]] | None:
+    line = [part for part in line.split("&&") if "lesionspark " in part or "jobs/" in part][-1]
+    line = re.split(r"\s[12]?>>?\s?", line)[0]              # shell redirections
+    line = re.sub(r"\[[^\]]*\]", "", line)             # optional parts
+    line = re.sub(r"<[^>]*>", "x", line)                # placeholders
+    line = line.replace("$SUBMIT", "spark-submit")
+    words = shlex.split(line.replace("...", ""))
+    for i, w in enumerate(words):
+        m = re.search(r"jobs/(\w+)\.py$", w)
+        if m:
+            return m.group(1), words[i + 1:]
+        if w.endswith("lesionspark") and i + 1 < len(words) and not words[i + 1].startswith("-"):
+            return words[i + 1], words[i + 2:]
+    return None
+
+
+def _all():
+    return [(doc.name, line) for doc in DOCS for line in _commands(doc.read_text())]
+
+
+@pytest.mark.parametrize("doc,line", _all())
+def test_documented_command_parses(doc, line):
+    parsed = _args(line)
+    assert parsed, f"{doc}: cannot find the stage in {line!r}"
+    stage, args = parsed
+    assert stage == "demo" or (REPO / "jobs" / f"{stage}.py").exists(), f"{doc}: no jobs/{stage}.py for {line!r}"
+    ns = _parser().parse_args([stage, *args])
+    assert ns.stage == stage
+    for override in getattr(ns, "overrides", []):
+        key = override.split("=", 1)[0]
+        if not key.startswith(("spark.conf.", "model.params.", "balance.counts.")):
+            Config.load().get(key)  # raises for a key that does not exist
+    conf = getattr(ns, "conf", None)
+    if conf:
+        assert (REPO / conf).exists(), f"{doc}: {conf} does not exist"
+        Config.load(str(REPO / conf))
+
+
+def test_the_docs_show_every_stage():
+    shown = {(_args(line) or ("?",))[0] for _, line in _all()}
+    assert {"ingest", "balance", "train", "evaluate", "compare", "score", "sql", "pipeline", "demo"} <= shown

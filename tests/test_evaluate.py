@@ -1,0 +1,146 @@
+"""Evaluate on real Spark and Petastorm files: metrics table, report, plots, rerun, compare."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn import metrics as M
+
+from conftest import make_cfg, publish_untrained_model
+from lesionspark.classes import CLASSES, MALIGNANT
+from lesionspark.evaluate import METRICS_SCHEMA, compare, evaluate
+from lesionspark.report import DPI, SIZES
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def evaluated(spark, ingested_small, tmp_path_factory):
+    """An untrained CNN (real Keras, random weights) evaluated on the small ingest's val and test."""
+    cfg, manifest, layout = ingested_small
+    root = tmp_path_factory.mktemp("eval-root")
+    # The evaluation reads the ingested dataset under its own root: link it in.
+    (root / "datasets").mkdir()
+    (root / "datasets" / "ham10000").symlink_to(layout.dataset("ham10000")[len("file://"):])
+    publish_untrained_model(root, "cnn", "v1", size=32, dataset="ham10000", balance="none")
+    ecfg = make_cfg(root, evaluate__bootstrap=200)
+    summary = evaluate(spark, ecfg, run_id="eval-1")
+    return ecfg, root, summary, manifest
+
+
+def _metrics(spark, root):
+    return spark.read.parquet(str(root / "tables" / "metrics")).toPandas()
+
+
+def test_metrics_rows_are_complete_and_match_scikit_learn(spark, evaluated):
+    cfg, root, summary, manifest = evaluated
+    table = _metrics(spark, root)
+    assert list(table.columns) == [c for c, _ in METRICS_SCHEMA]
+    assert set(table["split"]) == {"val", "test"}
+    assert table[["model", "model_version", "dataset", "split", "metric", "evaluated_at", "run_id"]].notna().all().all()
+    assert set(table["run_id"]) == {"eval-1"}
+    report = root / "reports" / "cnn" / "v1"
+    for split in ("val", "test"):
+        rows = table[table["split"] == split]
+        n = manifest["counts"]["by_split"][split]["total"]
+        preds = pd.read_parquet(report / f"predictions_{split}.parquet")
+        assert len(preds) == n and preds["reason"].isna().all()   # every image of the split scored
+        y = preds["label"].to_numpy()
+        probs = np.array(preds["probabilities"].tolist())
+        pred = probs.argmax(1)
+        overall = rows[rows["class"].isna()].set_index("metric")["value"]
+        assert overall["n_images"] == n
+        assert overall["accuracy"] == pytest.approx(M.accuracy_score(y, pred))
+        assert overall["balanced_accuracy"] == pytest.approx(M.balanced_accuracy_score(y, pred))
+        assert overall["macro_f1"] == pytest.approx(M.f1_score(y, pred, labels=list(range(7)), average="macro", zero_division=0))
+        assert overall["cohen_kappa"] == pytest.approx(M.cohen_kappa_score(y, pred, labels=list(range(7))))
+        mal = [CLASSES.index(c) for c in MALIGNANT]
+        assert overall["malignant_auc"] == pytest.approx(M.roc_auc_score(preds["malignant"], probs[:, mal].sum(1)))
+        assert overall["accuracy_ci_low"] <= overall["accuracy"] <= overall["accuracy_ci_high"]
+        assert 0 <= overall["ece"] <= 1
+        per_class = rows[rows["metric"] == "support"].set_index("class")["value"]
+        assert per_class.to_dict() == {c: float(manifest["counts"]["by_split"][split]["per_class"].get(c, 0))
+                                       for c in CLASSES}
+        counts = rows[rows["metric"] == "confusion_count"]
+        assert len(counts) == 49 and counts["value"].sum() == n
+        absent = [c for c in CLASSES if manifest["counts"]["by_split"][split]["per_class"].get(c, 0) == 0]
+        for c in absent:  # defined (null), with a warning in the summary
+            assert rows[(rows["metric"] == "recall") & (rows["class"] == c)]["value"].isna().all()
+            assert any(f"class {c} is absent" in w for w in summary["splits"][split]["warnings"])
+    # The malignant threshold is chosen on val and applied unchanged to test.
+    thr = table[table["metric"] == "malignant_threshold@sens0.95"].groupby("split")["value"].first()
+    assert thr["val"] == thr["test"] == pytest.approx(summary["threshold"]["value"])
+
+
+def test_report_has_valid_plots_and_the_documents(evaluated):
+    cfg, root, summary, manifest = evaluated
+    report = root / "reports" / "cnn" / "v1"
+    expected = {f"{kind}_{s}.png": SIZES[kind] for kind in ("roc", "confusion", "reliability", "recall")
+                for s in ("val", "test")}
+    expected["training_curves.png"] = SIZES["training_curves"]
+    for name, (w, h) in expected.items():
+        with Image.open(report / name) as im:
+            im.verify()
+        with Image.open(report / name) as im:
+            assert im.format == "PNG" and im.size == (int(w * DPI), int(h * DPI)), name
+            assert np.asarray(im.convert("L")).std() > 5, f"{name} is blank"
+    text = (report / "report.md").read_text()
+    for name in expected:
+        assert f"]({name})" in text
+    assert manifest["fingerprint"] in text and "## Model card" in text and "## Split protocol" in text
+    assert "not a diagnosis" in text
+
+
+def test_rerun_replaces_its_own_rows_and_compare_lists_versions(spark, evaluated):
+    cfg, root, summary, _ = evaluated
+    before = _metrics(spark, root)
+    evaluate(spark, cfg, run_id="eval-2")
+    after = _metrics(spark, root)
+    assert len(after) == len(before) and set(after["run_id"]) == {"eval-2"}
+    publish_untrained_model(root, "cnn", "v2", size=32, dataset="ham10000", balance="smote")
+    evaluate(spark, cfg.with_overrides({"evaluate.model": "cnn:v2", "evaluate.splits": ["test"]}), run_id="eval-3")
+    table = compare(spark, str(root), "test")
+    assert sorted(table["model_version"]) == ["v1", "v2"]
+    v1 = table.set_index("model_version").loc["v1"]
+    t = after[(after["split"] == "test") & after["class"].isna()].set_index("metric")["value"]
+    for m in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy", "malignant_auc"):
+        assert v1[m] == pytest.approx(t[m])
+    # v2 evaluated test only, but val (the threshold split) is scored and recorded too
+    assert len(_metrics(spark, root).query("model_version == 'v2'")["split"].unique()) == 2
+
+
+def test_binary_model_and_cli_errors(spark, evaluated, tmp_path):
+    cfg, root, _, _ = evaluated
+    publish_untrained_model(root, "binary", "b1", size=32, classes=["benign", "malignant"], dataset="ham10000")
+    s = evaluate(spark, cfg.with_overrides({"evaluate.model": "binary:b1"}), run_id="eval-b")
+    assert s["splits"]["test"]["n_images"] > 0 and not math.isnan(s["splits"]["test"]["malignant_auc"])
+    r = subprocess.run([sys.executable, "-m", "lesionspark.cli", "evaluate", "--root", str(tmp_path),
+                        "--model", "nothing:latest"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no model 'nothing'" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lesionspark.cli", "compare", "--root", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "run `lesionspark evaluate` first" in r.stderr
+
+
+@pytest.mark.slow
+def test_notebooks_execute_top_to_bottom(spark, evaluated, genuine_dir, monkeypatch):
+    """Both notebooks run in a real kernel over an evaluated and scored root."""
+    import nbformat
+    from nbclient import NotebookClient
+    from pathlib import Path
+    from lesionspark.score import score
+    cfg, root, _, _ = evaluated
+    score(spark, cfg.with_overrides({"score.archive": str(genuine_dir / "images"), "score.model": "cnn:v1"}))
+    monkeypatch.setenv("LESIONSPARK_ROOT", str(root))
+    monkeypatch.setenv("LESIONSPARK_MODEL", "cnn:v1")
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    for name in ("01_explore.ipynb", "02_results.ipynb"):
+        path = Path(__file__).resolve().parents[1] / "notebooks" / name
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.output_type == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} drew no figure"
