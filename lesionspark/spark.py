@@ -53,6 +53,9 @@ def get_spark(cfg: Config):
         # Python workers must run this interpreter (the venv's), not whatever is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        # Local Python workers inherit this: Petastorm's pyarrow deprecation warnings stay out of the
+        # progress output (progress.quiet_library_warnings does the same in this process).
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
         builder = builder.master(cfg.get("spark.master", "local[*]"))
         builder = builder.config("spark.driver.memory", cfg.get("spark.driver_memory", "4g"))
         for key, value in defaults.items():
