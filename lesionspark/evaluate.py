@@ -66,6 +66,8 @@ def malignant_probability(probs: np.ndarray, classes: list[str]) -> np.ndarray:
 def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg: Config) -> dict:
     """All metrics of one scored split (rows with a reject reason are counted, not scored)."""
     good = frame[frame["reason"].isna()]
+    if good.empty:
+        raise ConfigError(f"nothing to evaluate: the split has {len(frame)} images and none could be scored")
     binary = list(classes) == ["benign", "malignant"]
     probs = np.array(good["probabilities"].tolist(), dtype=np.float64).reshape(len(good), len(classes))
     y = good["malignant" if binary else "label"].to_numpy().astype(int)

@@ -161,3 +161,12 @@ def test_readme_metrics_queries_run(spark, evaluated):
     rows = [spark.sql(s).collect() for s in statements]
     assert rows[0] and rows[1]  # every evaluated model; melanoma recall with its support
     assert {r.model_version for r in rows[0]} >= {"v1"}
+
+
+def test_an_empty_split_is_a_clear_error():
+    from lesionspark.config import ConfigError
+    from lesionspark.evaluate import split_result
+    empty = pd.DataFrame({"image_id": [], "lesion_id": [], "dx": [], "label": [], "malignant": [],
+                          "probabilities": [], "reason": [], "detail": []})
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        split_result(empty, list(CLASSES), 0.5, make_cfg("/tmp"))
