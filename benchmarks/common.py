@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -29,3 +30,18 @@ class WorkerPeak(threading.Thread):
     def __exit__(self, *exc):
         self.stop = True
         self.join()
+
+
+def publish(root: Path, arch: str, size: int) -> None:
+    """An untrained model (weights=None: throughput does not depend on them) published as
+    ``<arch>:bench`` with the card scoring and evaluation read."""
+    from lesionspark import storage
+    from lesionspark.classes import CLASSES
+    from lesionspark.models import PREPROCESSING, build
+    d = root / "models" / arch / "bench"
+    d.mkdir(parents=True, exist_ok=True)
+    build(arch, size, 7, {"weights": None}).save(str(d / "model.keras"))
+    storage.write_json(str(d / "model_card.json"), {
+        "name": arch, "version": "bench", "architecture": arch, "classes": list(CLASSES), "image_size": size,
+        "resize": "squash", "preprocessing": PREPROCESSING[arch]})
+    (root / "models" / arch / "latest").write_text("bench")

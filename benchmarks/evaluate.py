@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
 
 
 def bare_child(root: str, splits: list[str], batch: int) -> None:
@@ -66,11 +68,9 @@ def main() -> None:
         return bare_child(args.bare_child[0], args.bare_child[1].split(","), args.batch)
 
     from lesionspark import storage
-    from lesionspark.classes import CLASSES
     from lesionspark.config import Config
     from lesionspark.evaluate import evaluate, predict_split
     from lesionspark.ingest import ingest
-    from lesionspark.models import build
     from lesionspark.progress import setup_logging
     from lesionspark.score import resolve_model
     from lesionspark.spark import get_spark
@@ -86,13 +86,7 @@ def main() -> None:
                               "evaluate.model": "cnn:bench", "score.batch_size": args.batch})
     spark = get_spark(cfg)
     manifest = ingest(spark, cfg)
-    d = tmp / "root" / "models" / "cnn" / "bench"
-    d.mkdir(parents=True)
-    build("cnn", args.size, 7, {}).save(str(d / "model.keras"))
-    storage.write_json(str(d / "model_card.json"), {
-        "name": "cnn", "version": "bench", "architecture": "cnn", "classes": list(CLASSES), "image_size": args.size,
-        "resize": "squash", "preprocessing": "scale_0_1", "dataset": "bench"})
-    (d.parent / "latest").write_text("bench")
+    publish(tmp / "root", "cnn", args.size)
     n = sum(manifest["counts"]["by_split"][s]["total"] for s in ("val", "test"))
 
     root = storage.normalize_uri(str(tmp / "root"))

@@ -25,20 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WorkerPeak  # noqa: E402
-
-
-def publish(root: Path, arch: str, size: int) -> None:
-    from lesionspark import storage
-    from lesionspark.classes import CLASSES
-    from lesionspark.models import PREPROCESSING, build
-    d = root / "models" / arch / "bench"
-    d.mkdir(parents=True, exist_ok=True)
-    build(arch, size, 7, {"weights": None}).save(str(d / "model.keras"))
-    storage.write_json(str(d / "model_card.json"), {
-        "name": arch, "version": "bench", "architecture": arch, "classes": list(CLASSES), "image_size": size,
-        "resize": "squash", "preprocessing": PREPROCESSING[arch]})
-    (root / "models" / arch / "latest").write_text("bench")
+from common import WorkerPeak, publish  # noqa: E402
 
 
 def bare_child(model_path: str, card_path: str, folder: str, limit: int, batch: int) -> None:

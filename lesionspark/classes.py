@@ -12,6 +12,19 @@ BENIGN: frozenset[str] = frozenset({"nv", "bkl", "df", "vasc"})
 HMNIST_LABELS: dict[int, str] = {0: "akiec", 1: "bcc", 2: "bkl", 3: "df", 4: "nv", 5: "vasc", 6: "mel"}
 
 
+BINARY_CLASSES: tuple[str, ...] = ("benign", "malignant")  # a binary-mode model's outputs
+
+
+def malignant_outputs(classes) -> list[int]:
+    """Which of a model's output classes (its card's ``classes``) are malignant: summed, they are
+    ``malignant_probability`` for a 7-class model, and the single output of a binary one."""
+    return [i for i, c in enumerate(classes) if c in MALIGNANT or c == "malignant"]
+
+
+def is_binary(classes) -> bool:
+    return tuple(classes) == BINARY_CLASSES
+
+
 def is_malignant(dx: str) -> bool:
     return dx in MALIGNANT
 

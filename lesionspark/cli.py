@@ -125,10 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_synth(cfg: Config) -> dict:
-    from .synth import synth
-    return synth(cfg.get("synth.out"), n_images=int(cfg.get("synth.n_images")), seed=int(cfg.get("synth.seed")),
-                 width=int(cfg.get("synth.width")), height=int(cfg.get("synth.height")),
-                 with_genuine=bool(cfg.get("synth.with_genuine")), workers=int(cfg.get("synth.workers")))
+    from .synth import synth_from_config
+    return synth_from_config(cfg)
 
 
 def run_ingest(cfg: Config) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, storage
-from .classes import MALIGNANT
+from .classes import is_binary, malignant_outputs
 from .config import Config, ConfigError
 from .progress import timed
 from .score import resolve_model
@@ -39,40 +39,39 @@ def report_dir(root: str, card: dict, dataset: str) -> str:
 def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> pd.DataFrame:
     """Per-image probabilities of one Petastorm split, scored in executors."""
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
     from .ingest import sql_conf
-    from .predict import score_partition
+    from .predict import score_partition, score_schema
     records = spark.read.parquet(url)
-    out_schema = StructType([StructField("path", StringType()), StructField("sha256", StringType()),
-                             StructField("probabilities", ArrayType(DoubleType())),
-                             StructField("reason", StringType()), StructField("detail", StringType())])
     images = records.select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content")) \
         .repartition(max(1, spark.sparkContext.defaultParallelism))
     scored = images.mapInPandas(score_partition(model_uri, card, int(cfg.get("score.batch_size")),
                                                 int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads"))),
-                                out_schema)
+                                score_schema())
     joined = records.select("image_id", "lesion_id", "dx", "label", "malignant").join(
         scored.select(F.col("path").alias("image_id"), "probabilities", "reason", "detail"), "image_id", "left")
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))):
         return joined.toPandas().sort_values("image_id", ignore_index=True)
 
 
-def malignant_probability(probs: np.ndarray, classes: list[str]) -> np.ndarray:
-    if list(classes) == ["benign", "malignant"]:
-        return probs[:, 1]
-    return probs[:, [i for i, c in enumerate(classes) if c in MALIGNANT]].sum(axis=1)
+def scored(frame: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The rows that were scored, their probabilities (rows x classes) and malignant probability."""
+    good = frame[frame["reason"].isna()].reset_index(drop=True)
+    probs = np.array(good["probabilities"].tolist(), dtype=np.float64).reshape(len(good), len(classes))
+    return good, probs, probs[:, malignant_outputs(classes)].sum(axis=1)
+
+
+def truth(good: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """True labels in the model's classes: ``malignant`` for a binary model, ``label`` otherwise."""
+    return good["malignant" if is_binary(classes) else "label"].to_numpy().astype(int)
 
 
 def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg: Config) -> dict:
     """All metrics of one scored split (rows with a reject reason are counted, not scored)."""
-    good = frame[frame["reason"].isna()]
+    good, probs, p_mal = scored(frame, classes)
     if good.empty:
         raise ConfigError(f"nothing to evaluate: the split has {len(frame)} images and none could be scored")
-    binary = list(classes) == ["benign", "malignant"]
-    probs = np.array(good["probabilities"].tolist(), dtype=np.float64).reshape(len(good), len(classes))
-    y = good["malignant" if binary else "label"].to_numpy().astype(int)
+    y = truth(good, classes)
     y_mal = good["malignant"].to_numpy().astype(int)
-    p_mal = malignant_probability(probs, classes)
     result = metrics.classification(y, probs, classes)
     result["overall"]["n_rejected"] = int(len(frame) - len(good))
     target = float(cfg.get("evaluate.target_sensitivity"))
@@ -138,12 +137,9 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
         with timed(log, f"score {dataset}/{split}") as step:
             frames[split] = predict_split(spark, layout.split(dataset, split), card, model_uri, cfg)
             step.count = len(frames[split])
-    val = frames[threshold_split]
-    val_ok = val[val["reason"].isna()]
-    threshold = metrics.threshold_for_sensitivity(
-        val_ok["malignant"].to_numpy().astype(int),
-        malignant_probability(np.array(val_ok["probabilities"].tolist()).reshape(len(val_ok), len(classes)), classes),
-        float(cfg.get("evaluate.target_sensitivity")))
+    val_ok, _, val_p_mal = scored(frames[threshold_split], classes)
+    threshold = metrics.threshold_for_sensitivity(val_ok["malignant"].to_numpy().astype(int), val_p_mal,
+                                                  float(cfg.get("evaluate.target_sensitivity")))
     now = dt.datetime.now(dt.timezone.utc)
     for split in splits:
         with timed(log, f"metrics {dataset}/{split} (bootstrap x{cfg.get('evaluate.bootstrap')})"):
@@ -156,8 +152,8 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
         write_metrics(root, rows, card["name"], card["version"], dataset, split)
     out = report_dir(root, card, dataset)
     with timed(log, f"report {out}"):
-        history = storage.read_json(model_uri.rsplit("/", 1)[0] + "/history.json") \
-            if storage.exists(model_uri.rsplit("/", 1)[0] + "/history.json") else {}
+        history_uri = model_uri.rsplit("/", 1)[0] + "/history.json"
+        history = storage.read_json(history_uri) if storage.exists(history_uri) else {}
         write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
                      threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id)
     summary = {"run_id": run_id, "model": card["name"], "model_version": card["version"], "dataset": dataset,

@@ -93,7 +93,7 @@ def demo(cfg: Config) -> dict:
     from .evaluate import compare
     from .spark import get_spark
     from .sql import run_query
-    from .synth import synth
+    from .synth import synth_from_config
     start = time.perf_counter()
     root = storage.normalize_uri(cfg.get("storage.root"))
     if not root.startswith("file://"):
@@ -101,11 +101,10 @@ def demo(cfg: Config) -> dict:
     d = cfg.get("demo")
     cfg = cfg.with_overrides({"dataset.image_size": d["image_size"], "train.epochs": d["epochs"],
                               "train.num_proc": d["num_proc"], "train.samples_per_epoch": d["samples_per_epoch"],
-                              "synth.n_images": d["n_images"], "synth.out": root[len("file://"):] + "/raw/demo"})
+                              "synth.n_images": d["n_images"], "synth.out": root[len("file://"):] + "/raw/demo",
+                              "synth.with_genuine": True})
     log.info("demo: synth %d generated images + the 56 genuine ones into %s", d["n_images"], cfg.get("synth.out"))
-    made = synth(cfg.get("synth.out"), n_images=int(d["n_images"]), seed=int(cfg.get("synth.seed")),
-                 width=int(cfg.get("synth.width")), height=int(cfg.get("synth.height")),
-                 with_genuine=True, workers=int(cfg.get("synth.workers")))
+    made = synth_from_config(cfg)
     cfg = cfg.with_overrides({"ingest.metadata": made["metadata"], "ingest.images": made["images"]})
     spark = get_spark(cfg)
     summary: dict = {"synth": {k: made[k] for k in ("generated", "genuine", "lesions")}, "models": {}}

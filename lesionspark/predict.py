@@ -17,6 +17,14 @@ from .images import decode_each
 _MODELS: dict[str, object] = {}
 
 
+def score_schema():
+    """What ``score_partition`` yields: probabilities, or a reject reason and detail."""
+    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+    return StructType([StructField("path", StringType()), StructField("sha256", StringType()),
+                       StructField("probabilities", ArrayType(DoubleType())),
+                       StructField("reason", StringType()), StructField("detail", StringType())])
+
+
 def load_model(model_uri: str):
     """The Keras model at ``model_uri`` (any pyarrow filesystem), loaded once per process."""
     if model_uri not in _MODELS:

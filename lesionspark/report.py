@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import storage
+from .classes import malignant_outputs
 
 DPI = 100
 SIZES = {"roc": (7, 6), "confusion": (13, 5.5), "reliability": (6, 6), "recall": (8, 4.5), "training_curves": (12, 4)}
@@ -31,11 +32,12 @@ def _save(fig, path: str) -> None:
     _plt().close(fig)
 
 
-def plot_roc(path: str, frame: pd.DataFrame, classes: list[str], result: dict, p_mal: np.ndarray, title: str):
+def plot_roc(path: str, frame: pd.DataFrame, probs: np.ndarray, classes: list[str], result: dict, p_mal: np.ndarray,
+             title: str):
     from sklearn.metrics import roc_curve
+    from .evaluate import truth
     plt = _plt()
-    probs = np.array(frame["probabilities"].tolist())
-    y = frame["malignant" if classes == ["benign", "malignant"] else "label"].to_numpy()
+    y = truth(frame, classes)
     fig, ax = plt.subplots(figsize=SIZES["roc"])
     for k, c in enumerate(classes):
         auc = result["per_class"][c]["auc"]
@@ -98,8 +100,9 @@ def plot_recall(path: str, result: dict, classes: list[str], title: str):
     fig, ax = plt.subplots(figsize=SIZES["recall"])
     recall = [result["per_class"][c]["recall"] for c in classes]
     support = [result["per_class"][c]["support"] for c in classes]
-    bars = ax.bar(classes, np.nan_to_num(recall), color=["#c0392b" if c in ("mel", "bcc", "akiec", "malignant")
-                                                         else "#2e86c1" for c in classes])
+    malignant = set(malignant_outputs(classes))
+    bars = ax.bar(classes, np.nan_to_num(recall), color=["#c0392b" if k in malignant else "#2e86c1"
+                                                         for k in range(len(classes))])
     for b, r, s in zip(bars, recall, support):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01, "n/a" if math.isnan(r) else f"{r:.2f}\nn={s}",
                 ha="center", va="bottom", fontsize=8)
@@ -163,7 +166,7 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
                        "weighted F1", "Cohen's kappa", "macro AUC (OvR)", "malignant AUC", "ECE"], rows))
     out += ["", "Confidence intervals: percentile bootstrap over lesions (all images of a resampled lesion "
             "together), seeded.", "", "## Benign vs malignant", "",
-            f"`malignant_probability` = sum of the probabilities of {', '.join(c for c in classes if c in ('mel', 'bcc', 'akiec')) or 'malignant'}. "
+            f"`malignant_probability` = sum of the probabilities of {', '.join(classes[k] for k in malignant_outputs(classes))}. "
             f"The operating threshold for sensitivity ≥ {target:g} was chosen on **{threshold_split}** "
             f"(threshold {_fmt(threshold)}) and is applied unchanged to the other splits.", ""]
     t = f"{target:g}"
@@ -202,17 +205,16 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
 
 
 def write_report(uri: str, *, card, manifest, history, frames, results, threshold_split, threshold, cfg, run_id) -> None:
-    from .evaluate import malignant_probability
+    from .evaluate import scored
     classes = list(card["classes"])
     title = f"{card['name']}:{card['version']}"
     n_bins = int(cfg.get("evaluate.calibration_bins"))
     plots: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for split, frame in frames.items():
-            good = frame[frame["reason"].isna()].reset_index(drop=True)
-            p_mal = malignant_probability(np.array(good["probabilities"].tolist()).reshape(len(good), len(classes)), classes)
+            good, probs, p_mal = scored(frame, classes)
             r, st = results[split], f"{title} on {manifest['dataset']}/{split}"
-            plot_roc(f"{tmp}/roc_{split}.png", good, classes, r, p_mal, st)
+            plot_roc(f"{tmp}/roc_{split}.png", good, probs, classes, r, p_mal, st)
             plot_confusion(f"{tmp}/confusion_{split}.png", r, classes, st)
             plot_reliability(f"{tmp}/reliability_{split}.png", r, good, p_mal, st, n_bins)
             plot_recall(f"{tmp}/recall_{split}.png", r, classes, st)

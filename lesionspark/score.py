@@ -15,6 +15,7 @@ import logging
 import time
 
 from . import storage
+from .classes import malignant_outputs
 from .config import Config, ConfigError
 from .listing import file_contents, list_files
 from .progress import timed
@@ -71,8 +72,7 @@ def _read_table(spark, uri: str, schema: str):
 def score(spark, cfg: Config, run_id: str | None = None) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
-    from .predict import score_partition
+    from .predict import score_partition, score_schema
 
     t_start = time.perf_counter()
     run_id = run_id or storage.new_run_id()
@@ -135,9 +135,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
     score_paths = [r.path for r in to_score.select("path").collect()]
 
     # 4. Decode and predict in executors: the model is loaded once per Python worker.
-    out_schema = StructType([StructField("path", StringType()), StructField("sha256", StringType()),
-                             StructField("probabilities", ArrayType(DoubleType())),
-                             StructField("reason", StringType()), StructField("detail", StringType())])
+    out_schema = score_schema()
     results = spark.createDataFrame([], out_schema)
     if score_paths:
         contents = file_contents(spark, score_paths).join(
@@ -153,7 +151,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         step.count = results.count()
     now = dt.datetime.now(dt.timezone.utc)
     classes = card["classes"]
-    malignant_idx = [i for i, c in enumerate(classes) if c in ("mel", "bcc", "akiec", "malignant")]
+    malignant_idx = malignant_outputs(classes)
     probs = F.col("probabilities")
     predicted_label = F.expr("array_position(probabilities, array_max(probabilities)) - 1").cast("int")
     preds = results.filter(F.col("reason").isNull()).join(

@@ -222,3 +222,10 @@ def write_hmnist_csv(path: str, images: np.ndarray, dx: list[str], grayscale: bo
     df = pd.DataFrame(flat, columns=[f"pixel{i:04d}" for i in range(flat.shape[1])])
     df["label"] = [code[d] for d in dx]
     df.to_csv(path, index=False)
+
+
+def synth_from_config(cfg) -> dict:
+    """``synth`` with the ``synth.*`` keys of a configuration (the CLI and the demo)."""
+    return synth(cfg.get("synth.out"), n_images=int(cfg.get("synth.n_images")), seed=int(cfg.get("synth.seed")),
+                 width=int(cfg.get("synth.width")), height=int(cfg.get("synth.height")),
+                 with_genuine=bool(cfg.get("synth.with_genuine")), workers=int(cfg.get("synth.workers")))
