@@ -8,20 +8,22 @@ from pathlib import Path
 import psutil
 
 
-class WorkerPeak(threading.Thread):
-    """Largest RSS of any PySpark Python worker process while running (polled every 0.1 s)."""
+class Poller(threading.Thread):
+    """Calls ``sample()`` every ``every`` seconds while running, as a context manager."""
+
+    every = 0.1
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.stop = 0, False
+        self.stop = False
+
+    def sample(self):
+        raise NotImplementedError
 
     def run(self):
         while not self.stop:
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if "pyspark.daemon" in cmd or "pyspark/worker" in cmd or "pyspark.worker" in cmd:
-                    self.peak = max(self.peak, p.info["memory_info"].rss)
-            time.sleep(0.1)
+            self.sample()
+            time.sleep(self.every)
 
     def __enter__(self):
         self.start()
@@ -30,6 +32,36 @@ class WorkerPeak(threading.Thread):
     def __exit__(self, *exc):
         self.stop = True
         self.join()
+
+
+class WorkerPeak(Poller):
+    """Largest RSS of any PySpark Python worker process while running."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak = 0
+
+    def sample(self):
+        for p in psutil.process_iter(["cmdline", "memory_info"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "pyspark.daemon" in cmd or "pyspark/worker" in cmd or "pyspark.worker" in cmd:
+                self.peak = max(self.peak, p.info["memory_info"].rss)
+
+
+class DriverPeak(Poller):
+    """Peak driver JVM heap in use and driver Python RSS while running."""
+
+    every = 0.2
+
+    def __init__(self, spark):
+        super().__init__()
+        self.runtime = spark._jvm.java.lang.Runtime.getRuntime()
+        self.me = psutil.Process()
+        self.heap = self.rss = 0
+
+    def sample(self):
+        self.heap = max(self.heap, self.runtime.totalMemory() - self.runtime.freeMemory())
+        self.rss = max(self.rss, self.me.memory_info().rss)
 
 
 def publish(root: Path, arch: str, size: int) -> None:

@@ -1,19 +1,23 @@
-"""Ingest throughput, in one run on the same files:
+"""Ingest throughput against a bare loop, a process pool and the Spark floor, in one run on the same files.
 
-  spark     the ingest job on local[2] (listing, read, decode+resize, PNG encode, Petastorm write)
-  bare      one process: read file, PIL draft + bilinear resize (the same decode_resize)
-  naive     one process: read file, full PIL decode + bicubic resize
-  opencv    one process: read file, cv2.imdecode(IMREAD_REDUCED_COLOR_2/4) + INTER_AREA resize
+  bare (decode)        one process: read file, ``decode_resize`` (PIL draft + bilinear)
+  bare                 one process: read file, ``decode_resize``, PNG-encode the record (ingest's per-image work)
+  pool of 2            ``multiprocessing.Pool(2)`` over the same function (what a user would write instead of Spark)
+  floor, binaryFile    Spark local[2]: ``binaryFile`` -> ``mapInPandas`` doing the same decode + encode, count
+  floor, paths         Spark local[2]: paths -> ``mapInPandas`` reading each file, decode + encode, count
+  ingest end to end    the ingest job (metadata, listing, read + decode + encode, Petastorm splits,
+                       rejects, manifest), and its decode stage alone (from the manifest)
 
-Files: N generated 600x450 JPEGs (lesionspark synth, GENERATED images) plus the 56 genuine HAM10000
-JPEGs, all named in one metadata file. Ratios are against `bare`, measured in the same run.
+Files: a HAM10000-shaped set from ``lesionspark synth`` (GENERATED 600x450 JPEGs whose rows follow the
+genuine metadata, plus the 56 genuine JPEGs). ``--data`` reuses a synth output folder.
 
-    .venv/bin/python benchmarks/ingest.py --n-images 1000 --genuine-copies 20 --size 128
+    .venv/bin/python benchmarks/ingest.py --n-images 10000 --size 128 [--data DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -21,107 +25,127 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lesionspark.config import Config  # noqa: E402
-from lesionspark.images import decode_resize, decode_resize_naive  # noqa: E402
+from lesionspark.images import decode_resize  # noqa: E402
+from lesionspark.schema import encode_image, lesion_schema  # noqa: E402
+
+SIZE = 128
 
 
-def files_of(folders):
-    return sorted(str(p) for f in folders for p in Path(f).iterdir() if p.suffix == ".jpg")
+def decode_only(path: str) -> int:
+    with open(path, "rb") as fh:
+        return decode_resize(fh.read(), SIZE).shape[0]
 
 
-def loop(paths, fn):
+def decode_encode_bytes(data: bytes) -> int:
+    return len(encode_image(lesion_schema(SIZE), decode_resize(data, SIZE)))
+
+
+def decode_encode(path: str) -> int:
+    with open(path, "rb") as fh:
+        return decode_encode_bytes(fh.read())
+
+
+def rate(n: int, fn) -> float:
     start = time.perf_counter()
-    for p in paths:
-        with open(p, "rb") as fh:
-            out = fn(fh.read())
-        assert out.shape[2] == 3
-    return len(paths) / (time.perf_counter() - start)
+    fn()
+    return n / (time.perf_counter() - start)
 
 
-def opencv_decode(size):
-    def run(data: bytes) -> np.ndarray:
-        buf = np.frombuffer(data, np.uint8)
-        flag = cv2.IMREAD_REDUCED_COLOR_4 if size * 4 <= 450 else cv2.IMREAD_REDUCED_COLOR_2 \
-            if size * 2 <= 450 else cv2.IMREAD_COLOR
-        img = cv2.imdecode(buf, flag)
-        return cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-    return run
+def spark_floors(spark, folders: list[str], n: int, mb: float) -> dict:
+    """The minimal Spark jobs doing the same per-image work and nothing else."""
+    import pandas as pd
+    size = SIZE
+
+    def from_bytes(batches):
+        from lesionspark.images import decode_resize
+        from lesionspark.schema import encode_image, lesion_schema
+        for b in batches:
+            yield pd.DataFrame({"n": [len(encode_image(lesion_schema(size), decode_resize(bytes(c), size)))
+                                      for c in b["content"]]})
+
+    def from_paths(batches):
+        from lesionspark.images import decode_resize
+        from lesionspark.schema import encode_image, lesion_schema
+        for b in batches:
+            out = []
+            for p in b["path"]:
+                with open(p[5:] if p.startswith("file:") else p, "rb") as fh:
+                    out.append(len(encode_image(lesion_schema(size), decode_resize(fh.read(), size))))
+            yield pd.DataFrame({"n": out})
+
+    out = {}
+    with_conf = {"spark.sql.files.maxPartitionBytes": str(int(mb * 2**20 / 16)),
+                 "spark.sql.files.openCostInBytes": "1", "spark.sql.execution.arrow.maxRecordsPerBatch": "32"}
+    for k, v in with_conf.items():
+        spark.conf.set(k, v)
+    df = spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg").load(folders)
+    out["floor_binaryfile"] = rate(n, lambda: df.select("content").mapInPandas(from_bytes, "n long").count())
+    paths = df.select("path").cache()
+    paths.count()
+    out["floor_paths"] = rate(n, lambda: paths.mapInPandas(from_paths, "n long").count())
+    paths.unpersist()
+    for k in with_conf:
+        spark.conf.unset(k)
+    return out
 
 
 def main():
+    global SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-images", type=int, default=1000)
+    ap.add_argument("--n-images", type=int, default=10000)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--genuine-copies", type=int, default=20,
-                    help="copies of each of the 56 genuine JPEGs added under new names")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--data", default=None, help="a `lesionspark synth` output folder to reuse")
     args = ap.parse_args()
+    SIZE = args.size
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from lesionspark.progress import setup_logging
     setup_logging("INFO")
-    cv2.setNumThreads(1)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-"))
-    from lesionspark.synth import synth
-    made = synth(str(work / "raw"), n_images=args.n_images, seed=11, with_genuine=True, progress=False)
-    copies = work / "raw" / "images_genuine_copies"
-    copies.mkdir(exist_ok=True)
-    meta_lines = []
-    genuine_rows = {l.split(",")[1]: l for l in Path(made["metadata"]).read_text().splitlines()[1:]}
-    for k in range(args.genuine_copies):
-        for src in sorted(Path(made["images"][1]).iterdir()):
-            new_id = f"{src.stem}_copy{k:02d}"
-            shutil.copy(src, copies / f"{new_id}.jpg")
-            lesion, _, rest = genuine_rows[src.stem].split(",", 2)
-            meta_lines.append(f"{lesion}_copy{k:02d},{new_id},{rest}")
-    with open(made["metadata"], "a") as fh:
-        fh.write("\n".join(meta_lines) + ("\n" if meta_lines else ""))
-    made["images"].append(str(copies))
-    paths = files_of(made["images"])
-    n_genuine = made["genuine"] * (1 + args.genuine_copies)
-    print(f"files: {len(paths)} ({made['generated']} GENERATED 600x450 + {n_genuine} genuine JPEGs "
-          f"({made['genuine']} x {1 + args.genuine_copies} copies)), "
-          f"{sum(os.path.getsize(p) for p in paths) / 1e6:.0f} MB, size {args.size}px", flush=True)
-    loop(paths[:50], lambda d: decode_resize(d, args.size))  # warm the page cache and imports
+    work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-ingest-"))
+    if args.data:
+        data = Path(args.data)
+        made = {"metadata": str(data / "HAM10000_metadata.csv"),
+                "images": [str(p) for p in sorted(data.glob("images_*"))]}
+    else:
+        from lesionspark.synth import synth
+        made = synth(str(work / "raw"), n_images=args.n_images, seed=11, with_genuine=True, progress=False)
+    paths = sorted(str(p) for f in made["images"] for p in Path(f).glob("*.jpg"))
+    n, mb = len(paths), sum(os.path.getsize(p) for p in paths) / 2**20
+    print(f"files: {n} JPEGs ({mb:.0f} MB; GENERATED 600x450 + the genuine ones), {SIZE}px", flush=True)
+    for p in paths:  # page cache warm for every path
+        Path(p).read_bytes()
 
-    results = {}
-    results["bare"] = loop(paths, lambda d: decode_resize(d, args.size))
-    results["naive"] = loop(paths, lambda d: decode_resize_naive(d, args.size))
-    results["opencv"] = loop(paths, opencv_decode(args.size))
-    genuine = [p for p in paths if "images_genuine" in p]
-    results["bare_genuine_only"] = loop(genuine, lambda d: decode_resize(d, args.size))
-    results["naive_genuine_only"] = loop(genuine, lambda d: decode_resize_naive(d, args.size))
+    results = {"bare_decode_only": rate(n, lambda: [decode_only(p) for p in paths]),
+               "bare": rate(n, lambda: [decode_encode(p) for p in paths])}
+    with mp.Pool(2) as pool:
+        pool.map(decode_encode, paths[:8])
+        results["pool2"] = rate(n, lambda: pool.map(decode_encode, paths, chunksize=32))
 
     from lesionspark.ingest import ingest
     from lesionspark.spark import get_spark
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
-                                 f"dataset.image_size={args.size}"]).with_overrides({
+                                 f"dataset.image_size={SIZE}"]).with_overrides({
         "storage.root": str(work / "root"), "ingest.metadata": made["metadata"], "ingest.images": made["images"]})
     spark = get_spark(cfg)
     spark.range(10).count()  # JVM up before the clock starts
+    results.update(spark_floors(spark, made["images"], n, mb))
     start = time.perf_counter()
     manifest = ingest(spark, cfg)
     wall = time.perf_counter() - start
-    assert manifest["counts"]["written"] == len(paths), manifest["counts"]
-    results["spark_job"] = len(paths) / wall
-    results["spark_decode_stage"] = manifest["timing"]["decode_images_per_s"]
+    assert manifest["counts"]["written"] + manifest["counts"]["rejected"] == manifest["inputs"]["total"]
+    results["ingest_end_to_end"] = manifest["counts"]["written"] / wall
+    results["ingest_decode_stage"] = manifest["timing"]["decode_images_per_s"]
     spark.stop()
 
-    print(f"\n{'path':<22}{'img/s':>9}{'x bare':>9}")
+    floor = max(results["floor_binaryfile"], results["floor_paths"])
+    print("\n| path | img/s | x bare | x floor |\n| --- | ---: | ---: | ---: |")
     for k, v in results.items():
-        print(f"{k:<22}{v:>9.1f}{v / results['bare']:>9.2f}")
-    print(f"\nspark job wall time: {wall:.1f}s for {len(paths)} images (local[2], {os.cpu_count()} cores)")
-    print(f"draft vs naive (same files): {results['bare'] / results['naive']:.2f}x; "
-          f"genuine only: {results['bare_genuine_only'] / results['naive_genuine_only']:.2f}x")
-    print(f"spark job vs bare: {results['spark_job'] / results['bare']:.2f}x; "
-          f"spark decode stage vs bare: {results['spark_decode_stage'] / results['bare']:.2f}x")
+        print(f"| {k} | {v:.1f} | {v / results['bare']:.2f} | {v / floor:.2f} |")
+    print(f"\ningest wall {wall:.1f}s for {manifest['counts']['written']} records ({os.cpu_count()} cores); "
+          f"floor = the faster floor ({floor:.1f} img/s)")
     print(json.dumps({k: round(v, 1) for k, v in results.items()}))
-    if not args.keep and not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Every subcommand takes ``--conf FILE`` and trailing ``key.path=value`` overrides; its own flags are
 shortcuts for keys (``--size 64`` is ``dataset.image_size=64``). ``spark-submit jobs/<stage>.py``
 calls the same code with the same arguments.
-Exit codes: 0 done; 1 the stage failed; 2 bad arguments or configuration.
+Exit codes: 0 done; 1 the stage failed; 2 bad arguments or configuration; score only: 3 drift with
+``score.fail_on_drift`` (the run was committed), 75 the storage root is held by another run.
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
     p.add_argument("--model", dest="score.model", help="name[:version|latest] (score.model)")
+    p.add_argument("--dry-run", dest="score.dry_run", action="store_const", const=True,
+                   help="print what would be listed, hashed, scored and skipped; write nothing (score.dry_run)")
+    p.add_argument("--wait", dest="score.lease_wait_s", type=float,
+                   help="seconds to wait for another run holding the root (score.lease_wait_s)")
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a model version on dataset splits")
     _common(p)
@@ -117,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s failed: %s", args.stage, exc)
         return 2 if isinstance(exc, ConfigError) else 1
     except Exception as exc:  # the message, not a stack trace, is what a scheduler shows
-        log.exception("%s failed: %s", args.stage, exc)
-        return 1
+        code = getattr(exc, "exit_code", 1)
+        if code == 1:
+            log.exception("%s failed: %s", args.stage, exc)
+        else:
+            log.error("%s: %s (exit %d)", args.stage, exc, code)
+        return code
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0

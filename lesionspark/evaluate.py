@@ -39,7 +39,7 @@ def report_dir(root: str, card: dict, dataset: str) -> str:
 def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> pd.DataFrame:
     """Per-image probabilities of one Petastorm split, scored in executors."""
     from pyspark.sql import functions as F
-    from .ingest import sql_conf
+    from .spark import sql_conf
     from .predict import score_partition, score_schema
     records = spark.read.parquet(url)
     images = records.select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content")) \
@@ -156,6 +156,9 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
         history = storage.read_json(history_uri) if storage.exists(history_uri) else {}
         write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
                      threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id)
+    if dataset == card.get("dataset", dataset):
+        _card_for_scoring(model_uri.rsplit("/", 1)[0], frames[threshold_split], classes, threshold,
+                          threshold_split, cfg)
     summary = {"run_id": run_id, "model": card["name"], "model_version": card["version"], "dataset": dataset,
                "report": out + "/report.md", "threshold": {"split": threshold_split, "value": threshold,
                                                           "target_sensitivity": cfg.get("evaluate.target_sensitivity")},
@@ -168,6 +171,27 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     log.info("evaluate: %s", "; ".join(f"{s}: bal-acc {r['balanced_accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
                                       for s, r in summary["splits"].items()))
     return summary
+
+
+def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], threshold: float, split: str,
+                      cfg: Config) -> None:
+    """Write into the model card what scheduled scoring needs (DESIGN.md: Model card): the operating
+    threshold chosen on ``split`` for the target sensitivity (review flags), and the reference
+    distribution of predicted classes and confidence on that split (drift). Replaced atomically."""
+    from . import monitor
+    _, probs, _ = scored(frame, classes)
+    uri = model_dir + "/model_card.json"
+    card = storage.read_json(uri)
+    card["operating_threshold"] = None if np.isnan(threshold) else {
+        "value": float(threshold), "split": split, "target_sensitivity": float(cfg.get("evaluate.target_sensitivity")),
+        "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    card["reference"] = monitor.reference(probs, classes, float(cfg.get("score.low_confidence")), split)
+    tmp = model_dir + "/_tmp-model_card.json"
+    storage.write_json(tmp, card)
+    fs, src = storage.filesystem(tmp)
+    fs.move(src, storage.filesystem(uri)[1])
+    log.info("evaluate: model card updated with the operating threshold (%s) and the %s reference distribution",
+             "none" if np.isnan(threshold) else f"{threshold:.4f}", split)
 
 
 def compare(spark, root: str, split: str = "test", dataset: str | None = None) -> pd.DataFrame:

@@ -23,7 +23,6 @@ from . import storage
 from .classes import HMNIST_LABELS, LABEL_OF, binary_label
 from .config import Config
 from .images import ImageRejected, sha256_hex
-from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 from .split import assign_splits, check_fractions
 
@@ -139,13 +138,13 @@ def ingest_hmnist(spark, cfg: Config, run_id: str | None = None) -> dict:
                                  schema.fromJson({**schema.jsonValue(), "fields": [
                                      {**f, "type": "double"} if f["name"] == "label" else f
                                      for f in schema.jsonValue()["fields"]]})) \
-        .withColumn("label", F.col("label").cast("int")).persist()
-    with timed(log, f"decode hmnist rows to {size}px") as step:
-        step.count = decoded.count()
+        .withColumn("label", F.col("label").cast("int"))
+    n_rows = len(strata)
     records = strata[strata["dx"] != "unknown"].assign(lesion_id=lambda d: d["lesion_id"])
-    inputs = {"hmnist": uri, "rows": step.count, "total": step.count}
-    digest = hashlib.sha256(f"{uri}|{step.count}".encode()).hexdigest()
-    manifest = write_dataset(spark, cfg, run_id, decoded, [], records, inputs, digest, step.seconds,
+    inputs = {"hmnist": uri, "rows": n_rows, "total": n_rows}
+    digest = hashlib.sha256(f"{uri}|{n_rows}".encode()).hexdigest()
+    manifest = write_dataset(spark, cfg, run_id, decoded, [], records, inputs, digest,
+                             f"decode hmnist rows to {size}px",
                              extra={"lesion_grouped": False,
                                     "warning": "hmnist has no lesion ids: split not grouped by lesion"})
     rows.unpersist()

@@ -39,6 +39,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not_an_image", "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:  # PIL's own guard fires at open past 2x its limit
+        raise ImageRejected("too_many_pixels", f"{exc} (decompression-bomb guard)") from None
     except Exception as exc:  # PIL raises several types on broken headers
         raise ImageRejected("corrupt_image", f"cannot read the image header: {exc}") from None
     if img.format not in ACCEPTED_FORMATS:
@@ -75,7 +77,9 @@ def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombWarning as exc:
+        raise ImageRejected("too_many_pixels", f"{exc} (decompression-bomb guard)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected("truncated_or_corrupt", f"image data cannot be decoded: {exc}") from None
     if orientation != 1:
         img = ImageOps.exif_transpose(img)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -19,10 +18,11 @@ import pandas as pd
 from . import __version__, storage
 from .classes import CLASSES
 from .config import Config
-from .images import decode_each, sha256_hex
-from .listing import STEM_FROM_PATH, file_contents, list_files
+from .images import decode_each
+from .listing import Reader, list_files
 from .metadata import parse_metadata
-from .progress import timed
+from .progress import PhaseClock, timed
+from .spark import sql_conf
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 from .split import SPLITS, assign_splits, check_fractions
 
@@ -45,15 +45,19 @@ def decoded_schema():
     return StructType([StructField(c, types.get(c, StringType()), True) for c in cols])
 
 
-def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int) -> pd.DataFrame:
-    """Decode, resize and PNG-encode one batch of (file bytes + metadata). Pure; runs in executors.
-
-    Rows that cannot be decoded keep ``image=None`` and get ``reason``/``detail``."""
+def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, reader, max_bytes: int) -> pd.DataFrame:
+    """Read each file of a batch once (rows carry ``path``, ``length`` and the metadata), hash it,
+    decode, resize and PNG-encode it. Runs in executors. Rows that cannot become records keep
+    ``image=None`` and get ``reason``/``detail``."""
     schema = lesion_schema(size)
-    arrays, reasons, details = decode_each(batch["content"], size, mode, max_pixels)
-    images = [None if a is None else encode_image(schema, a) for a in arrays]
-    hashes = [sha256_hex(bytes(d) if d is not None else b"") for d in batch["content"]]
-    out = batch.drop(columns=["content"]).rename(columns={"path": "source"})
+    contents, hashes, pre_reasons, pre_details = reader.fetch(batch["path"], batch["length"], max_bytes,
+                                                             "ingest.max_file_bytes")
+    arrays, reasons, details = decode_each([c if r is None else b"" for c, r in zip(contents, pre_reasons)],
+                                           size, mode, max_pixels)
+    reasons = [p if p is not None else r for p, r in zip(pre_reasons, reasons)]
+    details = [p if p is not None else d for p, d in zip(pre_details, details)]
+    images = [None if a is None or r is not None else encode_image(schema, a) for a, r in zip(arrays, reasons)]
+    out = batch.drop(columns=["length"]).rename(columns={"path": "source"})
     out["image"] = images
     out["sha256"] = hashes
     out["reason"] = reasons
@@ -61,33 +65,15 @@ def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int) -> 
     return out[list(FIELD_NAMES) + ["split", "reason", "detail"]]
 
 
-def _decode_partition(size: int, mode: str, max_pixels: int):
+def _decode_partition(size: int, mode: str, max_pixels: int, reader, max_bytes: int, clock=None):
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            yield decode_batch(batch, size, mode, max_pixels)
+            start = time.perf_counter()
+            out = decode_batch(batch, size, mode, max_pixels, reader, max_bytes)
+            if clock is not None:
+                clock.add(files=len(batch), read_decode_encode=time.perf_counter() - start)
+            yield out
     return run
-
-
-@contextmanager
-def sql_conf(spark, **settings):
-    """Set SQL confs for the duration of a block, then restore the session's own values."""
-    keys = {k.replace("_", "."): str(v) for k, v in settings.items()}
-    before = {k: spark.conf.get(k, None) for k in keys}
-    for k, v in keys.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
-
-
-def file_partitioning(n_files: int, total_bytes: int, files_per_task: int) -> dict:
-    """Scan settings that put about ``files_per_task`` files in a task. Spark's default charges
-    every file a 4 MB open cost, so a task gets only ~32 JPEGs and per-task overhead dominates."""
-    avg = max(1, total_bytes // max(1, n_files))
-    return {"spark_sql_files_maxPartitionBytes": max(avg * files_per_task, 1 << 20),
-            "spark_sql_files_openCostInBytes": max(1, avg // 8)}
 
 
 def _read_text(spark, uri: str) -> str:
@@ -134,7 +120,7 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
              ", ".join(image_uris), layout.dataset(name), run_id, size, mode)
 
     # 1. Metadata: parsed and validated on the driver (about 100 bytes a row).
-    with timed(log, "metadata", "rows") as step:
+    with timed(log, "metadata", "rows", spark) as step:
         text = _read_text(spark, meta_uri)
         records, meta_rejects = parse_metadata(text, meta_uri)
         step.count = len(records) + len(meta_rejects)
@@ -148,84 +134,67 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     known_ids = spark.createDataFrame(
         pd.DataFrame({"image_id": pd.concat([records["image_id"], meta_rejects["image_id"]]).dropna().unique()}))
 
-    # 2. Listing (no file contents read): match files to rows by file name without extension.
-    glob = cfg.get("ingest.image_glob", None)
-
-    def files(with_content: bool):
-        if with_content:
-            df = file_contents(spark, image_uris, glob).withColumn("stem", F.regexp_extract("path", STEM_FROM_PATH, 1))
-        else:
-            df = list_files(spark, image_uris, glob)
-        return df.withColumnRenamed("stem", "image_id").select(
-            "path", "length", "image_id", *(["content"] if with_content else []))
-
-    with timed(log, "listing", "files") as step, sql_conf(spark, **file_partitioning(1, 1 << 30, 1)):
-        listing = files(False).cache()
-        n_files, total_bytes = listing.agg(F.count("*"), F.sum("length")).collect()[0]
-        total_bytes = total_bytes or 0
+    # 2. Listing in executors (no file contents read): files match rows by name without extension.
+    #    The first path (sorted) of an image id is its file; other copies are duplicates.
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    with timed(log, "listing", "files", spark) as step:
+        by_id = Window.partitionBy("image_id").orderBy("path")
+        listing = list_files(spark, image_uris, cfg.get("ingest.image_glob", None)) \
+            .withColumnRenamed("stem", "image_id").select("path", "length", "image_id") \
+            .withColumn("copy", F.row_number().over(by_id)) \
+            .join(known_ids.withColumn("known", F.lit(True)), "image_id", "left") \
+            .withColumn("known", F.coalesce("known", F.lit(False))) \
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        n_files, non_chosen, orphan_chosen = listing.agg(
+            F.count("*"), F.sum((F.col("copy") > 1).cast("int")),
+            F.sum(((F.col("copy") == 1) & ~F.col("known")).cast("int"))).collect()[0]
+        non_chosen, orphan_chosen = non_chosen or 0, orphan_chosen or 0
         step.count = n_files
-    # The first path (sorted) of an image id is its file; other copies are duplicates.
-    chosen = listing.groupBy("image_id").agg(F.min("path").alias("chosen"), F.count("*").alias("copies"))
-    dup_rows = chosen.filter("copies > 1").collect()
-    dup_chosen = {r.chosen for r in dup_rows}
-    dup_ids = [r.image_id for r in dup_rows]
 
     rejects = [spark.createDataFrame(meta_rejects, "image_id string, source string, reason string, detail string")]
-    orphan = listing.join(known_ids, "image_id", "left_anti").select(
+    rejects.append(listing.filter(~F.col("known")).select(
         "image_id", F.col("path").alias("source"), F.lit("no_metadata_row").alias("reason"),
-        F.lit("no row of the metadata file names this image").alias("detail"))
-    rejects.append(orphan)
-    if dup_ids:
-        extra = listing.join(known_ids, "image_id").join(chosen.filter("copies > 1"), "image_id") \
-            .filter(F.col("path") != F.col("chosen"))
-        rejects.append(extra.select("image_id", F.col("path").alias("source"),
-                                    F.lit("duplicate_image_file").alias("reason"),
-                                    F.concat(F.lit("another file has this image id and was used: "),
-                                             F.col("chosen")).alias("detail")))
-    chosen_files = listing.filter(~F.col("image_id").isin(dup_ids) | F.col("path").isin(list(dup_chosen)))
-    missing = meta.join(chosen_files.select("image_id"), "image_id", "left_anti").select(
+        F.lit("no row of the metadata file names this image").alias("detail")))
+    chosen = F.broadcast(listing.filter((F.col("copy") == 1) & F.col("known")).select("image_id", "path"))
+    rejects.append(listing.filter((F.col("copy") > 1) & F.col("known")).alias("d").join(
+        chosen.alias("c"), "image_id").select(
+        "image_id", F.col("d.path").alias("source"), F.lit("duplicate_image_file").alias("reason"),
+        F.concat(F.lit("another file has this image id and was used: "), F.col("c.path")).alias("detail")))
+    rejects.append(meta.join(listing.filter("copy = 1").select("image_id"), "image_id", "left_anti").select(
         "image_id", F.lit(meta_uri).alias("source"), F.lit("image_missing").alias("reason"),
-        F.lit("no image file named <image_id>.<ext> in the image folders").alias("detail"))
-    rejects.append(missing)
-    too_large = chosen_files.filter(F.col("length") > max_bytes).join(meta.select("image_id"), "image_id")
-    empty = chosen_files.filter(F.col("length") == 0).join(meta.select("image_id"), "image_id")
-    rejects.append(empty.select("image_id", F.col("path").alias("source"), F.lit("empty_file").alias("reason"),
-                                F.lit("the file has 0 bytes").alias("detail")))
-    rejects.append(too_large.select("image_id", F.col("path").alias("source"),
-                                    F.lit("file_too_large").alias("reason"),
-                                    F.concat(F.col("length").cast("string"),
-                                             F.lit(f" bytes > ingest.max_file_bytes={max_bytes}")).alias("detail")))
+        F.lit("no image file named <image_id>.<ext> in the image folders").alias("detail")))
 
-    # 3. Decode in executors: only chosen files within the size limit are read.
-    content = files(True).filter((F.col("length") > 0) & (F.col("length") <= max_bytes))
-    if dup_ids:
-        content = content.filter(~F.col("image_id").isin(dup_ids) | F.col("path").isin(list(dup_chosen)))
-    joined = content.drop("length").join(F.broadcast(meta), "image_id")
-    decoded = joined.mapInPandas(_decode_partition(size, mode, max_pixels), decoded_schema())
-    from pyspark import StorageLevel
-    decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
-    scan = file_partitioning(n_files, total_bytes, int(cfg.get("ingest.files_per_task")))
-    scan["spark_sql_execution_arrow_maxRecordsPerBatch"] = int(cfg.get("ingest.arrow_batch_rows"))
-    with sql_conf(spark, **scan), timed(log, f"decode+resize to {size}px") as step:
-        step.count = decoded.count()
-    decode_seconds = step.seconds
+    # 3. Read, hash, decode, resize, encode in executors: each chosen file once, in its row's task.
+    to_read = listing.filter((F.col("copy") == 1) & F.col("known")).select("path", "length", "image_id") \
+        .join(F.broadcast(meta), "image_id")
+    n_chosen = n_files - non_chosen - orphan_chosen
+    tasks = max(spark.sparkContext.defaultParallelism, -(-n_chosen // int(cfg.get("ingest.files_per_task"))))
+    clock = PhaseClock(spark, ("files", "read_decode_encode"))
+    decoded = to_read.repartition(tasks).mapInPandas(
+        _decode_partition(size, mode, max_pixels, Reader(image_uris), max_bytes, clock), decoded_schema())
     n_rows = len(records) + len(meta_rejects)
-    non_chosen = n_files - chosen_files.count()
-    orphan_chosen = chosen_files.join(known_ids, "image_id", "left_anti").count()
     inputs = {"metadata": meta_uri, "images": image_uris, "metadata_rows": n_rows, "image_files": n_files,
               "total": n_rows + non_chosen + orphan_chosen}
-    manifest = write_dataset(spark, cfg, run_id, decoded, rejects, records, inputs,
-                             hashlib.sha256(text.encode()).hexdigest(), decode_seconds,
-                             extra={"lesion_grouped": True})
+    with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("ingest.arrow_batch_rows"))):
+        manifest = write_dataset(spark, cfg, run_id, decoded, rejects, records, inputs,
+                                 hashlib.sha256(text.encode()).hexdigest(), f"read + decode + resize to {size}px",
+                                 extra={"lesion_grouped": True})
+    log.info("ingest: inside Python workers (seconds summed over tasks): %s", clock.summary())
     listing.unpersist()
     log.info("ingest %s: done in %.1fs -> %s", name, time.perf_counter() - t_start, layout.dataset(name))
     return manifest
 
 
 def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, records: pd.DataFrame,
-                  inputs: dict, source_digest: str, decode_seconds: float, extra: dict | None = None) -> dict:
+                  inputs: dict, source_digest: str, what: str, extra: dict | None = None) -> dict:
     """Write splits, rejects and manifest under a staging directory and swap it in, but only when
-    ``written + rejected == inputs['total']``. ``decoded`` has the decoded schema and is persisted."""
+    ``written + rejected == inputs['total']``.
+
+    ``decoded`` (the decoded schema, not yet computed) is computed exactly once: its rows are
+    written to ``<staging>/_decoded`` partitioned by outcome (a split, or ``rejected``). The
+    Petastorm splits, the rejects, the counts and the fingerprint are then read from that Parquet
+    (the counts by column pruning), with no Python and no second pass over the images."""
     from pyspark.sql import functions as F
 
     name = cfg.get("dataset.name")
@@ -233,26 +202,33 @@ def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, recor
     layout = storage.Layout(cfg.get("storage.root"))
     fractions = check_fractions(cfg.get("ingest.split"))
     seed = int(cfg.get("ingest.split.seed"))
-    stats = decoded.groupBy("split", "dx", "reason").count().collect()
-    rejects = rejects + [decoded.filter(F.col("reason").isNotNull()).select(*REJECT_FIELDS)]
-    all_rejects = rejects[0]
-    for r in rejects[1:]:
-        all_rejects = all_rejects.unionByName(r)
-    all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
-    written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
-    for r in stats:
-        if r["reason"] is None:
-            written[r["split"]][r["dx"]] += r["count"]
     rowgroup_mb = int(cfg.get("ingest.rowgroup_size_mb"))
     rows_per_file = int(cfg.get("ingest.rows_per_file"))
     with storage.AtomicDir(layout.dataset(name), run_id) as staging:
-        with timed(log, "write petastorm splits", "records") as step:
+        raw = f"{staging}/_decoded"
+        with timed(log, what, spark=spark) as step:
+            decoded.withColumn("outcome", F.when(F.col("reason").isNull(), F.col("split")).otherwise("rejected")) \
+                .write.partitionBy("outcome").option("parquet.block.size", rowgroup_mb << 20).parquet(raw)
+            decoded = spark.read.parquet(raw)
+            stats = decoded.groupBy("split", "dx", "reason").count().collect()
+            step.count = sum(r["count"] for r in stats)
+        decode_seconds = step.seconds
+        written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
+        for r in stats:
+            if r["reason"] is None:
+                written[r["split"]][r["dx"]] += r["count"]
+        with timed(log, "write petastorm splits", "records", spark) as step:
             for s in SPLITS:
                 n = sum(written[s].values())
-                part = decoded.filter((F.col("split") == s) & F.col("reason").isNull())
-                _petastorm_write(spark, part, f"{staging}/{s}", size, rowgroup_mb, -(-n // rows_per_file))
+                _petastorm_write(spark, decoded.filter(F.col("outcome") == s), f"{staging}/{s}", size, rowgroup_mb,
+                                 -(-n // rows_per_file))
                 log.info("  %-5s %6d records %s", s, n, {k: v for k, v in written[s].items() if v})
             step.count = sum(sum(v.values()) for v in written.values())
+        rejects = rejects + [decoded.filter(F.col("outcome") == "rejected").select(*REJECT_FIELDS)]
+        all_rejects = rejects[0]
+        for r in rejects[1:]:
+            all_rejects = all_rejects.unionByName(r)
+        all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
         all_rejects.coalesce(1).write.mode("overwrite").parquet(f"{staging}/rejects")
         rej_counts = {r["reason"]: r["count"] for r in
                       spark.read.parquet(f"{staging}/rejects").groupBy("reason").count().collect()}
@@ -287,7 +263,7 @@ def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, recor
             **(extra or {}),
         }
         storage.write_json(f"{staging}/manifest.json", manifest)
-    decoded.unpersist()
+        storage.delete(raw)
     return manifest
 
 
@@ -296,7 +272,7 @@ def _fingerprint(source_digest: str, decoded, cfg: Config) -> str:
     (image_id, sha256, split) and the parameters that shape the records."""
     from pyspark.sql import functions as F
     row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
-    agg = decoded.filter(F.col("reason").isNull()).select(
+    agg = decoded.filter(F.col("outcome") != "rejected").select(
         F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("s"),
         F.count("*").alias("n")).collect()[0]
     h = hashlib.sha256()

@@ -46,24 +46,79 @@ def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int) -> np
     return model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
 
 
-def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int):
-    """mapInPandas function: ``path, sha256, content`` in; probabilities or reject reasons out."""
-    size, resize = int(card["image_size"]), card["resize"]
+def _tf_threads(threads: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # already initialised in this reused worker
+
+
+def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None):
+    """Decode what has bytes and predict it: (probability lists or None, reasons, details, decode s, predict s).
+    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are."""
+    import time
+    t0 = time.perf_counter()
+    todo = [c if (reasons is None or reasons[i] is None) else None for i, c in enumerate(contents)]
+    arrays, dec_reasons, dec_details = decode_each([b"" if c is None else c for c in todo],
+                                                   int(card["image_size"]), card["resize"], max_pixels)
+    if reasons is not None:
+        dec_reasons = [r if r is not None else d for r, d in zip(reasons, dec_reasons)]
+        dec_details = [r if r is not None else d for r, d in zip(details, dec_details)]
+        arrays = [a if r is None else None for a, r in zip(arrays, reasons)]
+    t1 = time.perf_counter()
+    good = [a for a in arrays if a is not None]
+    probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
+    rows = [None if a is None else list(next(probs)) for a in arrays]
+    return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
+
+
+def score_files_schema(passthrough: str):
+    """What ``score_files`` yields: the pass-through columns, then hash, probabilities or a reason."""
+    from pyspark.sql.types import StructType, _parse_datatype_string
+    out = _parse_datatype_string(passthrough) if passthrough else StructType([])
+    for f in score_schema().fields[1:]:
+        out = out.add(f.name if f.name != "sha256" else "image_sha256", f.dataType)
+    return out
+
+
+def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
+                max_bytes: int, passthrough: list[str], clock=None):
+    """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
+    each file is read once, hashed where its bytes are, decoded and predicted; rows that cannot be
+    scored carry a reason. The model is loaded once per Python worker."""
+    import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass  # already initialised in this reused worker
+        _tf_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
-            arrays, reasons, details = decode_each(batch["content"], size, resize, max_pixels)
-            good = [a for a in arrays if a is not None]
-            probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
-            rows = [None if a is None else list(next(probs)) for a in arrays]
+            t0 = time.perf_counter()
+            contents, shas, reasons, details = reader.fetch(batch["path"], batch["length"], max_bytes,
+                                                            "score.max_file_bytes")
+            t1 = time.perf_counter()
+            rows, reasons, details, t_dec, t_pred = predict_batch(model, card, contents, max_pixels,
+                                                                  batch_size, reasons, details)
+            if clock is not None:
+                clock.add(files=len(batch), read_hash=t1 - t0, decode=t_dec, predict=t_pred)
+            out = batch[passthrough].copy()
+            out["image_sha256"] = shas
+            out["probabilities"] = rows
+            out["reason"] = reasons
+            out["detail"] = details
+            yield out
+    return run
+
+
+def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int):
+    """mapInPandas function: ``path, sha256, content`` in; probabilities or reject reasons out."""
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        _tf_threads(threads)
+        model = load_model(model_uri)
+        for batch in batches:
+            rows, reasons, details, _, _ = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size)
             yield pd.DataFrame({"path": batch["path"], "sha256": batch["sha256"], "probabilities": rows,
                                 "reason": reasons, "detail": details})
     return run

@@ -44,14 +44,55 @@ class Step:
 
 
 @contextmanager
-def timed(log: logging.Logger, what: str, unit: str = "img"):
+def timed(log: logging.Logger, what: str, unit: str = "img", spark=None):
+    """With ``spark``, the step's Spark jobs carry ``what`` as their description (UI, event log)."""
     step = Step()
     log.info("%s ...", what)
+    if spark is not None:
+        spark.sparkContext.setJobDescription(what)
     start = time.perf_counter()
-    yield step
+    try:
+        yield step
+    finally:
+        if spark is not None:
+            spark.sparkContext.setJobDescription(None)
     step.seconds = time.perf_counter() - start
     if step.count is not None and step.seconds > 0:
         log.info("%s: %d %s in %.1fs (%.1f %s/s)", what, step.count, unit, step.seconds,
                  step.count / step.seconds, unit)
     else:
         log.info("%s: done in %.1fs", what, step.seconds)
+
+
+class PhaseClock:
+    """Seconds spent inside Python workers, per phase, summed over tasks (a Spark accumulator).
+
+    Driver: ``clock = PhaseClock(spark, ("read", "decode"))``; executors: ``clock.add(read=0.1)``;
+    driver again, after the job: ``clock.summary()`` -> ``'read 12.0s, decode 40.1s'``."""
+
+    def __init__(self, spark, phases: tuple[str, ...]):
+        self.phases = tuple(phases)
+        self._acc = spark.sparkContext.accumulator([0.0] * len(self.phases), _VectorParam())
+
+    def add(self, **seconds: float) -> None:
+        self._acc.add([float(seconds.get(p, 0.0)) for p in self.phases])
+
+    def totals(self) -> dict[str, float]:
+        return dict(zip(self.phases, self._acc.value))
+
+    def summary(self) -> str:
+        return ", ".join(f"{p} {s:.1f}s" for p, s in self.totals().items())
+
+
+try:
+    from pyspark.accumulators import AccumulatorParam as _Param
+except ImportError:  # progress is also imported where pyspark is not needed
+    _Param = object
+
+
+class _VectorParam(_Param):
+    def zero(self, value):
+        return [0.0] * len(value)
+
+    def addInPlace(self, a, b):
+        return [x + y for x, y in zip(a, b)]

@@ -1,23 +1,26 @@
 """Score (driver side): incremental, idempotent bulk scoring of an image archive.
 
-A run lists the archive with Spark, hashes only files it has not seen (path, length and mtime
-unchanged = seen; hashing runs in the JVM), scores each new image content once per model version
-(the first path of a content; every path is recorded in ``score_files``), and commits its rows
-by renaming its ``run_id=`` partition directories into the tables. A run killed at any point
+A run lists the archive in executors (``listing``), matches the listing against the file index
+(path, length and mtime unchanged = seen, its hash known), and reads only the files it must: new
+ones, and one path of each known content not yet scored by this model version. Each of those is
+read once, in the task that hashes, decodes and predicts it (``predict.score_files``); the raw
+results are written once, and the tables are derived from them: each new image content is scored
+once per model version (the first path of a content; every path is recorded in ``score_files``).
+Nothing per file comes back to the driver. The run commits its rows by renaming its ``run_id=``
+partition directories into the tables. A run killed at any point
 leaves only ``tables/_staging/<run_id>/``, which Spark ignores and the next run removes, so a
 rerun ends with exactly one prediction per (image_sha256, model, model_version).
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
 
 from . import storage
 from .classes import malignant_outputs
 from .config import Config, ConfigError
-from .listing import file_contents, list_files
+from .listing import list_files
 from .progress import timed
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,16 @@ TABLES = ("predictions", "score_rejects", "score_files")
 
 class ScoreError(ConfigError):
     """The run cannot start (model or archive missing, unreadable card): exit code 2."""
+
+
+class ScoreLocked(RuntimeError):
+    """Another live run holds the storage root: exit code 75 (EX_TEMPFAIL), try again later."""
+    exit_code = 75
+
+
+class DriftAlert(RuntimeError):
+    """The run succeeded and committed, but its predictions drifted and ``score.fail_on_drift`` is on."""
+    exit_code = 3
 
 
 def resolve_model(root: str, spec: str) -> tuple[dict, str]:
@@ -69,13 +82,42 @@ def _read_table(spark, uri: str, schema: str):
     return spark.createDataFrame([], schema)
 
 
-def score(spark, cfg: Config, run_id: str | None = None) -> dict:
-    from pyspark import StorageLevel
+def _done(spark, tables: dict, model: str, version: str):
+    """Contents already predicted or rejected for this model version (``image_sha256``)."""
     from pyspark.sql import functions as F
-    from .predict import score_partition, score_schema
+    frames = [_read_table(spark, tables[t], "image_sha256 string, model string, model_version string")
+              .filter((F.col("model") == model) & (F.col("model_version") == version)).select("image_sha256")
+              for t in ("predictions", "score_rejects")]
+    return frames[0].unionByName(frames[1]).filter(F.col("image_sha256").isNotNull()).distinct()
 
-    t_start = time.perf_counter()
-    run_id = run_id or storage.new_run_id()
+
+def plan(spark, cfg: Config, archive: str, model: str, version: str, tables: dict):
+    """The run as DataFrames, nothing per file on the driver: (files, to_read, done).
+
+    ``files``: every listed file with its content hash where the index knows it (path, length and
+    modification time unchanged), else null. ``to_read``: the files whose bytes this run must read:
+    every file the index does not know (to hash it), and the first path of each known content that
+    has no prediction or reject for this model version yet (a new model version rescoring an archive,
+    or a run that died between committing its index and its predictions)."""
+    from pyspark.sql import functions as F
+    salt = cfg.get("score.path_salt", None) if cfg.get("score.hash_paths") else None
+    listing = list_files(spark, [archive], regex=cfg.get("score.path_regex")).withColumn("path_key", path_key(salt))
+    index = _read_table(spark, tables["score_files"],
+                        "path_key string, length long, modificationTime timestamp, image_sha256 string")
+    index = index.select("path_key", "length", "modificationTime", "image_sha256").dropDuplicates(
+        ["path_key", "length", "modificationTime"])
+    files = listing.join(index, ["path_key", "length", "modificationTime"], "left").select(
+        "path", "path_key", "length", "modificationTime", "image_sha256")
+    done = _done(spark, tables, model, version)
+    seen_todo = files.filter(F.col("image_sha256").isNotNull()).join(done, "image_sha256", "left_anti") \
+        .groupBy("image_sha256").agg(F.min(F.struct("path", "path_key", "length", "modificationTime")).alias("f")) \
+        .select("f.*", F.lit(False).alias("new"))
+    new = files.filter(F.col("image_sha256").isNull()).select(
+        "path", "path_key", "length", "modificationTime", F.lit(True).alias("new"))
+    return files, new.unionByName(seen_todo), done
+
+
+def _setup(cfg: Config) -> tuple[str, str, dict, str]:
     root = storage.normalize_uri(cfg.get("storage.root"))
     archive = cfg.get("score.archive", None)
     if not archive:
@@ -84,122 +126,252 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
     if not storage.exists(archive):
         raise ScoreError(f"archive {archive} does not exist")
     card, model_uri = resolve_model(root, cfg.get("score.model"))
-    model, version = card["name"], card["version"]
-    salt = cfg.get("score.path_salt", None) if cfg.get("score.hash_paths") else None
-    if cfg.get("score.hash_paths") and not salt:
+    if cfg.get("score.hash_paths") and not cfg.get("score.path_salt", None):
         raise ScoreError("score.hash_paths needs score.path_salt (keep it secret and the same across runs)")
-    key = path_key(salt)
+    return root, archive, card, model_uri
+
+
+def review_threshold(card: dict, cfg: Config) -> tuple[float, str]:
+    """(threshold, where it came from): the operating threshold ``evaluate`` wrote into the card,
+    else ``evaluate.default_threshold``."""
+    op = card.get("operating_threshold") or {}
+    if op.get("value") is not None:
+        return float(op["value"]), f"model_card:{op.get('split')}@sens{op.get('target_sensitivity')}"
+    return float(cfg.get("evaluate.default_threshold")), "default"
+
+
+def score(spark, cfg: Config, run_id: str | None = None) -> dict:
+    """One scoring run under the root's lease, recorded in ``score_runs`` whatever becomes of it."""
+    import os
+    import socket
+    from . import runlog
+    from .lease import Lease, LeaseHeld
+
+    run_id = run_id or storage.new_run_id()
+    started = dt.datetime.now(dt.timezone.utc)
+    root, archive, card, model_uri = _setup(cfg)
+    if cfg.get("score.dry_run"):
+        return dry_run(spark, cfg, root, archive, card)
+    row = {"model": card["name"], "model_version": card["version"], "archive": archive, "started_at": started,
+           "host": socket.gethostname(), "pid": os.getpid()}
+    lease = Lease(storage.join(root, "tables", "_lease"), run_id, float(cfg.get("score.lease_ttl_s")),
+                  float(cfg.get("score.lease_wait_s")), info={"model": f"{card['name']}:{card['version']}",
+                                                             "archive": archive})
+    runlog.write(root, run_id, {**row, "status": "waiting"})
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        runlog.write(root, run_id, {**row, "status": "locked", "error": str(exc),
+                                    "finished_at": dt.datetime.now(dt.timezone.utc)})
+        raise ScoreLocked(str(exc)) from None
+    try:
+        runlog.reap(root, run_id)
+        runlog.write(root, run_id, {**row, "status": "running"})
+        summary = _score(spark, cfg, run_id, root, archive, card, model_uri, lease)
+        runlog.write(root, run_id, {**row, **summary, "status": "succeeded",
+                                    "finished_at": dt.datetime.now(dt.timezone.utc)})
+    except BaseException as exc:  # KeyboardInterrupt and SIGTERM too: the row says what happened
+        runlog.write(root, run_id, {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                    "finished_at": dt.datetime.now(dt.timezone.utc),
+                                    "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds()})
+        raise
+    finally:
+        lease.release()
+    if summary["drift_alert"] and cfg.get("score.fail_on_drift"):
+        raise DriftAlert(f"drift: PSI {summary['drift_psi']:.3f} of the predicted classes against the model's "
+                         f"reference > score.drift_psi_threshold={cfg.get('score.drift_psi_threshold')} "
+                         f"(run {run_id} was committed)")
+    return summary
+
+
+def dry_run(spark, cfg: Config, root: str, archive: str, card: dict) -> dict:
+    """What a run would do, from the listing and the tables; reads no image and writes nothing."""
+    from pyspark.sql import functions as F
+    tables = {t: _table(root, t) for t in TABLES}
+    files, to_read, _ = plan(spark, cfg, archive, card["name"], card["version"], tables)
+    listed, known = files.agg(F.count("*"), F.count("image_sha256")).collect()[0]
+    n_read, n_new = to_read.agg(F.count("*"), F.sum(F.col("new").cast("int"))).collect()[0]
+    out = {"dry_run": True, "model": card["name"], "model_version": card["version"], "archive": archive,
+           "listed": listed, "known_to_index": known, "would_hash": n_new or 0,
+           "would_read_and_score_at_most": n_read, "would_skip_at_least": listed - n_read,
+           "review_threshold": dict(zip(("value", "source"), review_threshold(card, cfg)))}
+    log.info("score --dry-run: %d listed; would hash %d new files, read and score at most %d, skip at least %d "
+             "(new files that turn out to be known contents are skipped too); nothing written",
+             listed, out["would_hash"], n_read, out["would_skip_at_least"])
+    return out
+
+
+def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict, model_uri: str, lease) -> dict:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from .listing import Reader
+    from .predict import score_files, score_files_schema
+    from .progress import PhaseClock
+    from .spark import sql_conf
+
+    t_start = time.perf_counter()
+    model, version = card["name"], card["version"]
     tables = {t: _table(root, t) for t in TABLES}
     staging = storage.join(root, "tables", "_staging", run_id)
     _clean_staging(root, run_id)
-    log.info("score %s:%s on %s (run %s)", model, version, archive, run_id)
+    threshold, threshold_source = review_threshold(card, cfg)
+    log.info("score %s:%s on %s (run %s); review threshold %.4f (%s)", model, version, archive, run_id,
+             threshold, threshold_source)
 
-    # 1. List (paths and sizes only) and find files not seen before.
-    with timed(log, "listing", "files") as step:
-        listing = list_files(spark, [archive], regex=cfg.get("score.path_regex")) \
-            .withColumn("path_key", key).cache()
-        listed = listing.count()
+    # 1. Plan: list, match the index, find what is not done. Small rows only, all in executors.
+    with timed(log, "listing + index", "files", spark) as step:
+        files, to_read, done = plan(spark, cfg, archive, model, version, tables)
+        files = files.persist(StorageLevel.MEMORY_AND_DISK)
+        to_read = to_read.persist(StorageLevel.MEMORY_AND_DISK)
+        listed, known = files.agg(F.count("*"), F.count("image_sha256")).collect()[0]
+        n_read, n_new = to_read.agg(F.count("*"), F.sum(F.col("new").cast("int"))).collect()[0]
+        n_new = n_new or 0
         step.count = listed
-    index = _read_table(spark, tables["score_files"],
-                        "path_key string, length long, modificationTime timestamp, image_sha256 string")
-    index = index.select("path_key", "length", "modificationTime", "image_sha256").dropDuplicates(
-        ["path_key", "length", "modificationTime"])
-    seen = listing.join(index, ["path_key", "length", "modificationTime"], "inner")
-    new = listing.join(index, ["path_key", "length", "modificationTime"], "left_anti")
-    new_paths = [r.path for r in new.filter("length > 0").select("path").collect()]
-    # 2. Hash new files in the JVM (no Python), reading only them.
-    with timed(log, f"hash {len(new_paths)} new files", "files") as step:
-        hashed = spark.createDataFrame([], "path string, image_sha256 string")
-        if new_paths:
-            hashed = file_contents(spark, new_paths).select("path", F.sha2("content", 256).alias("image_sha256"))
-        empty_sha = hashlib.sha256(b"").hexdigest()
-        new_hashed = new.join(hashed, "path", "left").withColumn(
-            "image_sha256", F.coalesce("image_sha256", F.lit(empty_sha)))
-        files = seen.select("path", "path_key", "length", "modificationTime", "image_sha256") \
-            .unionByName(new_hashed.select("path", "path_key", "length", "modificationTime", "image_sha256")) \
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        step.count = len(new_paths)
+    log.info("score: %d listed: %d known to the index, %d new; %d files to read (hash%s)", listed, known, n_new,
+             n_read, ", decode and predict" if n_read else "")
 
-    # 3. What is already done for this model version: predicted or rejected.
-    done = _read_table(spark, tables["predictions"], "image_sha256 string, model string, model_version string") \
-        .filter((F.col("model") == model) & (F.col("model_version") == version)).select("image_sha256") \
-        .unionByName(_read_table(spark, tables["score_rejects"], "image_sha256 string, model string, model_version string")
-                     .filter((F.col("model") == model) & (F.col("model_version") == version)).select("image_sha256")) \
-        .distinct()
-    todo = files.join(done, "image_sha256", "left_anti")
-    first = todo.groupBy("image_sha256").agg(F.min("path").alias("path"))
-    max_bytes = int(cfg.get("score.max_file_bytes"))
-    too_large = first.join(files.select("path", "length"), "path").filter(F.col("length") > max_bytes)
-    empty = first.filter(F.col("image_sha256") == empty_sha)
-    to_score = first.join(too_large.select("path"), "path", "left_anti").join(empty.select("path"), "path", "left_anti")
-    score_paths = [r.path for r in to_score.select("path").collect()]
+    # 2. Read each file once where its row is: hash, decode, predict; write the raw results once.
+    passthrough = ["path", "path_key", "length", "modificationTime", "new"]
+    clock = PhaseClock(spark, ("files", "read_hash", "decode", "predict"))
+    raw = f"{staging}/raw"
+    if n_read:
+        tasks = max(spark.sparkContext.defaultParallelism, -(-n_read // int(cfg.get("score.files_per_task"))))
+        fn = score_files(Reader([archive]), model_uri, card, int(cfg.get("score.batch_size")),
+                         int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads")),
+                         int(cfg.get("score.max_file_bytes")), passthrough, clock)
+        schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, new boolean")
+        with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
+                timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
+            to_read.repartition(tasks).mapInPandas(fn, schema).write.parquet(raw)
+            step.count = n_read
+        log.info("score: inside Python workers (seconds summed over tasks): %s", clock.summary())
+    to_read.unpersist()
 
-    # 4. Decode and predict in executors: the model is loaded once per Python worker.
-    out_schema = score_schema()
-    results = spark.createDataFrame([], out_schema)
-    if score_paths:
-        contents = file_contents(spark, score_paths).join(
-            to_score.withColumnRenamed("image_sha256", "sha256"), "path").select("path", "sha256", "content")
-        results = contents.mapInPandas(score_partition(model_uri, card, int(cfg.get("score.batch_size")),
-                                                       int(cfg.get("ingest.max_image_pixels")),
-                                                       int(cfg.get("score.threads"))), out_schema)
-    results = results.persist(StorageLevel.MEMORY_AND_DISK)
-    arrow_rows = int(cfg.get("score.arrow_batch_rows"))
-    from .ingest import sql_conf
-    with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=arrow_rows), \
-            timed(log, f"decode + predict {len(score_paths)} images") as step:
-        step.count = results.count()
+    # 3. From the raw results (small rows): index rows, one prediction or reject per new content.
     now = dt.datetime.now(dt.timezone.utc)
-    classes = card["classes"]
-    malignant_idx = malignant_outputs(classes)
+    with timed(log, "write tables", "rows", spark) as step:
+        counts = _write_results(spark, raw if n_read else None, done, card, run_id, now, staging, threshold)
+        step.count = sum(counts[t] for t in TABLES)
+    lost = _check_accounting(spark, files, raw if n_read else None, done, staging) if n_read else 0
+    if lost:
+        raise ScoreError(f"accounting failed: {lost} listed files would have neither a prediction nor a reject; "
+                         "nothing was committed")
+    stats = run_stats(spark, staging, card, cfg, counts["predictions"])
+    lease.check()  # fenced: a run whose lease expired or was taken over must not commit
+    _commit(root, run_id)
+    scored, rejected = counts["predictions"], counts["score_rejects"]
+    skipped = listed - scored - rejected  # already done, or another path of a content scored now
+    summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
+               "listed": listed, "new_files": n_new, "read": n_read, "scored": scored, "rejected": rejected,
+               "skipped": skipped, "seconds": round(time.perf_counter() - t_start, 1),
+               "worker_seconds": {k: round(v, 1) for k, v in clock.totals().items() if k != "files"},
+               "rejected_by_reason": counts["by_reason"], "review_threshold": threshold,
+               "threshold_source": threshold_source, **stats}
+    log.info("score: %d listed = %d scored + %d rejected + %d skipped (already done or duplicate content); "
+             "%.1fs", listed, scored, rejected, skipped, summary["seconds"])
+    files.unpersist()
+    return summary
+
+
+def run_stats(spark, staging: str, card: dict, cfg: Config, n_scored: int) -> dict:
+    """Predicted count per class, mean confidence, low-confidence share, flagged count and drift
+    (PSI of the predicted-class distribution against the card's reference) of this run's predictions."""
+    from pyspark.sql import functions as F
+    from . import monitor
+    classes = list(card["classes"])
+    low = float(cfg.get("score.low_confidence"))
+    out = {"predicted_by_class": {c: 0 for c in classes}, "mean_confidence": None, "low_confidence_share": None,
+           "flagged": 0, "drift_psi": None, "drift_alert": False}
+    if not n_scored:
+        return out
+    rows = spark.read.parquet(f"{staging}/predictions").groupBy("predicted_dx").agg(
+        F.count("*").alias("n"), F.sum("confidence").alias("conf"),
+        F.sum((F.col("confidence") < low).cast("int")).alias("low"),
+        F.sum(F.col("review_flag").cast("int")).alias("flagged")).collect()
+    n = sum(r["n"] for r in rows)
+    out.update(predicted_by_class={**out["predicted_by_class"], **{r["predicted_dx"]: r["n"] for r in rows}},
+               mean_confidence=sum(r["conf"] for r in rows) / n, low_confidence_share=sum(r["low"] for r in rows) / n,
+               flagged=sum(r["flagged"] for r in rows))
+    ref = card.get("reference")
+    if not ref:
+        log.info("score: the model card has no reference distribution (evaluate the model first): no drift check")
+        return out
+    out["drift_psi"] = monitor.psi(ref["predicted_share"], monitor.shares(out["predicted_by_class"], classes))
+    limit, min_n = float(cfg.get("score.drift_psi_threshold")), int(cfg.get("score.drift_min_images"))
+    if out["drift_psi"] > limit and n >= min_n:
+        out["drift_alert"] = True
+        log.warning("score: DRIFT: PSI %.3f > %.2f for the predicted classes of %d images against the model's "
+                    "%s reference (%s)", out["drift_psi"], limit, n, ref.get("split"),
+                    ", ".join(f"{c} {out['predicted_by_class'][c] / n:.2f} vs {ref['predicted_share'][c]:.2f}"
+                              for c in classes))
+    else:
+        log.info("score: drift PSI %.3f (alert above %.2f with at least %d images; this run scored %d)",
+                 out["drift_psi"], limit, min_n, n)
+    return out
+
+
+def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, threshold: float):
+    """(predictions, rejects, index rows) of a run from its raw results."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    results = spark.read.parquet(raw)
+    model, version, classes = card["name"], card["version"], card["classes"]
+    index_rows = results.filter(F.col("new") & F.col("image_sha256").isNotNull()).select(
+        "path_key", "length", "modificationTime", "image_sha256", F.lit(run_id).alias("run_id"))
+    # One row per content not done before: its first path (the others are skipped).
+    first = Window.partitionBy("image_sha256").orderBy("path")
+    chosen = results.filter(F.col("image_sha256").isNotNull()).join(done, "image_sha256", "left_anti") \
+        .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
     probs = F.col("probabilities")
     predicted_label = F.expr("array_position(probabilities, array_max(probabilities)) - 1").cast("int")
-    preds = results.filter(F.col("reason").isNull()).join(
-        files.select("path", "path_key").dropDuplicates(["path"]), "path").select(
-        F.col("path_key").alias("image_path"), F.col("sha256").alias("image_sha256"),
+    preds = chosen.filter(F.col("reason").isNull()).select(
+        F.col("path_key").alias("image_path"), "image_sha256",
         F.lit(model).alias("model"), F.lit(version).alias("model_version"),
         F.element_at(F.array(*[F.lit(c) for c in classes]), predicted_label + 1).alias("predicted_dx"),
         predicted_label.alias("predicted_label"), F.array_max(probs).alias("confidence"), probs.alias("probabilities"),
-        sum((F.element_at(probs, i + 1) for i in malignant_idx), F.lit(0.0)).alias("malignant_probability"),
+        sum((F.element_at(probs, i + 1) for i in malignant_outputs(classes)), F.lit(0.0)).alias("malignant_probability"),
         F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at"),
         F.lit(now.date().isoformat()).alias("scored_date"))
-    decode_rejects = results.filter(F.col("reason").isNotNull()).select(
-        "path", F.col("sha256").alias("image_sha256"), "reason", "detail")
-    listing_rejects = too_large.select("path", "image_sha256", F.lit("file_too_large").alias("reason"),
-                                       F.concat(F.col("length").cast("string"), F.lit(f" bytes > score.max_file_bytes={max_bytes}")).alias("detail")) \
-        .unionByName(empty.select("path", "image_sha256", F.lit("empty_file").alias("reason"),
-                                  F.lit("the file has 0 bytes").alias("detail")))
-    rejects = decode_rejects.unionByName(listing_rejects).join(
-        files.select("path", "path_key").dropDuplicates(["path"]), "path").select(
-        F.col("path_key").alias("image_path"), "image_sha256", F.lit(model).alias("model"),
-        F.lit(version).alias("model_version"), "reason", "detail", F.lit(run_id).alias("run_id"),
-        F.lit(now).cast("timestamp").alias("at"))
-    index_rows = new_hashed.select("path_key", "length", "modificationTime", "image_sha256",
-                                   F.lit(run_id).alias("run_id"))
+    preds = preds.withColumn("review_flag", F.col("malignant_probability") >= F.lit(threshold))
+    # Unreadable files have no hash: rejected in this run, tried again by the next.
+    rejects = chosen.filter(F.col("reason").isNotNull()).unionByName(results.filter(F.col("image_sha256").isNull())) \
+        .select(F.col("path_key").alias("image_path"), "image_sha256", F.lit(model).alias("model"),
+                F.lit(version).alias("model_version"), "reason", "detail", F.lit(run_id).alias("run_id"),
+                F.lit(now).cast("timestamp").alias("at"))
+    return preds, rejects, index_rows
 
-    # 5. Write under staging, then commit by renaming the run's partition directories in.
-    with timed(log, "write tables", "rows") as step:
-        frames = {"predictions": preds, "score_rejects": rejects, "score_files": index_rows}
-        counts = {t: df.count() for t, df in frames.items()}  # from persisted results: cheap
-        preds.write.partitionBy("scored_date", "run_id").parquet(f"{staging}/predictions")
-        rejects.write.partitionBy("run_id").parquet(f"{staging}/score_rejects")
-        index_rows.write.partitionBy("run_id").parquet(f"{staging}/score_files")
-        step.count = sum(counts.values())
-    _commit(root, run_id)
-    scored, rejected = counts["predictions"], counts["score_rejects"]
-    skipped = listed - scored - rejected  # one reject row per content; its other paths are skipped
-    summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
-               "listed": listed, "new_files": len(new_paths), "scored": scored, "rejected": rejected,
-               "skipped": skipped, "seconds": round(time.perf_counter() - t_start, 1),
-               "rejected_by_reason": {r["reason"]: r["count"] for r in
-                                      spark.read.parquet(tables["score_rejects"]).filter(F.col("run_id") == run_id)
-                                      .groupBy("reason").count().collect()} if rejected else {}}
-    log.info("score: %d listed = %d scored + %d rejected + %d skipped (already done or duplicate content); "
-             "%.1fs", listed, scored, rejected, skipped, summary["seconds"])
-    results.unpersist()
-    files.unpersist()
-    listing.unpersist()
-    return summary
+
+def _write_results(spark, raw: str | None, done, card: dict, run_id: str, now, staging: str,
+                   threshold: float) -> dict:
+    if raw is None:
+        return {"predictions": 0, "score_rejects": 0, "score_files": 0, "by_reason": {}}
+    frames = dict(zip(TABLES, _results_frames(spark, raw, done, card, run_id, now, threshold)))
+    for table, df in frames.items():
+        df.write.partitionBy(*(["scored_date"] if table == "predictions" else []), "run_id") \
+            .parquet(f"{staging}/{table}")
+    written = {t: _staged(spark, staging, t, df.schema) for t, df in frames.items()}
+    counts = {t: df.count() for t, df in written.items()}
+    counts["by_reason"] = {r["reason"]: r["count"] for r in
+                           written["score_rejects"].groupBy("reason").count().collect()}
+    return counts
+
+
+def _staged(spark, staging: str, table: str, schema):
+    """A table as this run staged it (an empty write leaves no Parquet file to infer a schema from)."""
+    return spark.read.schema(schema).parquet(f"{staging}/{table}")
+
+
+def _check_accounting(spark, files, raw: str, done, staging: str) -> int:
+    """Listed files whose content ends with neither a prediction nor a reject (must be 0)."""
+    from pyspark.sql import functions as F
+    results = spark.read.parquet(raw).select("path", F.col("image_sha256").alias("sha_now"), "reason")
+    covered = done.unionByName(_staged(spark, staging, "predictions", "image_sha256 string").select("image_sha256")) \
+        .unionByName(_staged(spark, staging, "score_rejects", "image_sha256 string").select("image_sha256")) \
+        .filter(F.col("image_sha256").isNotNull()).distinct()
+    final = files.join(results, "path", "left").select(
+        F.coalesce("sha_now", "image_sha256").alias("image_sha256"), "reason")
+    unreadable = F.col("image_sha256").isNull() & (F.col("reason") == "unreadable")
+    return final.filter(~unreadable).join(covered, "image_sha256", "left_anti").count()
 
 
 def _clean_staging(root: str, keep: str | None = None) -> None:
@@ -223,11 +395,12 @@ def _commit(root: str, run_id: str) -> None:
     for table in ("score_rejects", "score_files", "predictions"):
         fs, src = storage.filesystem(f"{staging}/{table}")
         _, dst = storage.filesystem(storage.join(root, "tables", table))
-        for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        for info in fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True)):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("run_id="):
                 rel = info.path[len(src):].lstrip("/")
                 target = f"{dst}/{rel}"
                 fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 fs.move(info.path, target)
     fs, path = storage.filesystem(staging)
-    fs.delete_dir(path)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)

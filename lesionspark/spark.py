@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 from .config import Config
 
@@ -65,3 +66,17 @@ def get_spark(cfg: Config):
     log.info("spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
              spark.sparkContext.defaultParallelism)
     return spark
+
+
+@contextmanager
+def sql_conf(spark, **settings):
+    """Set SQL confs for the duration of a block, then restore the session's own values."""
+    keys = {k.replace("_", "."): str(v) for k, v in settings.items()}
+    before = {k: spark.conf.get(k, None) for k in keys}
+    for k, v in keys.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)

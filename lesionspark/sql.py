@@ -7,7 +7,7 @@ from . import storage
 
 log = logging.getLogger(__name__)
 
-TABLES = ("predictions", "score_rejects", "score_files", "metrics")
+TABLES = ("predictions", "score_rejects", "score_files", "score_runs", "metrics")
 
 
 def register(spark, root: str, metastore: bool = False) -> list[str]:
@@ -22,10 +22,11 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
             continue
         if metastore:
             spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING parquet LOCATION '{uri}'")
-            if name in ("predictions", "score_rejects", "score_files"):
+            if name in ("predictions", "score_rejects", "score_files", "score_runs"):
                 spark.sql(f"MSCK REPAIR TABLE {name}")  # pick up partitions committed since
         else:
-            spark.read.parquet(uri).createOrReplaceTempView(name)
+            # Columns added over versions (predictions.review_flag) are read from every file.
+            spark.read.option("mergeSchema", "true").parquet(uri).createOrReplaceTempView(name)
         names.append(name)
     # Ingest rejects of every dataset, with the dataset's name.
     fs, base = storage.filesystem(storage.join(root, "datasets"))

@@ -105,3 +105,16 @@ def test_crop_mode_takes_the_centre_square():
     assert squashed[4, 0, 1] > 200 and squashed[4, 4, 0] > 200  # green sides kept
     with pytest.raises(ValueError):
         decode_resize(_jpeg(img), 8, mode="stretch")
+
+
+def test_a_decompression_bomb_is_too_many_pixels_not_corrupt():
+    """A 300-megapixel JPEG (its header patched to 20000x15000): PIL refuses it at open."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 80, 60)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (15000).to_bytes(2, "big") + (20000).to_bytes(2, "big")
+    for limit in (40_000_000, 10**12):  # ours first, and PIL's own guard when ours is set above it
+        with pytest.raises(ImageRejected) as info:
+            decode_resize(bytes(data), 32, max_pixels=limit)
+        assert info.value.code == "too_many_pixels", info.value.detail

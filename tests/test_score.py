@@ -18,6 +18,7 @@ from conftest import make_cfg, publish_untrained_model
 from lesionspark.classes import CLASSES
 from lesionspark.images import decode_resize
 from lesionspark.models import preprocess
+from lesionspark import runlog
 from lesionspark.score import score
 
 pytestmark = pytest.mark.spark
@@ -118,8 +119,10 @@ def test_duplicate_content_is_scored_once_and_both_paths_are_recorded(spark, sco
 def test_rerun_scores_nothing_and_new_files_are_picked_up(spark, scored, archive, synth_small):
     cfg, root, model, card, first, n_images = scored
     a, _ = archive
+    index_rows = len(_table(root, "score_files"))
     again = score(spark, cfg, run_id="r2")
     assert again["scored"] == 0 and again["new_files"] == 0 and again["skipped"] == again["listed"] == n_images
+    assert again["read"] == 0 and len(_table(root, "score_files")) == index_rows  # the 0-byte file too
     new = sorted(Path(synth_small["images"][0]).glob("*.jpg"))[50:53]
     (a / "2026-11-04").mkdir()
     for p in new:
@@ -137,7 +140,7 @@ def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_pa
     a, n_images = archive
     model, card = publish_untrained_model(tmp_path)
     cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
-                   spark__master="local[2]")
+                   spark__master="local[2]", score__lease_ttl_s=3, score__lease_wait_s=60)
     conf = tmp_path / "c.yaml"
     conf.write_text(cfg.to_yaml())
     staging = tmp_path / "tables" / "_staging"
@@ -157,10 +160,14 @@ def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_pa
                 pass
         proc.wait()
     assert not (tmp_path / "tables" / "predictions").exists()  # nothing half-committed
-    rerun = score(spark, cfg, run_id="after-kill")
+    rerun = score(spark, cfg, run_id="after-kill")  # waits for the killed run's lease to expire
     preds = _table(tmp_path, "predictions")
     assert len(preds) == rerun["scored"] == n_images - 6 and preds["image_sha256"].is_unique
     assert not staging.exists() or not any(staging.iterdir())
+    runs = {r["run_id"]: r for r in runlog.read(str(tmp_path))}
+    assert runs["after-kill"]["status"] == "succeeded"
+    (killed,) = [r for k, r in runs.items() if k != "after-kill"]
+    assert killed["status"] == "killed" and "after-kill" in killed["error"]
 
 
 def test_hashed_paths_and_no_paths_in_logs(spark, archive, tmp_path, caplog):
@@ -200,3 +207,80 @@ def test_readme_queries_run(spark, scored):
         spark.sql(sql.replace("<v1>", card["version"]).replace("<v2>", card["version"])).collect()
     triage = spark.sql("SELECT count(*) c FROM predictions WHERE scored_date = current_date()").collect()[0].c
     assert triage >= first["scored"]
+
+
+def test_run_rows_and_review_flags_with_the_default_threshold(scored):
+    cfg, root, model, card, first, n_images = scored
+    preds = _table(root, "predictions")
+    assert (preds["review_flag"] == (preds["malignant_probability"] >= 0.5)).all()
+    preds = preds[preds["run_id"] == "r1"]
+    run = {r["run_id"]: r for r in runlog.read(str(root))}["r1"]
+    assert run["status"] == "succeeded" and run["threshold_source"] == "default" and run["review_threshold"] == 0.5
+    assert (run["listed"], run["scored"], run["rejected"], run["skipped"]) == \
+        (first["listed"], first["scored"], first["rejected"], first["skipped"])
+    by_class = dict(run["predicted_by_class"])
+    assert sum(by_class.values()) == first["scored"]
+    assert by_class == preds["predicted_dx"].value_counts().reindex(CLASSES, fill_value=0).to_dict()
+    assert run["mean_confidence"] == pytest.approx(preds["confidence"].mean())
+    assert run["flagged"] == preds["review_flag"].sum() and run["drift_psi"] is None  # card has no reference
+
+
+def test_card_threshold_drift_exit_3_and_dry_run(spark, archive, tmp_path):
+    from lesionspark.cli import main
+    from lesionspark.monitor import psi, shares
+    a, n_images = archive
+    # A reference that says the model predicts almost only nv, so this untrained model drifts.
+    ref = {"split": "val", "n": 500, "predicted_share": {c: (0.94 if c == "nv" else 0.01) for c in CLASSES},
+           "mean_confidence": 0.8, "low_confidence": 0.5, "low_confidence_share": 0.1}
+    publish_untrained_model(tmp_path, operating_threshold={"value": 0.3, "split": "val", "target_sensitivity": 0.95},
+                            reference=ref)
+    args = ["score", "--root", str(tmp_path), "--archive", str(a), "--model", "cnn", "score.max_file_bytes=1000000"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(args + ["--dry-run"]) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, not even a lease
+    assert main(args + ["score.drift_min_images=1", "score.fail_on_drift=true"]) == 3
+    preds = _table(tmp_path, "predictions")  # committed before the drift exit
+    assert len(preds) == n_images - 6 and (preds["review_flag"] == (preds["malignant_probability"] >= 0.3)).all()
+    (run,) = runlog.read(str(tmp_path))
+    assert run["status"] == "succeeded" and run["drift_alert"] and run["threshold_source"] == "model_card:val@sens0.95"
+    expected = psi(ref["predicted_share"], shares(preds["predicted_dx"].value_counts().to_dict(), CLASSES))
+    assert run["drift_psi"] == pytest.approx(expected) and run["drift_psi"] > 0.2
+
+
+def test_overlapping_runs_leave_one_prediction_per_key(archive, tmp_path):
+    """Three `lesionspark score` processes on one root at once. While the root is held, the one
+    with no patience exits 75 naming the holder; the two that wait race for it when it is released."""
+    from lesionspark.lease import Lease
+    a, n_images = archive
+    publish_untrained_model(tmp_path)
+    base = [str(Path(sys.executable).parent / "lesionspark"), "score", "--root", str(tmp_path), "--archive", str(a),
+            "--model", "cnn", "score.max_file_bytes=1000000", "spark.master=local[1]",
+            "spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.ui.enabled=false"]
+    blocker = Lease(str(tmp_path / "tables" / "_lease"), "maintenance-window", ttl_s=60).acquire()
+    try:
+        procs = [subprocess.Popen(base + ["--wait", "300"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        impatient = subprocess.run(base + ["--wait", "0"], capture_output=True, text=True, timeout=300)
+    finally:
+        blocker.release()
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert impatient.returncode == 75 and "being scored by run maintenance-window" in impatient.stderr
+    preds = _table(tmp_path, "predictions")
+    assert len(preds) == n_images - 6 and preds["image_sha256"].is_unique
+    statuses = sorted(r["status"] for r in runlog.read(str(tmp_path)))
+    assert statuses == ["locked", "succeeded", "succeeded"]
+
+
+def test_readme_morning_queries_run(spark, scored):
+    """The operator's score_runs queries in README.md run and see the runs."""
+    import re
+    from lesionspark.sql import register
+    cfg, root, model, card, first, n_images = scored
+    assert "score_runs" in register(spark, str(root))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "FROM score_runs" in b)
+    code = "\n".join(l for l in block.splitlines() if not l.strip().startswith("--"))
+    results = [spark.sql(s).collect() for s in code.split(";") if s.strip()]
+    assert len(results) == 4
+    assert {r.run_id for r in results[0]} >= {"r1"} and all(r.status == "succeeded" for r in results[0])

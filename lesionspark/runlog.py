@@ -1,0 +1,98 @@
+"""The ``score_runs`` table: one row per scoring run, whatever became of it (DESIGN.md).
+
+Each run's row is one Parquet file in ``tables/score_runs/run_id=<id>/``, written by pyarrow and
+replaced atomically (a ``_tmp`` file renamed over it): ``waiting`` while it asks for the lease,
+``running`` once it holds it, then ``succeeded`` or ``failed`` with the error. A run that could not
+start because another held the root gets a ``locked`` row. The next run that holds the lease marks
+``killed`` every row still ``running`` (no other run can be) and every ``waiting`` row whose
+process is gone from this host.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import storage
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("waiting", "running", "succeeded", "failed", "locked", "killed")
+_TS = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([
+    ("model", pa.string()), ("model_version", pa.string()), ("archive", pa.string()),
+    ("started_at", _TS), ("finished_at", _TS), ("status", pa.string()), ("error", pa.string()),
+    ("listed", pa.int64()), ("new_files", pa.int64()), ("read", pa.int64()), ("scored", pa.int64()),
+    ("rejected", pa.int64()), ("skipped", pa.int64()), ("seconds", pa.float64()),
+    ("predicted_by_class", pa.map_(pa.string(), pa.int64())), ("mean_confidence", pa.float64()),
+    ("low_confidence_share", pa.float64()), ("drift_psi", pa.float64()), ("drift_alert", pa.bool_()),
+    ("flagged", pa.int64()), ("review_threshold", pa.float64()), ("threshold_source", pa.string()),
+    ("host", pa.string()), ("pid", pa.int64()),
+])
+
+
+def table_uri(root: str) -> str:
+    return storage.join(storage.normalize_uri(root), "tables", "score_runs")
+
+
+def write(root: str, run_id: str, row: dict) -> None:
+    """Write (or replace) the row of ``run_id``; keys missing from ``row`` are null."""
+    data = {f.name: [row.get(f.name)] for f in SCHEMA}
+    if data["predicted_by_class"][0] is not None:
+        data["predicted_by_class"] = [list(data["predicted_by_class"][0].items())]
+    table = pa.Table.from_pydict(data, schema=SCHEMA)
+    fs, base = storage.filesystem(f"{table_uri(root)}/run_id={run_id}")
+    fs.create_dir(base, recursive=True)
+    tmp = f"{base}/_tmp-{uuid.uuid4().hex}.parquet"  # Spark skips _-files
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, f"{base}/part-0.parquet")
+
+
+def read(root: str) -> list[dict]:
+    """Every run row, with its ``run_id`` (pyarrow; for the driver's own bookkeeping and tests)."""
+    fs, base = storage.filesystem(table_uri(root))
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("run_id="):
+            part = f"{info.path}/part-0.parquet"
+            if fs.get_file_info(part).type == pafs.FileType.File:
+                row = pq.read_table(part, filesystem=fs).to_pylist()[0]
+                out.append({"run_id": info.base_name[len("run_id="):], **row})
+    return out
+
+
+def _gone(row: dict) -> bool:
+    import os
+    import socket
+    if row.get("host") != socket.gethostname() or not row.get("pid"):
+        return False  # another host's waiting run: it writes its own outcome
+    try:
+        os.kill(int(row["pid"]), 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+
+
+def reap(root: str, current_run: str) -> list[str]:
+    """Mark rows of dead runs ``killed``. Call only while holding the lease: no other run can be
+    running then, so a ``running`` row belongs to a run that died (or was fenced off)."""
+    killed = []
+    now = dt.datetime.now(dt.timezone.utc)
+    for row in read(root):
+        if row["run_id"] != current_run and (row["status"] == "running" or
+                                             (row["status"] == "waiting" and _gone(row))):
+            run_id = row.pop("run_id")
+            write(root, run_id, {**row, "status": "killed", "finished_at": now,
+                                 "error": f"found {row['status']} by run {current_run}, its process gone or its lease "
+                                          "lost; any uncommitted staging of it was removed"})
+            killed.append(run_id)
+    if killed:
+        log.warning("score: %d earlier run(s) died before finishing and are marked killed: %s",
+                    len(killed), ", ".join(killed))
+    return killed

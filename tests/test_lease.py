@@ -1,0 +1,90 @@
+"""The storage root's lease, with real processes racing for it and a holder killed with SIGKILL."""
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lesionspark.lease import Lease, LeaseHeld, LeaseLost
+
+HOLDER = """
+import sys, time
+from lesionspark.lease import Lease
+lease = Lease(sys.argv[1], sys.argv[2], ttl_s=float(sys.argv[3])).acquire()
+print("held", lease.generation, flush=True)
+time.sleep(float(sys.argv[4]))
+lease.release()
+print("released", flush=True)
+"""
+
+
+def _contend(directory, run_id, start_at, out):
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        with Lease(directory, run_id, ttl_s=30, wait_s=0) as lease:
+            out.put((run_id, "held", lease.generation))
+            time.sleep(1.0)  # hold it while the others try
+    except LeaseHeld as exc:
+        out.put((run_id, "refused", exc.holder["run_id"]))
+
+
+def test_racing_processes_get_exactly_one_holder(tmp_path):
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 3.0  # every process released at the same instant
+    procs = [ctx.Process(target=_contend, args=(str(tmp_path), f"run{i}", start_at, out)) for i in range(8)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    held = [r for r in results if r[1] == "held"]
+    assert len(held) == 1, results
+    winner = held[0][0]
+    assert all(r[2] == winner for r in results if r[1] == "refused")  # each refusal names the holder
+
+
+def test_a_waiting_run_gets_the_lease_when_the_holder_releases(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "first", "30", "2"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().startswith("held")
+    start = time.monotonic()
+    with pytest.raises(LeaseHeld, match="run first"):
+        Lease(str(tmp_path), "impatient", wait_s=0).acquire()
+    with Lease(str(tmp_path), "patient", wait_s=20, poll_s=0.2) as lease:
+        assert time.monotonic() - start < 15 and lease.taken_over is None  # released, not expired
+        lease.check()
+    holder.wait(timeout=30)
+
+
+def test_a_killed_holder_blocks_only_until_its_lease_expires(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "doomed", "3", "600"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().startswith("held")
+    time.sleep(2.5)  # the holder renewed at least once (every ttl/3 = 1 s)
+    gen, content = Lease(str(tmp_path), "x").newest()
+    assert content["run_id"] == "doomed" and content["expires"] > time.time()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    killed_at = time.monotonic()
+    with Lease(str(tmp_path), "next", ttl_s=3, wait_s=30, poll_s=0.2) as lease:
+        waited = time.monotonic() - killed_at
+        assert 0.0 < waited < 8 and lease.taken_over["run_id"] == "doomed"
+        assert lease.generation == gen + 1
+
+
+def test_a_fenced_off_holder_cannot_pass_its_commit_check(tmp_path):
+    stale = Lease(str(tmp_path), "slow", ttl_s=0.6).acquire()
+    stale._stop.set()  # renewal stalls, as in a process paused past its lease (GC, SIGSTOP, VM freeze)
+    stale._thread.join()
+    time.sleep(0.8)
+    with Lease(str(tmp_path), "new", ttl_s=30, wait_s=5) as fresh:
+        with pytest.raises(LeaseLost, match="took over"):
+            stale.check()
+        fresh.check()
+    names = sorted(os.listdir(tmp_path))
+    assert names[-1].startswith("lease-") and json.loads((tmp_path / names[-1]).read_text())["released"]

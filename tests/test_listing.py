@@ -1,0 +1,76 @@
+"""Listing in executors (real local Spark, real files) and reading listed files where their rows are."""
+import hashlib
+import os
+
+import pytest
+
+from lesionspark.listing import Reader, list_files
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Files at the top, in a deep branch (deeper than the driver expands), in folders with spaces
+    and accents, a 0-byte file, hidden entries, and a second root."""
+    a = tmp_path_factory.mktemp("listing") / "a"
+    files = {"top.JPG": b"t" * 10, "ward B/été 1.jpg": b"x" * 20, "y/empty.jpg": b"",
+             "d1/d2/d3/d4/d5/d6/deep.png": b"d" * 30, "notes.txt": b"n"}
+    for i in range(30):
+        files[f"2026/11/{i:02d}/img{i}.jpg"] = bytes([i]) * (100 + i)
+    for rel, data in files.items():
+        (a / rel).parent.mkdir(parents=True, exist_ok=True)
+        (a / rel).write_bytes(data)
+    (a / ".hidden").mkdir()
+    (a / ".hidden" / "h.jpg").write_bytes(b"h")
+    (a / "y" / ".DS_Store").write_bytes(b"m")
+    b = a.parent / "b"
+    b.mkdir()
+    (b / "other.jpg").write_bytes(b"o" * 5)
+    return a, b, files
+
+
+def _rows(df):
+    return {r.path: r for r in df.collect()}
+
+
+def test_every_file_is_listed_once_with_hadoop_paths(spark, tree):
+    a, b, files = tree
+    rows = _rows(list_files(spark, [str(a), str(b)], min_dirs=2, max_depth=2))
+    expected = {f"file:{a}/{rel}" for rel in files} | {f"file:{b}/other.jpg"}
+    assert set(rows) == expected  # hidden entries left out, nothing twice, deep branch included
+    assert rows[f"file:{a}/y/empty.jpg"].length == 0
+    assert all(r.modificationTime is not None for r in rows.values())  # 0-byte files too
+    r = rows[f"file:{a}/ward B/été 1.jpg"]
+    assert (r.length, r.stem) == (20, "été 1")
+    mtime_ms = os.stat(a / "ward B" / "été 1.jpg").st_mtime_ns // 1_000_000
+    assert int(r.modificationTime.timestamp() * 1000) == mtime_ms
+
+
+def test_filters_and_depth_settings_give_the_same_files(spark, tree):
+    a, _, files = tree
+    regex = {p for p in _rows(list_files(spark, [str(a)], regex=r"\.(jpe?g|png)$"))}
+    assert regex == {f"file:{a}/{rel}" for rel in files if not rel.endswith(".txt")}
+    glob = {p for p in _rows(list_files(spark, [str(a)], glob="*.jpg"))}
+    assert glob == {f"file:{a}/{rel}" for rel in files if rel.endswith(".jpg")}
+    for min_dirs, depth in ((100, 10),):  # the whole tree expanded level by level on the driver
+        assert set(_rows(list_files(spark, [str(a)], min_dirs=min_dirs, max_depth=depth))) == \
+            {f"file:{a}/{rel}" for rel in files}
+
+
+def test_a_missing_root_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        list_files(spark, [str(tmp_path / "nope")])
+
+
+def test_reader_reads_hashes_and_rejects_with_reasons(tree):
+    a, b, files = tree
+    reader = Reader([str(a), str(b)])
+    paths = [f"file:{a}/ward B/été 1.jpg", f"file:{a}/top.JPG", f"file:{a}/gone.jpg", f"file:{b}/other.jpg"]
+    contents, shas, reasons, details = reader.fetch(paths, [20, 10, 5, 5], 15, "score.max_file_bytes")
+    assert contents[0] is None and reasons[0] == "file_too_large"  # not kept in memory...
+    assert shas[0] == hashlib.sha256(b"x" * 20).hexdigest()  # ...but hashed as a stream
+    assert "20 bytes > score.max_file_bytes=15" in details[0]
+    assert contents[1] == b"t" * 10 and shas[1] == hashlib.sha256(b"t" * 10).hexdigest() and reasons[1] is None
+    assert (contents[2], shas[2], reasons[2]) == (None, None, "unreadable") and "FileNotFoundError" in details[2]
+    assert contents[3] == b"o" * 5
