@@ -57,9 +57,9 @@ def main():
     root, archive = work / "root", work / "archive"
     publish(root, "cnn", 64)
     exe = str(Path(sys.executable).parent / "lesionspark")
-    common = ["score", "--root", str(root), "--archive", str(archive), "--model", "cnn",
+    common = ["--log-level", "WARNING", "score", "--root", str(root), "--archive", str(archive), "--model", "cnn",
               f"score.lease_ttl_s={args.ttl}", "spark.master=local[1]", "spark.conf.spark.ui.enabled=false",
-              "spark.conf.spark.ui.showConsoleProgress=false", "--log-level", "WARNING"]
+              "spark.conf.spark.ui.showConsoleProgress=false"]
     (work / "logs").mkdir()
 
     def grow(k: int) -> None:
