@@ -161,7 +161,7 @@ def run_train(cfg: Config) -> dict:
 def run_score(cfg: Config) -> dict:
     from .score import score
     from .spark import get_spark
-    return score(get_spark(cfg), cfg)
+    return score(lambda: get_spark(cfg), cfg)
 
 
 def run_evaluate(cfg: Config) -> dict:

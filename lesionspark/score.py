@@ -141,7 +141,11 @@ def review_threshold(card: dict, cfg: Config) -> tuple[float, str]:
 
 
 def score(spark, cfg: Config, run_id: str | None = None) -> dict:
-    """One scoring run under the root's lease, recorded in ``score_runs`` whatever becomes of it."""
+    """One scoring run under the root's lease, recorded in ``score_runs`` whatever becomes of it.
+
+    ``spark`` may be a SparkSession or a function that makes one: the CLI passes the function, so
+    that a run records itself and takes the lease before starting a JVM (a run waiting for the
+    root holds no cluster resources, and one killed while Spark starts is found by the next run)."""
     import os
     import socket
     from . import runlog
@@ -151,7 +155,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
     started = dt.datetime.now(dt.timezone.utc)
     root, archive, card, model_uri = _setup(cfg)
     if cfg.get("score.dry_run"):
-        return dry_run(spark, cfg, root, archive, card)
+        return dry_run(spark() if callable(spark) else spark, cfg, root, archive, card)
     row = {"model": card["name"], "model_version": card["version"], "archive": archive, "started_at": started,
            "host": socket.gethostname(), "pid": os.getpid()}
     lease = Lease(storage.join(root, "tables", "_lease"), run_id, float(cfg.get("score.lease_ttl_s")),
@@ -167,6 +171,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
     try:
         runlog.reap(root, run_id)
         runlog.write(root, run_id, {**row, "status": "running"})
+        spark = spark() if callable(spark) else spark
         summary = _score(spark, cfg, run_id, root, archive, card, model_uri, lease)
         runlog.write(root, run_id, {**row, **summary, "status": "succeeded",
                                     "finished_at": dt.datetime.now(dt.timezone.utc)})
