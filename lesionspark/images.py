@@ -104,19 +104,27 @@ def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int 
     return arr
 
 
-def decode_each(contents, size: int, mode: str = "squash", max_pixels: int = 40_000_000):
-    """``decode_resize`` over many files: (arrays or None, reason codes or None, details or None)."""
-    arrays, reasons, details = [], [], []
-    for data in contents:
+def decode_each(contents, size: int, mode: str = "squash", max_pixels: int = 40_000_000,
+                reasons=None, details=None):
+    """``decode_resize`` over many files: (arrays or None, reason codes or None, details or None).
+    Rows that already have a reason (``reasons``/``details``, e.g. a read or size reject) are not
+    decoded and keep it."""
+    arrays, out_reasons, out_details = [], [], []
+    for i, data in enumerate(contents):
+        if reasons is not None and reasons[i] is not None:
+            arrays.append(None)
+            out_reasons.append(reasons[i])
+            out_details.append(details[i])
+            continue
         try:
             arrays.append(decode_resize(bytes(data) if data is not None else b"", size, mode, max_pixels))
-            reasons.append(None)
-            details.append(None)
+            out_reasons.append(None)
+            out_details.append(None)
         except ImageRejected as rej:
             arrays.append(None)
-            reasons.append(rej.code)
-            details.append(rej.detail)
-    return arrays, reasons, details
+            out_reasons.append(rej.code)
+            out_details.append(rej.detail)
+    return arrays, out_reasons, out_details
 
 
 def decode_resize_naive(data: bytes, size: int) -> np.ndarray:

@@ -52,11 +52,8 @@ def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, rea
     schema = lesion_schema(size)
     contents, hashes, pre_reasons, pre_details = reader.fetch(batch["path"], batch["length"], max_bytes,
                                                              "ingest.max_file_bytes")
-    arrays, reasons, details = decode_each([c if r is None else b"" for c, r in zip(contents, pre_reasons)],
-                                           size, mode, max_pixels)
-    reasons = [p if p is not None else r for p, r in zip(pre_reasons, reasons)]
-    details = [p if p is not None else d for p, d in zip(pre_details, details)]
-    images = [None if a is None or r is not None else encode_image(schema, a) for a, r in zip(arrays, reasons)]
+    arrays, reasons, details = decode_each(contents, size, mode, max_pixels, pre_reasons, pre_details)
+    images = [None if a is None else encode_image(schema, a) for a in arrays]
     out = batch.drop(columns=["length"]).rename(columns={"path": "source"})
     out["image"] = images
     out["sha256"] = hashes

@@ -61,13 +61,8 @@ def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int,
     ``reasons``/``details`` given for a row (read or size rejects) are kept as they are."""
     import time
     t0 = time.perf_counter()
-    todo = [c if (reasons is None or reasons[i] is None) else None for i, c in enumerate(contents)]
-    arrays, dec_reasons, dec_details = decode_each([b"" if c is None else c for c in todo],
-                                                   int(card["image_size"]), card["resize"], max_pixels)
-    if reasons is not None:
-        dec_reasons = [r if r is not None else d for r, d in zip(reasons, dec_reasons)]
-        dec_details = [r if r is not None else d for r, d in zip(details, dec_details)]
-        arrays = [a if r is None else None for a, r in zip(arrays, reasons)]
+    arrays, dec_reasons, dec_details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
+                                                   reasons, details)
     t1 = time.perf_counter()
     good = [a for a in arrays if a is not None]
     probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
