@@ -7,13 +7,15 @@
               (d) one Horovod worker, 2 threads
               and ResNet50 (frozen, weights=None) at 128 px for (b) and (c).
               Data: 2,000 GENERATED images (lesionspark synth) ingested at 64 and 128 px.
-  quality     the pipeline at HAM10000's class structure: synth all 10,015 genuine metadata rows
-              (GENERATED images), ingest at 64 px, balance with SMOTE, train the CNN with 2 workers
-              for a fixed budget (same samples per epoch with and without SMOTE); val/test
-              macro F1 and balanced accuracy.
+  quality     recipes and architectures at HAM10000's class structure: synth all 10,015 genuine
+              metadata rows (GENERATED images), ingest at 64 px with lesion-grouped splits; the CNN
+              with none / class weights / oversampling / SMOTE / focal loss + weights, then ResNet50
+              (finetune, random init) and EfficientNetB0 (random init) with the recipe best on val;
+              each on 2 Horovod workers at the same budget (epochs x samples per epoch). Test
+              balanced accuracy and macro F1 with lesion-bootstrap 95% intervals; mel/bcc/akiec recall.
 
     .venv/bin/python benchmarks/train.py throughput
-    .venv/bin/python benchmarks/train.py quality --epochs 10
+    .venv/bin/python benchmarks/train.py quality --workdir /tmp/lsq --reuse
 """
 from __future__ import annotations
 
@@ -74,11 +76,12 @@ def throughput(args):
         ingest(spark, _cfg(work, **base, **{"dataset.image_size": size, "dataset.name": f"g{size}",
                                             "ingest.rowgroup_size_mb": 1}))
     results = {}
-    common = {"train.balance": "none", "train.horovod_verbose": 0, "train.warmup_epochs": 0,
+    common = {"train.balance": "none", "train.horovod_verbose": 0, "train.warmup_epochs": 0, "train.bn_batches": 0,
               "train.augment": {"enabled": False}, "train.patience": 100, "train.batch_size": args.batch}
 
     def run(label, size, arch, num_proc, threads, samples, epochs, **extra):
-        if label.split("_")[0] not in only and label not in only:
+        key = next(k for k in ("b_aug", "c_fp16", "c_bpps2", "resnet50", "a", "b", "c", "d") if label.startswith(k + "_"))
+        if key not in only:
             return
         card = train(spark, _cfg(work, **common, **extra, **{
             "dataset.name": f"g{size}", "model.arch": arch, "model.name": f"{arch}-{label}",
@@ -96,6 +99,8 @@ def throughput(args):
         results["a_in_memory_1_thread"] = json.loads(child.stdout.strip().splitlines()[-1])["samples_per_s"]
         print(f"a: {results['a_in_memory_1_thread']:.1f} samples/s", flush=True)
     run("b_1_worker_1_thread", 64, "cnn", 1, 1, samples, args.epochs)
+    run("b_aug_1_worker_1_thread_augmented", 64, "cnn", 1, 1, samples, args.epochs,
+        **{"train.augment": {"enabled": True, "rotation": 0.1, "contrast": 0.1, "brightness": 0.1}})
     run("c_2_workers_1_thread", 64, "cnn", 2, 1, samples, args.epochs)
     run("d_1_worker_2_threads", 64, "cnn", 1, 2, samples, args.epochs)
     run("c_fp16_2_workers_fp16_allreduce", 64, "cnn", 2, 1, samples, args.epochs, **{"train.compression": "fp16"})
@@ -106,6 +111,9 @@ def throughput(args):
     spark.stop()
     print(json.dumps({k: round(v, 1) for k, v in results.items()}))
     r = results
+    if {"b_aug_1_worker_1_thread_augmented", "a_in_memory_1_thread"} <= set(r):
+        print("augmented Petastorm / in-memory unaugmented: b_aug/a %.2f (target >= 0.9)"
+              % (r["b_aug_1_worker_1_thread_augmented"] / r["a_in_memory_1_thread"]))
     if not {"a_in_memory_1_thread", "b_1_worker_1_thread", "c_2_workers_1_thread", "d_1_worker_2_threads",
             "resnet50_128_b_1_worker", "resnet50_128_c_2_workers"} <= set(r):
         return
@@ -116,51 +124,108 @@ def throughput(args):
                                  r["resnet50_128_c_2_workers"] / r["resnet50_128_b_1_worker"]))
 
 
-def quality(args):
-    from lesionspark.balance import balance
-    from lesionspark.ingest import ingest
-    from lesionspark.spark import get_spark
-    from lesionspark.synth import synth
-    from lesionspark.train import train
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-quality-"))
-    t = time.perf_counter()
+RECIPES = {  # label: (training data, overrides)
+    "none": ("none", {}),
+    "class_weights": ("weights", {}),
+    "oversample": ("oversample", {}),
+    "smote": ("smote", {}),
+    "focal_weights": ("weights", {"train.loss": "focal"}),
+}
+ARCHS = {  # label: (model.arch, model.params); weights=None everywhere (no network here)
+    "cnn": ("cnn", {}),
+    "resnet50_finetune_random_init": ("resnet50", {"mode": "finetune"}),
+    "efficientnetb0_random_init": ("efficientnet", {"variant": "B0", "mode": "finetune"}),
+}
+
+
+def _quality_data(args, work: Path):
     if args.reuse and (work / "raw" / "HAM10000_metadata.csv").exists():  # synth is deterministic
         from lesionspark.synth import genuine_image_ids
         import pandas as pd
         meta = pd.read_csv(work / "raw" / "HAM10000_metadata.csv")
-        made = {"metadata": str(work / "raw" / "HAM10000_metadata.csv"),
+        genuine = int(meta.image_id.isin(genuine_image_ids()).sum())
+        return {"metadata": str(work / "raw" / "HAM10000_metadata.csv"), "genuine": genuine,
                 "images": [str(work / "raw" / "images_generated"), str(work / "raw" / "images_genuine")],
-                "genuine": int(meta.image_id.isin(genuine_image_ids()).sum())}
-        made["generated"] = len(meta) - made["genuine"]
-    else:
-        made = synth(str(work / "raw"), n_images=20000, seed=1, with_genuine=True, progress=False)
-    print(f"synth: {made['generated']} generated + {made['genuine']} genuine in {time.perf_counter() - t:.0f}s",
+                "generated": len(meta) - genuine}
+    from lesionspark.synth import synth
+    return synth(str(work / "raw"), n_images=20000, seed=1, with_genuine=True, progress=False)
+
+
+def _test_metrics(spark, cfg, card) -> dict:
+    """Test balanced accuracy and macro F1 with lesion-bootstrap 95% intervals; recall of mel/bcc/akiec."""
+    from lesionspark import storage
+    from lesionspark.evaluate import predict_split, split_result
+    from lesionspark.score import resolve_model
+    root = storage.normalize_uri(cfg.get("storage.root"))
+    card, model_uri = resolve_model(root, f"{card['name']}:{card['version']}")
+    frame = predict_split(spark, storage.Layout(root).split(card["dataset"], "test"), card, model_uri, cfg)
+    r = split_result(frame, list(card["classes"]), 0.5, cfg)
+    o = r["overall"]
+    return {"n": o["n_images"], "balanced_accuracy": o["balanced_accuracy"], "bal_ci": r["ci"]["balanced_accuracy"],
+            "macro_f1": o["macro_f1"], "f1_ci": r["ci"]["macro_f1"],
+            **{f"recall_{c}": r["per_class"][c]["recall"] for c in ("mel", "bcc", "akiec")}}
+
+
+def quality(args):
+    """Recipes on the CNN, then the other architectures with the recipe that did best on VAL."""
+    from lesionspark import storage
+    from lesionspark.balance import balance
+    from lesionspark.ingest import ingest
+    from lesionspark.spark import get_spark
+    from lesionspark.train import train
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-quality-"))
+    t = time.perf_counter()
+    made = _quality_data(args, work)
+    print(f"synth: {made['generated']} GENERATED + {made['genuine']} genuine in {time.perf_counter() - t:.0f}s",
           flush=True)
     cfg = _cfg(work, **{"ingest.metadata": made["metadata"], "ingest.images": made["images"],
-                        "dataset.image_size": 64, "ingest.rowgroup_size_mb": 4})
+                        "dataset.image_size": 64, "ingest.rowgroup_size_mb": 4, "evaluate.bootstrap": args.bootstrap})
     spark = get_spark(cfg)
-    manifest = ingest(spark, cfg)
+    layout = storage.Layout(str(work))
+    if args.reuse and storage.exists(layout.manifest("ham10000")):  # --reuse: the ingested data too
+        manifest = storage.read_json(layout.manifest("ham10000"))
+    else:
+        manifest = ingest(spark, cfg)
     n_train = manifest["counts"]["by_split"]["train"]["total"]
     print(f"ingest: {manifest['counts']['written']} written, train {n_train}", flush=True)
-    balance(spark, cfg.with_overrides({"balance.method": "smote"}))
+    recipes = [r for r in args.recipes.split(",") if r]
+    for method in {RECIPES[r][0] for r in recipes} & {"smote", "oversample"}:
+        if not (args.reuse and storage.exists(layout.balanced("ham10000", method) + "/counts.json")):
+            balance(spark, cfg.with_overrides({"balance.method": method}))
+    if not recipes:
+        return spark.stop()
+    budget = {"train.epochs": args.epochs, "train.num_proc": 2, "train.samples_per_epoch": args.samples,
+              "train.patience": args.epochs, "train.horovod_verbose": 0}
     out = {}
-    for method in ("none", "smote"):
+
+    def run(label, arch_label, recipe):
+        arch, params = ARCHS[arch_label]
+        data, extra = RECIPES[recipe]
         t = time.perf_counter()
-        card = train(spark, cfg.with_overrides({
-            "train.balance": method, "train.epochs": args.epochs, "train.num_proc": 2,
-            "train.samples_per_epoch": n_train, "train.patience": args.epochs, "train.horovod_verbose": 0,
-            "model.name": f"cnn-{method}"}))
-        out[method] = {"val": card["metrics"]["val"], "test": card["metrics"]["test"],
-                       "best_epoch": card["best"], "seconds": round(time.perf_counter() - t)}
-        print(method, json.dumps(out[method]), flush=True)
+        card = train(spark, cfg.with_overrides({**budget, **extra, "train.balance": data, "model.arch": arch,
+                                                "model.params": params, "model.name": label}))
+        out[label] = {"arch": arch_label, "recipe": recipe, "val_balanced_accuracy": card["metrics"]["val"]["balanced_accuracy"],
+                      "best_epoch": (card["best"] or {}).get("epoch"), "train_seconds": round(time.perf_counter() - t),
+                      "test": _test_metrics(spark, cfg, card)}
+        print(label, json.dumps(out[label]), flush=True)
+
+    for recipe in recipes:
+        run(f"cnn-{recipe}", "cnn", recipe)
+    best = max((r for r in out.values() if r["arch"] == "cnn"), key=lambda r: r["val_balanced_accuracy"])["recipe"]
+    print(f"best CNN recipe on val: {best}", flush=True)
+    for arch_label in [a for a in args.archs.split(",") if a]:
+        run(f"{arch_label}-{best}", arch_label, best)
     spark.stop()
-    print("\n| balance | split | accuracy | balanced accuracy | macro F1 | weighted F1 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for method, r in out.items():
-        for split in ("val", "test"):
-            m = r[split]
-            print(f"| {method} | {split} (n={m['n']}) | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | "
-                  f"{m['macro_f1']:.3f} | {m['weighted_f1']:.3f} |")
+    print(f"\nGENERATED images at 64 px ({manifest['counts']['written']} written; test n={next(iter(out.values()))['test']['n']}); "
+          f"2 Horovod workers; {args.epochs} epochs x {args.samples} samples each; best epoch on val macro recall.\n")
+    print("| model | recipe | test balanced accuracy [95% CI] | test macro F1 [95% CI] | recall mel | recall bcc | "
+          "recall akiec | val balanced accuracy | train s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, r in out.items():
+        m = r["test"]
+        print(f"| {r['arch']} | {r['recipe']} | {m['balanced_accuracy']:.3f} [{m['bal_ci'][0]:.3f}, {m['bal_ci'][1]:.3f}] | "
+              f"{m['macro_f1']:.3f} [{m['f1_ci'][0]:.3f}, {m['f1_ci'][1]:.3f}] | {m['recall_mel']:.3f} | "
+              f"{m['recall_bcc']:.3f} | {m['recall_akiec']:.3f} | {r['val_balanced_accuracy']:.3f} | {r['train_seconds']} |")
 
 
 def main():
@@ -178,12 +243,18 @@ def main():
     t.add_argument("--resnet-samples", type=int, default=192)
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--batch", type=int, default=32)
-    t.add_argument("--only", default="a,b,c,d,resnet50",
+    t.add_argument("--only", default="a,b,b_aug,c,d,resnet50",
                    help="comma list of runs: a, b, c, d, c_fp16, c_bpps2, resnet50")
     q = sub.add_parser("quality")
-    q.add_argument("--epochs", type=int, default=10)
+    q.add_argument("--epochs", type=int, default=5)
+    q.add_argument("--samples", type=int, default=3000, help="samples per epoch (the same budget for every model)")
+    q.add_argument("--recipes", default=",".join(RECIPES))
+    q.add_argument("--archs", default="resnet50_finetune_random_init,efficientnetb0_random_init",
+                   help="architectures trained with the best CNN recipe")
+    q.add_argument("--bootstrap", type=int, default=500)
     q.add_argument("--workdir")
-    q.add_argument("--reuse", action="store_true", help="reuse the generated images already in --workdir")
+    q.add_argument("--reuse", action="store_true",
+                   help="reuse the generated images, the ingested dataset and balanced data already in --workdir")
     args = ap.parse_args()
     throughput(args) if args.what == "throughput" else quality(args)
 

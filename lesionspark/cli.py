@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", dest="evaluate.dataset", help="dataset (evaluate.dataset; default: the model's)")
     p.add_argument("--splits", dest="evaluate.splits", nargs="+", help="splits to report (evaluate.splits)")
 
+    p = sub.add_parser("explain", help="Grad-CAM heatmap overlays + table for a model over a split or a folder")
+    _common(p)
+    p.add_argument("--model", dest="explain.model", help="name[:version|latest] (explain.model)")
+    p.add_argument("--split", dest="explain.split", help="a split of the model's dataset (explain.split)")
+    p.add_argument("--images", dest="explain.images", help="an image folder URI instead of a split (explain.images)")
+    p.add_argument("--limit", dest="explain.limit", type=int, help="at most this many images, 0 = all (explain.limit)")
+
     p = sub.add_parser("compare", help="models side by side from the metrics table")
     _common(p)
     p.add_argument("--split", default="test", help="which split's metrics (default test)")
@@ -170,6 +177,12 @@ def run_evaluate(cfg: Config) -> dict:
     return evaluate(get_spark(cfg), cfg)
 
 
+def run_explain(cfg: Config) -> dict:
+    from .explain import explain
+    from .spark import get_spark
+    return explain(get_spark(cfg), cfg)
+
+
 def _print_frame(frame) -> None:
     import pandas as pd
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.max_colwidth", 60,
@@ -221,7 +234,7 @@ def run_demo(cfg: Config) -> dict:
 
 
 STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "train": run_train,
-          "score": run_score, "evaluate": run_evaluate, "pipeline": run_pipeline, "demo": run_demo}
+          "score": run_score, "evaluate": run_evaluate, "explain": run_explain, "pipeline": run_pipeline, "demo": run_demo}
 
 
 if __name__ == "__main__":

@@ -88,6 +88,26 @@ def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg:
     return result
 
 
+def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri: str, cfg: Config, split: str):
+    """(split, examples, overlays) for the report's Grad-CAM grid: a few images per class, read from
+    the split and explained on the driver."""
+    from pyspark.sql import functions as F
+    from .explain import explain_arrays
+    from .images import decode_each
+    from .predict import load_model
+    from .report import pick_examples
+    classes = list(card["classes"])
+    good, probs, _ = scored(frame, classes)
+    examples = pick_examples(good, probs, truth(good, classes), classes, int(cfg.get("evaluate.gradcam_examples")))
+    if examples.empty:
+        return None
+    rows = spark.read.parquet(url).filter(F.col("image_id").isin(list(examples["image_id"]))) \
+        .select("image_id", "image").toPandas().set_index("image_id")
+    arrays, _, _ = decode_each(list(rows.loc[examples["image_id"], "image"]), int(card["image_size"]), card["resize"])
+    _, _, overlays = explain_arrays(load_model(model_uri), card, np.stack(arrays))
+    return split, examples, overlays
+
+
 def metrics_file(root: str, model: str, version: str, dataset: str, split: str) -> str:
     """One Parquet file per (model, version, dataset, split): a rerun replaces exactly its own rows."""
     key = hashlib.sha1(f"{model}\0{version}\0{dataset}\0{split}".encode()).hexdigest()[:20]
@@ -154,8 +174,11 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     with timed(log, f"report {out}"):
         history_uri = model_uri.rsplit("/", 1)[0] + "/history.json"
         history = storage.read_json(history_uri) if storage.exists(history_uri) else {}
+        grid_split = "test" if "test" in frames else splits[-1]
         write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
-                     threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id)
+                     threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id,
+                     gradcam=gradcam_examples(spark, layout.split(dataset, grid_split), frames[grid_split], card,
+                                              model_uri, cfg, grid_split))
     if dataset == card.get("dataset", dataset):
         _card_for_scoring(model_uri.rsplit("/", 1)[0], frames[threshold_split], classes, threshold,
                           threshold_split, cfg)

@@ -75,8 +75,11 @@ def _backbone(factory, name: str, size: int, weights):
 
 
 def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float = 0.25,
-              filters=(32, 64, 128), dense: int = 128):
-    """The seeds' simple CNN: three conv blocks (conv, optional batch-norm, pooling, dropout)."""
+              filters=(32, 64, 128), dense: int = 128, bn_momentum: float = 0.9, head: str = "flatten"):
+    """The seeds' simple CNN: three conv blocks (conv, optional batch-norm, pooling, dropout), then
+    ``head``: ``flatten`` (the seeds' Flatten + Dense) or ``gap`` (global average pooling + Dense)."""
+    if head not in ("flatten", "gap"):
+        raise ValueError(f"cnn head must be flatten or gap, got {head!r}")
     import tensorflow as tf
     L = tf.keras.layers
     inputs = tf.keras.Input((size, size, 3), name="image")
@@ -84,12 +87,11 @@ def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float 
     for f in filters:
         x = L.Conv2D(f, 3, padding="same", activation=None if batchnorm else "relu")(x)
         if batchnorm:
-            # momentum 0.9: moving statistics settle within tens of steps, not hundreds
-            x = L.BatchNormalization(momentum=0.9)(x)
+            x = L.BatchNormalization(momentum=bn_momentum)(x)
             x = L.Activation("relu")(x)
         x = L.MaxPooling2D()(x)
         x = L.Dropout(dropout)(x)
-    x = L.Flatten()(x)
+    x = L.Flatten()(x) if head == "flatten" else L.GlobalAveragePooling2D()(x)
     x = L.Dense(dense, activation="relu")(x)
     x = L.Dropout(dropout)(x)
     outputs = L.Dense(n_classes, activation="softmax", name="probabilities")(x)
@@ -98,19 +100,33 @@ def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float 
 
 def build_resnet50(size: int, n_classes: int, weights=None, mode: str = "frozen", dropout: float = 0.2):
     """ResNet50 backbone + global average pooling head. ``frozen``: backbone not trained;
-    ``finetune``: trainable (see ``unfreeze_top``), after a warm-up of the head."""
+    ``finetune``: with pretrained weights, the top blocks are trained (see ``unfreeze_top``) after a
+    warm-up of the head; from random init (``weights=None``), the whole network trains, batch-norm included."""
     import tensorflow as tf
     if mode not in ("frozen", "finetune"):
         raise ValueError(f"resnet50 mode must be frozen or finetune, got {mode!r}")
     inputs, x, base = _backbone(tf.keras.applications.ResNet50, "resnet50", size, weights)
-    base.trainable = False
-    x = base(x, training=False)
+    x = _attach(base, x, mode, weights)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     x = tf.keras.layers.Dropout(dropout)(x)
     outputs = tf.keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
     model = tf.keras.Model(inputs, outputs, name="resnet50")
     model.backbone_name = base.name
     return model
+
+
+def from_scratch(mode: str, weights) -> bool:
+    """A backbone fine-tuned from random weights: nothing pretrained to protect, everything trains."""
+    return mode == "finetune" and weights in (None, "none", "None")
+
+
+def _attach(base, x, mode: str, weights):
+    """Call the backbone: frozen in inference mode, unless it trains from scratch."""
+    if from_scratch(mode, weights):
+        base.trainable = True
+        return base(x)
+    base.trainable = False
+    return base(x, training=False)
 
 
 def unfreeze_top(model, n_blocks: int) -> int:
@@ -129,14 +145,24 @@ def unfreeze_top(model, n_blocks: int) -> int:
     return n
 
 
-def build_efficientnet(size: int, n_classes: int, weights=None, variant: str = "B0", dropout: float = 0.2):
+def build_efficientnet(size: int, n_classes: int, weights=None, variant: str = "B0", dropout: float = 0.2,
+                       mode: str = "frozen"):
+    """EfficientNet backbone + global average pooling head. ``frozen``: backbone not trained;
+    ``finetune``: the whole backbone trains (batch-norm statistics too when from random init)."""
     import tensorflow as tf
+    if mode not in ("frozen", "finetune"):
+        raise ValueError(f"efficientnet mode must be frozen or finetune, got {mode!r}")
     factory = getattr(tf.keras.applications, f"EfficientNet{variant.upper()}", None)
     if factory is None:
         raise ValueError(f"unknown EfficientNet variant {variant!r} (B0..B7)")
     inputs, x, base = _backbone(factory, f"efficientnet{variant.lower()}", size, weights)
-    base.trainable = False
-    x = base(x, training=False)
+    if mode == "finetune" and not from_scratch(mode, weights):
+        base.trainable = True
+        for layer in base.layers:  # pretrained batch-norm statistics stay as they are
+            layer.trainable = not isinstance(layer, tf.keras.layers.BatchNormalization)
+        x = base(x, training=False)
+    else:
+        x = _attach(base, x, mode, weights)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     x = tf.keras.layers.Dropout(dropout)(x)
     outputs = tf.keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
@@ -148,9 +174,11 @@ def build(arch: str, size: int, n_classes: int, params: dict | None = None):
     p = dict(params or {})
     if arch == "cnn":
         return build_cnn(size, n_classes, bool(p.get("batchnorm", True)), float(p.get("dropout", 0.25)),
-                         tuple(p.get("filters", (32, 64, 128))), int(p.get("dense", 128)))
+                         tuple(p.get("filters", (32, 64, 128))), int(p.get("dense", 128)),
+                         float(p.get("bn_momentum", 0.9)), str(p.get("head", "flatten")))
     if arch == "resnet50":
         return build_resnet50(size, n_classes, p.get("weights"), p.get("mode", "frozen"), float(p.get("dropout", 0.2)))
     if arch == "efficientnet":
-        return build_efficientnet(size, n_classes, p.get("weights"), p.get("variant", "B0"), float(p.get("dropout", 0.2)))
+        return build_efficientnet(size, n_classes, p.get("weights"), p.get("variant", "B0"), float(p.get("dropout", 0.2)),
+                                  p.get("mode", "frozen"))
     raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {arch!r}")

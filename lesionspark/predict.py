@@ -56,14 +56,18 @@ def _tf_threads(threads: int) -> None:
         pass  # already initialised in this reused worker
 
 
-def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None):
+def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None,
+                  arrays_out: list | None = None):
     """Decode what has bytes and predict it: (probability lists or None, reasons, details, decode s, predict s).
-    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are."""
+    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are. ``arrays_out``:
+    a list that receives the decoded images (None for a reject)."""
     import time
     t0 = time.perf_counter()
     arrays, dec_reasons, dec_details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
                                                    reasons, details)
     t1 = time.perf_counter()
+    if arrays_out is not None:
+        arrays_out.extend(arrays)
     good = [a for a in arrays if a is not None]
     probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
     rows = [None if a is None else list(next(probs)) for a in arrays]
@@ -76,14 +80,27 @@ def score_files_schema(passthrough: str):
     out = _parse_datatype_string(passthrough) if passthrough else StructType([])
     for f in score_schema().fields[1:]:
         out = out.add(f.name if f.name != "sha256" else "image_sha256", f.dataType)
-    return out
+    return out.add("explanation_path", "string")
+
+
+def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, out_dir: str):
+    """Grad-CAM overlays of the images whose malignant probability reaches ``threshold``, written to
+    ``out_dir/<sha256>.png`` (named by content: a rerun rewrites the same file): paths or None."""
+    from .classes import malignant_outputs
+    from .explain import write_overlays
+    mal = malignant_outputs(card["classes"])
+    flagged = [a if (a is not None and p is not None and sum(p[i] for i in mal) >= threshold) else None
+               for a, p in zip(arrays, probs)]
+    paths, _ = write_overlays(model, card, flagged, list(shas), out_dir)
+    return paths
 
 
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
-                max_bytes: int, passthrough: list[str], clock=None):
+                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str] | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
     each file is read once, hashed where its bytes are, decoded and predicted; rows that cannot be
-    scored carry a reason. The model is loaded once per Python worker."""
+    scored carry a reason. The model is loaded once per Python worker. ``explain``: (review threshold,
+    folder): Grad-CAM overlays of the flagged images, their paths in ``explanation_path``."""
     import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -94,8 +111,9 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
             contents, shas, reasons, details = reader.fetch(batch["path"], batch["length"], max_bytes,
                                                             "score.max_file_bytes")
             t1 = time.perf_counter()
+            arrays: list = []
             rows, reasons, details, t_dec, t_pred = predict_batch(model, card, contents, max_pixels,
-                                                                  batch_size, reasons, details)
+                                                                  batch_size, reasons, details, arrays)
             if clock is not None:
                 clock.add(files=len(batch), read_hash=t1 - t0, decode=t_dec, predict=t_pred)
             out = batch[passthrough].copy()
@@ -103,6 +121,8 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
             out["probabilities"] = rows
             out["reason"] = reasons
             out["detail"] = details
+            out["explanation_path"] = explain_flagged(model, card, arrays, rows, shas, *explain) if explain \
+                else [None] * len(out)
             yield out
     return run
 

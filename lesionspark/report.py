@@ -133,6 +133,41 @@ def plot_training(path: str, history: dict, title: str):
     _save(fig, path)
 
 
+def pick_examples(good: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
+    """Per true class, the ``k`` most confident correct and the ``k`` most confident wrong images:
+    ``image_id, true, predicted, confidence, correct`` (rows of ``good``, in class order)."""
+    pred = probs.argmax(1) if len(good) else np.array([], int)
+    conf = probs.max(1) if len(good) else np.array([])
+    frame = pd.DataFrame({"image_id": good["image_id"].to_numpy(), "true": y, "predicted": pred,
+                          "confidence": conf, "correct": y == pred})
+    picks = []
+    for c in range(len(classes)):
+        of_class = frame[frame["true"] == c].sort_values(["confidence", "image_id"], ascending=[False, True])
+        picks += [of_class[of_class["correct"]].head(k), of_class[~of_class["correct"]].head(k)]
+    return pd.concat(picks, ignore_index=True) if picks else frame.head(0)
+
+
+def plot_gradcam_grid(path: str, examples: pd.DataFrame, overlays: np.ndarray, classes: list[str], k: int, title: str):
+    """One row per class: ``k`` correct then ``k`` wrong examples with their Grad-CAM overlays."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(classes), 2 * k, figsize=(2.1 * 2 * k, 2.3 * len(classes)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, c in enumerate(classes):
+        axes[i][0].text(-0.08, 0.5, c, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=11)
+        for j, correct in ((0, True), (k, False)):
+            rows = examples[(examples["true"] == i) & (examples["correct"] == correct)]
+            for n, (idx, row) in enumerate(rows.iterrows()):
+                ax = axes[i][j + n]
+                ax.imshow(overlays[idx])
+                ax.set_title(f"{'ok' if correct else 'WRONG'}: {classes[int(row['predicted'])]} "
+                             f"{row['confidence']:.2f}", fontsize=8, color="black" if correct else "crimson")
+    fig.suptitle(f"Grad-CAM of the predicted class: {k} most confident correct | {k} most confident wrong "
+                 f"per true class\n{title}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -186,6 +221,12 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
         if r["warnings"]:
             out += ["", "Warnings:", ""] + [f"- {w}" for w in r["warnings"]]
         out += [""] + [f"![{name}]({file})" for name, file in plots.get(s, [])]
+    if "gradcam" in plots:
+        out += ["", "## Where the model looked (Grad-CAM)", "",
+                "Heatmaps of the predicted class's Grad-CAM on the last convolutional feature map, over the "
+                "image. Per true class: the most confident correct and the most confident wrong test images. "
+                "`lesionspark explain` writes such overlays for a whole split or an image folder.", ""]
+        out += [f"![{name}]({file})" for name, file in plots["gradcam"]]
     out += ["", "## Training", ""] + [f"![{name}]({file})" for name, file in plots.get("training", [])]
     split_cfg = manifest.get("split", {})
     by_split = manifest.get("counts", {}).get("by_split", {})
@@ -204,7 +245,9 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
     return "\n".join(out)
 
 
-def write_report(uri: str, *, card, manifest, history, frames, results, threshold_split, threshold, cfg, run_id) -> None:
+def write_report(uri: str, *, card, manifest, history, frames, results, threshold_split, threshold, cfg, run_id,
+                 gradcam=None) -> None:
+    """``gradcam``: (split, examples from ``pick_examples``, their overlays) for the Grad-CAM grid."""
     from .evaluate import scored
     classes = list(card["classes"])
     title = f"{card['name']}:{card['version']}"
@@ -221,6 +264,11 @@ def write_report(uri: str, *, card, manifest, history, frames, results, threshol
             plots[split] = [(f"{kind} {split}", f"{kind}_{split}.png") for kind in ("roc", "confusion", "reliability", "recall")]
             preds = frame.assign(predicted_label=[None if p is None else int(np.argmax(p)) for p in frame["probabilities"]])
             preds.to_parquet(f"{tmp}/predictions_{split}.parquet", index=False)
+        if gradcam is not None:
+            split, examples, overlays = gradcam
+            plot_gradcam_grid(f"{tmp}/gradcam_{split}.png", examples, overlays, classes,
+                              int(cfg.get("evaluate.gradcam_examples")), f"{title} on {manifest['dataset']}/{split}")
+            plots["gradcam"] = [(f"Grad-CAM {split}", f"gradcam_{split}.png")]
         plot_training(f"{tmp}/training_curves.png", history, title)
         plots["training"] = [("training curves", "training_curves.png")]
         with open(f"{tmp}/report.md", "w") as fh:

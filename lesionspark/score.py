@@ -209,6 +209,7 @@ def dry_run(spark, cfg: Config, root: str, archive: str, card: dict) -> dict:
 def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict, model_uri: str, lease) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
+    from .explain import explanations_dir
     from .listing import Reader
     from .predict import score_files, score_files_schema
     from .progress import PhaseClock
@@ -243,7 +244,8 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
         tasks = max(spark.sparkContext.defaultParallelism, -(-n_read // int(cfg.get("score.files_per_task"))))
         fn = score_files(Reader([archive]), model_uri, card, int(cfg.get("score.batch_size")),
                          int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads")),
-                         int(cfg.get("score.max_file_bytes")), passthrough, clock)
+                         int(cfg.get("score.max_file_bytes")), passthrough, clock,
+                         (threshold, f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None)
         schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, new boolean")
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -330,6 +332,7 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
     probs = F.col("probabilities")
     predicted_label = F.expr("array_position(probabilities, array_max(probabilities)) - 1").cast("int")
     preds = chosen.filter(F.col("reason").isNull()).select(
+        F.col("explanation_path").alias("_explanation_path"),
         F.col("path_key").alias("image_path"), "image_sha256",
         F.lit(model).alias("model"), F.lit(version).alias("model_version"),
         F.element_at(F.array(*[F.lit(c) for c in classes]), predicted_label + 1).alias("predicted_dx"),
@@ -337,7 +340,8 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
         sum((F.element_at(probs, i + 1) for i in malignant_outputs(classes)), F.lit(0.0)).alias("malignant_probability"),
         F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at"),
         F.lit(now.date().isoformat()).alias("scored_date"))
-    preds = preds.withColumn("review_flag", F.col("malignant_probability") >= F.lit(threshold))
+    preds = preds.withColumn("review_flag", F.col("malignant_probability") >= F.lit(threshold)) \
+        .withColumn("explanation_path", F.col("_explanation_path")).drop("_explanation_path")
     # Unreadable files have no hash: rejected in this run, tried again by the next.
     rejects = chosen.filter(F.col("reason").isNotNull()).unionByName(results.filter(F.col("image_sha256").isNull())) \
         .select(F.col("path_key").alias("image_path"), "image_sha256", F.lit(model).alias("model"),

@@ -27,6 +27,8 @@ def join(uri: str, *parts: str) -> str:
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for any URI pyarrow reaches (file, hdfs, s3, gs...)."""
     uri = normalize_uri(uri)
+    if uri.startswith("file://"):  # as written: from_uri refuses a local path with a space in it
+        return pafs.LocalFileSystem(), uri[len("file://"):]
     if uri.startswith("s3a://") or uri.startswith("s3n://"):
         uri = "s3://" + uri.split("://", 1)[1]
     return pafs.FileSystem.from_uri(uri)

@@ -69,8 +69,9 @@ def lesion_params(lesion_id: str, dx: str, seed: int) -> dict:
     }
 
 
-def render(params: dict, image_key: str, seed: int, width: int = 600, height: int = 450) -> np.ndarray:
-    """One image of a lesion, HxWx3 uint8. Drawn at half size, then upscaled (like a camera would)."""
+def render(params: dict, image_key: str, seed: int, width: int = 600, height: int = 450, with_mask: bool = False):
+    """One image of a lesion, HxWx3 uint8. Drawn at half size, then upscaled (like a camera would).
+    ``with_mask``: also the lesion's mask (HxW bool, where the lesion outweighs the skin)."""
     rng = np.random.default_rng(_stable_int(seed, "image", image_key))
     w, h = max(width // 2, 16), max(height // 2, 16)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -106,7 +107,19 @@ def render(params: dict, image_key: str, seed: int, width: int = 600, height: in
     img = (params["skin"] * (1 - mask[..., None]) + lesion * mask[..., None]) * light * vignette[..., None]
     img += rng.normal(0, 6, img.shape)
     small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    return np.asarray(small.resize((width, height), Image.BICUBIC))
+    full = np.asarray(small.resize((width, height), Image.BICUBIC))
+    if not with_mask:
+        return full
+    m = Image.fromarray((mask * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    return full, np.asarray(m) >= 128
+
+
+def lesion_mask(lesion_id: str, image_id: str, dx: str, seed: int, size: int, width: int = 600,
+                height: int = 450) -> np.ndarray:
+    """The lesion mask of a generated image as ingest squashes it to ``size`` x ``size`` (bool):
+    ground truth for where a model should look."""
+    _, mask = render(lesion_params(lesion_id, dx, seed), image_id, seed, width, height, with_mask=True)
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) >= 128
 
 
 def genuine_metadata() -> pd.DataFrame:

@@ -32,6 +32,22 @@ def _limit_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def scaled_learning_rate(lr: float, workers: int, rule: str) -> float:
+    """The learning rate for ``workers`` data-parallel ranks: ``linear`` (x N, Goyal et al., for
+    SGD), ``sqrt`` (x sqrt N, the usual rule for Adam) or ``none``."""
+    factor = {"linear": workers, "sqrt": workers ** 0.5, "none": 1}.get(rule)
+    if factor is None:
+        raise ValueError(f"train.lr_scaling must be linear, sqrt or none, got {rule!r}")
+    return lr * factor
+
+
+def cosine_rate(peak: float, epoch: int, warmup: int, epochs: int) -> float:
+    """Cosine decay from ``peak`` after warm-up to near zero at the last epoch (per epoch)."""
+    import math
+    span = max(1, epochs - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(span, epoch - warmup) / span)) + 1e-6
+
+
 def _gpu_setup(hvd) -> None:
     """One GPU per rank (by local rank), memory growth on; no-op without GPUs."""
     import tensorflow as tf
@@ -73,6 +89,16 @@ def macro_recall_metric(n_classes: int):
     return MacroRecall
 
 
+def _all_layers(model):
+    """Every layer, nested models' layers included."""
+    out = []
+    for layer in model.layers:
+        out.append(layer)
+        if hasattr(layer, "layers"):
+            out += _all_layers(layer)
+    return out
+
+
 def _load_split(url: str, label_field: str):
     """A whole (small) split as uint8 images and integer labels: for validation and test."""
     from petastorm import make_reader
@@ -90,12 +116,15 @@ def _train_dataset(spec, rank: int, size: int):
     from petastorm import make_reader
     from petastorm.predicates import in_lambda
     from petastorm.tf_utils import make_petastorm_dataset
+    from .augment import augment_batch
     from .models import preprocess
 
     label_field = spec["label_field"]
     fields = ["image", label_field]
-    kw = dict(num_epochs=None, shuffle_row_groups=True, seed=spec["seed"] + rank, workers_count=2,
-              reader_pool_type="thread")
+    # Petastorm decodes the PNGs in its thread pool (OpenCV releases the GIL): in parallel with
+    # each other and with the training step.
+    kw = dict(num_epochs=None, shuffle_row_groups=True, seed=spec["seed"] + rank,
+              workers_count=int(spec.get("reader_workers") or 2), reader_pool_type="thread")
     if spec["sharding"] == "row_groups":
         kw.update(cur_shard=rank, shard_count=size)
     else:  # fewer row groups than ranks: shard rows by a stable hash of the image id
@@ -104,20 +133,20 @@ def _train_dataset(spec, rank: int, size: int):
     reader = make_reader(spec["train_url"], schema_fields=fields, **kw)
     n_classes = spec["n_classes"]
     ds = make_petastorm_dataset(reader)
-    ds = ds.map(lambda r: (tf.cast(r.image, tf.float32), tf.one_hot(tf.cast(getattr(r, label_field), tf.int32), n_classes)),
-                num_parallel_calls=1)
-    ds = ds.shuffle(spec["shuffle_buffer"], seed=spec["seed"] + rank)
+    ds = ds.map(lambda r: (r.image, tf.cast(getattr(r, label_field), tf.int32)))
+    ds = ds.shuffle(spec["shuffle_buffer"], seed=spec["seed"] + rank).batch(spec["batch_size"])
     aug = spec["augment"]
-    if aug.get("enabled"):
-        layers = [tf.keras.layers.RandomFlip("horizontal_and_vertical", seed=spec["seed"] + rank)]
-        if aug.get("rotation"):
-            layers.append(tf.keras.layers.RandomRotation(float(aug["rotation"]), seed=spec["seed"] + rank))
-        if aug.get("contrast"):
-            layers.append(tf.keras.layers.RandomContrast(float(aug["contrast"]), seed=spec["seed"] + rank))
-        augment = tf.keras.Sequential(layers)
-        ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0, 255), y))
-    ds = ds.batch(spec["batch_size"]).map(lambda x, y: (preprocess(spec["preprocessing"], x), y))
-    return reader, ds.prefetch(2)
+    rng = tf.random.Generator.from_seed(spec["seed"] * 1000 + rank)
+
+    def to_model(x, y):  # whole batches from here on: one op per batch, not per image
+        x = tf.cast(x, tf.float32)
+        if aug.get("enabled"):
+            x = augment_batch(x, rng, float(aug.get("rotation", 0)), float(aug.get("contrast", 0)),
+                              float(aug.get("brightness", 0)))
+        return preprocess(spec["preprocessing"], x), tf.one_hot(y, n_classes)
+
+    ds = ds.map(to_model, num_parallel_calls=1)
+    return reader, ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _download(uri: str) -> str:
@@ -143,7 +172,7 @@ def train_worker(spec: dict) -> dict:
     import tensorflow as tf
     import horovod.tensorflow.keras as hvd
     from . import storage
-    from .models import build, preprocess, unfreeze_top
+    from .models import build, from_scratch, preprocess, unfreeze_top
 
     hvd.init()
     _gpu_setup(hvd)
@@ -154,7 +183,7 @@ def train_worker(spec: dict) -> dict:
     MacroRecall = macro_recall_metric(n_classes)
     custom = {"MacroRecall": MacroRecall}
 
-    lr = spec["learning_rate"] * size  # linear scaling with the number of workers
+    lr = scaled_learning_rate(spec["learning_rate"], size, spec.get("lr_scaling", "linear"))
     if spec["loss"] == "focal":
         loss = tf.keras.losses.CategoricalFocalCrossentropy(gamma=float(spec["focal_gamma"]))
     else:
@@ -220,6 +249,38 @@ def train_worker(spec: dict) -> dict:
             if spec.get("sleep_after_epoch"):
                 time.sleep(float(spec["sleep_after_epoch"]))  # lets tests kill a run mid-way
 
+    class PreciseBatchNorm(tf.keras.callbacks.Callback):
+        """Before each validation, replace the batch-norm moving statistics by the exact mean of the
+        batch statistics of ``bn_batches`` training batches under the current weights (PreciseBN,
+        Wu & Johnson 2021). A moving average of the last ~1/(1-momentum) batches, taken while the
+        weights move fast, is what validation and the saved model otherwise use: with momentum 0.99
+        and 200 steps it never settles (constant outputs); with 0.9 it swings from epoch to epoch."""
+
+        def __init__(self, batches: int):
+            super().__init__()
+            self.batches = batches
+            self.layers = [l for l in _all_layers(model) if isinstance(l, tf.keras.layers.BatchNormalization)]
+            self.sample = None  # a fixed sample of training batches (as training sees them), taken once
+
+        def recompute(self):
+            if not self.layers or not self.batches:
+                return
+            if self.sample is None:
+                self.sample = [x for x, _ in train_ds.take(self.batches)]
+            momenta = [l.momentum for l in self.layers]
+            for i, x in enumerate(self.sample, 1):
+                for l in self.layers:  # moving = mean of the i batch statistics so far
+                    l.momentum = 1.0 - 1.0 / i
+                self.model(x, training=True)
+            for l, m in zip(self.layers, momenta):
+                l.momentum = m
+
+        def on_test_begin(self, logs=None):
+            self.recompute()
+
+        def on_train_end(self, logs=None):
+            self.recompute()
+
     class SyncNonTrainable(tf.keras.callbacks.Callback):
         """Average batch-norm moving statistics across ranks before each validation and at the
         end, so every rank validates (and rank 0 saves) the same model that the averaged
@@ -261,21 +322,28 @@ def train_worker(spec: dict) -> dict:
 
     early = ResumableEarlyStopping(monitor=monitor, mode="max", patience=int(spec["patience"]))
     callbacks = [
+        clock,  # first: its epoch ends where validation (and the batch-norm pass before it) begins
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        PreciseBatchNorm(int(spec.get("bn_batches", 0))),  # then averaged across ranks by SyncNonTrainable
         SyncNonTrainable(),
         hvd.callbacks.MetricAverageCallback(),
     ]
     if initial_epoch < spec["warmup_epochs"]:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=lr, warmup_epochs=spec["warmup_epochs"], steps_per_epoch=steps, verbose=0))
-    callbacks += [
-        tf.keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
-                                             patience=max(1, int(spec["patience"]) // 2), min_lr=1e-6),
-        early, Checkpoint(), clock,
-    ]
+    if spec.get("schedule", "plateau") == "cosine":
+        callbacks.append(tf.keras.callbacks.LearningRateScheduler(
+            lambda epoch, current: cosine_rate(lr, epoch, int(spec["warmup_epochs"]), int(spec["epochs"]))
+            if epoch >= int(spec["warmup_epochs"]) else current))
+    else:
+        callbacks.append(tf.keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
+                                                              patience=max(1, int(spec["patience"]) // 2), min_lr=1e-6))
+    callbacks += [early, Checkpoint()]
     fine = spec["finetune"]
     start = time.perf_counter()
-    if spec["arch"] == "resnet50" and spec["model_params"].get("mode") == "finetune" and initial_epoch == 0:
+    pretrained_finetune = spec["arch"] == "resnet50" and spec["model_params"].get("mode") == "finetune" \
+        and not from_scratch("finetune", spec["model_params"].get("weights"))
+    if pretrained_finetune and initial_epoch == 0:
         # Warm-up of the head with the backbone frozen, then the top blocks at a lower rate.
         model.fit(train_ds, steps_per_epoch=steps, epochs=int(fine["head_epochs"]), verbose=0,
                   callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)], class_weight=spec["class_weight"])

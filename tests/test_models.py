@@ -30,6 +30,15 @@ def test_resnet_frozen_and_finetune():
     assert sum(np.prod(w.shape) for w in model.trainable_weights) > frozen
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnet"])
+def test_finetune_from_random_init_trains_the_whole_backbone(arch):
+    model = build(arch, 32, 7, {"mode": "finetune"})
+    head = 7 * (2048 if arch == "resnet50" else 1280) + 7
+    assert sum(np.prod(w.shape) for w in model.trainable_weights) > 100 * head
+    with pytest.raises(ValueError, match="frozen or finetune"):
+        build(arch, 32, 7, {"mode": "scratch"})
+
+
 def test_imagenet_without_network_fails_fast_and_clearly():
     start = time.perf_counter()
     with pytest.raises(WeightsError, match="model.weights=/path"):

@@ -116,13 +116,15 @@ def test_binary_mode_with_focal_loss_and_class_weights(spark, ingested_small):
     assert card["metrics"]["test"]["n"] == manifest["counts"]["by_split"]["test"]["total"]
 
 
-def test_resnet50_finetune_on_two_workers(spark, ingested_small):
-    """Head warm-up with the backbone frozen, then the top block unfrozen at a lower rate."""
+@pytest.mark.parametrize("arch,params", [("resnet50", {"mode": "finetune"}),
+                                         ("efficientnet", {"variant": "B0", "mode": "finetune"})])
+def test_backbones_train_from_random_init_on_two_workers(spark, ingested_small, arch, params):
+    """weights=None with mode=finetune: the whole backbone trains (batch-norm too), in lockstep."""
     cfg, manifest, layout = ingested_small
     card = train(spark, cfg.with_overrides({
-        **FAST, "model.arch": "resnet50", "model.params": {"mode": "finetune"}, "train.epochs": 1,
-        "train.samples_per_epoch": 64, "train.finetune": {"head_epochs": 1, "blocks": 1, "lr_factor": 0.1},
-        "train.augment": {"enabled": False}}), run_id="t-finetune")
-    assert card["architecture"] == "resnet50" and card["preprocessing"] == "resnet50_caffe"
+        **FAST, "model.arch": arch, "model.params": params, "train.epochs": 1, "train.samples_per_epoch": 64,
+        "train.augment": {"enabled": False}, "model.name": f"{arch}-scratch"}), run_id=f"t-{arch}")
+    assert card["architecture"] == arch
     assert card["ranks"][0]["trainable_sha256"] == card["ranks"][1]["trainable_sha256"]
+    assert card["ranks"][0]["non_trainable_sha256"] == card["ranks"][1]["non_trainable_sha256"]
     assert card["epochs_run"] == 1

@@ -1,0 +1,158 @@
+"""Explain (driver side): Grad-CAM overlays for a model version over a dataset split or an image folder.
+
+``explanations/<model>/<version>/<source>/`` holds ``overlays/<image>.png`` (the image with the
+heatmap of its predicted class) and ``table/`` (Parquet: image, source path, true class where
+known, predicted class, confidence, overlay path, or a reject reason). ``<source>`` is ``split-<name>``
+or ``folder-<name>``. A rerun for the same source replaces that folder whole (``storage.AtomicDir``).
+Images are decoded, predicted and explained in executors (``explain_partition``); only the table's
+small rows are written by Spark, nothing per image comes to the driver.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import storage
+from .config import Config, ConfigError
+from .progress import timed
+
+log = logging.getLogger(__name__)
+
+
+def explanations_dir(root: str, card: dict) -> str:
+    return storage.join(storage.normalize_uri(root), "explanations", card["name"], card["version"])
+
+
+def explain_arrays(model, card: dict, images: np.ndarray):
+    """(heatmaps [B,H,W] 0..1, probabilities [B,classes], overlays uint8 [B,H,W,3]) of uint8 images."""
+    from .gradcam import heatmaps, overlay
+    from .models import preprocess
+    cams, probs = heatmaps(model, preprocess(card["preprocessing"], images.astype(np.float32)))
+    return cams, probs, np.stack([overlay(im, cam) for im, cam in zip(images, cams)]) if len(images) else images
+
+
+def write_overlays(model, card: dict, images: list, names: list[str], out_dir: str, batch_size: int = 32):
+    """Explain ``images`` (uint8 arrays, None for a reject) and write ``out_dir/<name>.png`` for each:
+    (overlay paths or None, probabilities or None) per image."""
+    from .gradcam import png
+    paths, probs = [None] * len(images), [None] * len(images)
+    good = [i for i, im in enumerate(images) if im is not None]
+    for start in range(0, len(good), batch_size):
+        chunk = good[start:start + batch_size]
+        _, p, over = explain_arrays(model, card, np.stack([images[i] for i in chunk]))
+        for j, i in enumerate(chunk):
+            paths[i] = f"{out_dir}/{names[i]}.png"
+            storage.write_bytes(paths[i], png(over[j]))
+            probs[i] = p[j]
+    return paths, probs
+
+
+def table_schema():
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+    return StructType([StructField(n, t) for n, t in (
+        ("image", StringType()), ("source_path", StringType()), ("true_dx", StringType()),
+        ("predicted_dx", StringType()), ("confidence", DoubleType()), ("overlay_path", StringType()),
+        ("reason", StringType()), ("detail", StringType()))])
+
+
+def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_overlays: str, threads: int,
+                      max_pixels: int, max_bytes: int, reader=None):
+    """mapInPandas function: rows of ``image, source_path, true_dx`` and either ``content`` (bytes)
+    or, with ``reader``, ``length`` (the file is read here). Writes overlays under the staging folder;
+    the table names their final paths."""
+    from .images import decode_each
+    from .predict import _tf_threads, load_model
+    classes = list(card["classes"])
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        _tf_threads(threads)
+        model = load_model(model_uri)
+        for batch in batches:
+            if reader is not None:
+                contents, _, reasons, details = reader.fetch(batch["source_path"], batch["length"], max_bytes,
+                                                             "score.max_file_bytes")
+            else:
+                contents, reasons, details = list(batch["content"]), None, None
+            arrays, reasons, details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
+                                                   reasons, details)
+            written, probs = write_overlays(model, card, arrays, list(batch["image"]), staging_overlays)
+            out = batch[["image", "source_path", "true_dx"]].copy()
+            out["predicted_dx"] = [None if p is None else classes[int(np.argmax(p))] for p in probs]
+            out["confidence"] = [None if p is None else float(np.max(p)) for p in probs]
+            out["overlay_path"] = [None if w is None else final_overlays + w[len(staging_overlays):] for w in written]
+            out["reason"], out["detail"] = reasons, details
+            yield out
+    return run
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
+
+
+def _sources(spark, cfg: Config, card: dict, root: str):
+    """(source name, rows DataFrame, reader or None) for ``explain.images`` or ``explain.split``."""
+    from pyspark.sql import functions as F
+    limit = int(cfg.get("explain.limit"))
+    folder = cfg.get("explain.images", None)
+    if folder:
+        from .listing import Reader, list_files
+        folder = storage.normalize_uri(folder)
+        if not storage.exists(folder):
+            raise ConfigError(f"explain.images: {folder} does not exist")
+        files = list_files(spark, [folder], regex=cfg.get("score.path_regex"))
+        key = F.udf(lambda p: f"{_safe(p.rsplit('/', 1)[-1].rsplit('.', 1)[0])}-"
+                              f"{hashlib.sha1(p.encode()).hexdigest()[:8]}", "string")
+        rows = files.select(key("path").alias("image"), F.col("path").alias("source_path"),
+                            F.lit(None).cast("string").alias("true_dx"), "length")
+        name = f"folder-{_safe(folder.rstrip('/').rsplit('/', 1)[-1])}"
+        reader = Reader([folder])
+    else:
+        layout = storage.Layout(root)
+        dataset = cfg.get("evaluate.dataset", None) or card.get("dataset") or cfg.get("dataset.name")
+        split = cfg.get("explain.split")
+        url = layout.split(dataset, split)
+        if not storage.exists(url):
+            raise ConfigError(f"explain: dataset {dataset!r} has no split {split!r}")
+        rows = spark.read.parquet(url).select(F.col("image_id").alias("image"), F.col("image_id").alias("source_path"),
+                                              F.col("dx").alias("true_dx"), F.col("image").alias("content"))
+        name, reader = f"split-{_safe(split)}", None
+    rows = rows.orderBy("image")
+    return name, (rows.limit(limit) if limit > 0 else rows), reader
+
+
+def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
+    """Grad-CAM overlays and their table for ``explain.model`` over ``explain.images`` (a folder) or
+    ``explain.split`` of the model's dataset; at most ``explain.limit`` images (0: all)."""
+    from .score import resolve_model
+    from .spark import sql_conf
+    start = time.perf_counter()
+    root = storage.normalize_uri(cfg.get("storage.root"))
+    card, model_uri = resolve_model(root, cfg.get("explain.model"))
+    name, rows, reader = _sources(spark, cfg, card, root)
+    final = f"{explanations_dir(root, card)}/{name}"
+    n = rows.count()
+    if not n:
+        raise ConfigError(f"explain: no images in {name}")
+    tasks = max(1, min(spark.sparkContext.defaultParallelism * 4, -(-n // 64)))
+    with storage.AtomicDir(final, run_id) as staging:
+        fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{final}/overlays", int(cfg.get("score.threads")),
+                               int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader)
+        with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
+                timed(log, f"explain {n} images of {name}", spark=spark) as step:
+            rows.repartition(tasks).mapInPandas(fn, table_schema()).write.parquet(f"{staging}/table")
+            step.count = n
+        table = spark.read.parquet(f"{staging}/table")
+        by_class = {r["predicted_dx"]: r["count"] for r in table.groupBy("predicted_dx").count().collect()}
+    rejected = by_class.pop(None, 0)
+    summary = {"model": card["name"], "model_version": card["version"], "source": name, "images": n,
+               "explained": n - rejected, "rejected": rejected, "predicted_by_class": by_class,
+               "table": f"{final}/table", "overlays": f"{final}/overlays",
+               "seconds": round(time.perf_counter() - start, 1)}
+    log.info("explain: %d images of %s: %d overlays, %d rejected, under %s", n, name, n - rejected, rejected, final)
+    return summary
