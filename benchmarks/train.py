@@ -83,7 +83,7 @@ def throughput(args):
         key = next(k for k in ("b_aug", "c_fp16", "c_bpps2", "resnet50", "a", "b", "c", "d") if label.startswith(k + "_"))
         if key not in only:
             return
-        card = train(spark, _cfg(work, **common, **extra, **{
+        card = train(spark, _cfg(work, **{**common, **extra,
             "dataset.name": f"g{size}", "model.arch": arch, "model.name": f"{arch}-{label}",
             "train.num_proc": num_proc, "train.threads_per_worker": threads,
             "train.samples_per_epoch": samples, "train.epochs": epochs}))
