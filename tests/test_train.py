@@ -43,7 +43,21 @@ def test_loss_goes_down_and_history_is_complete(trained):
     for key in ("loss", "accuracy", "macro_recall", "val_loss", "val_accuracy", "val_macro_recall"):
         assert len(history[key]) == 4, key
     assert history["loss"][-1] < history["loss"][0]
-    assert history["lr"][1] == pytest.approx(0.006, rel=1e-3)  # 0.003 x 2 workers after warm-up
+    # lr_scaling none: Adam's 0.003 after the warm-up, then cosine decay to the last epoch
+    assert history["lr"][1] == pytest.approx(0.003, rel=1e-3)
+    assert history["lr"][3] < history["lr"][2] < history["lr"][1]
+
+
+def test_learning_rate_rules():
+    from lesionspark.worker import cosine_rate, scaled_learning_rate
+    assert scaled_learning_rate(0.001, 4, "linear") == pytest.approx(0.004)
+    assert scaled_learning_rate(0.001, 4, "sqrt") == pytest.approx(0.002)
+    assert scaled_learning_rate(0.001, 4, "none") == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_learning_rate(0.001, 4, "cubic")
+    rates = [cosine_rate(0.01, e, 2, 10) for e in range(2, 10)]
+    assert rates[0] == pytest.approx(0.01, rel=1e-3) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] < 0.001
 
 
 def test_model_and_card_are_written(trained):
