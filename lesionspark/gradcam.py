@@ -42,7 +42,6 @@ def _split(model):
         wide = [l for l in maps if min(l.output_shape[1:3]) >= MIN_MAP]
         inner = (wide or maps)[-1]
         layer = tf.keras.Model(layer.input, [inner.output, layer.output], name=f"{layer.name}_gradcam")
-        return layers[:last], layer, layers[last + 1:]
     return layers[:last], layer, layers[last + 1:]
 
 
