@@ -192,7 +192,7 @@ def quality(args):
     for method in {RECIPES[r][0] for r in recipes} & {"smote", "oversample"}:
         if not (args.reuse and storage.exists(layout.balanced("ham10000", method) + "/counts.json")):
             balance(spark, cfg.with_overrides({"balance.method": method}))
-    if not recipes:
+    if not recipes and not (args.archs and args.arch_recipe):
         return spark.stop()
     budget = {"train.epochs": args.epochs, "train.num_proc": 2, "train.samples_per_epoch": args.samples,
               "train.patience": args.epochs, "train.horovod_verbose": 0}
@@ -211,8 +211,9 @@ def quality(args):
 
     for recipe in recipes:
         run(f"cnn-{recipe}", "cnn", recipe)
-    best = max((r for r in out.values() if r["arch"] == "cnn"), key=lambda r: r["val_balanced_accuracy"])["recipe"]
-    print(f"best CNN recipe on val: {best}", flush=True)
+    best = args.arch_recipe or max((r for r in out.values() if r["arch"] == "cnn"),
+                                   key=lambda r: r["val_balanced_accuracy"])["recipe"]
+    print(f"recipe for the architectures: {best}" + ("" if args.arch_recipe else " (best CNN recipe on val)"), flush=True)
     for arch_label in [a for a in args.archs.split(",") if a]:
         run(f"{arch_label}-{best}", arch_label, best)
     spark.stop()
@@ -251,6 +252,9 @@ def main():
     q.add_argument("--recipes", default=",".join(RECIPES))
     q.add_argument("--archs", default="resnet50_finetune_random_init,efficientnetb0_random_init",
                    help="architectures trained with the best CNN recipe")
+    q.add_argument("--arch-recipe", choices=list(RECIPES),
+                   help="train the architectures with this recipe instead of the best CNN one of this run "
+                        "(with --recipes '' only the architectures are trained)")
     q.add_argument("--bootstrap", type=int, default=500)
     q.add_argument("--workdir")
     q.add_argument("--reuse", action="store_true",

@@ -110,3 +110,31 @@ def test_calibration_bins_and_ece():
     # bin (0.8, 0.9]: conf 0.9, acc 1.0, 2 images; (0.5, 0.6]: 0.6 vs 1; (0.6, 0.7]: 0.7 vs 0
     assert cal["ece"] == pytest.approx((0.1 * 2 + 0.4 + 0.7) / 4)
     assert sum(b["count"] for b in cal["bins"]) == 4
+
+
+def test_confusion_scores_equal_scikit_learn_on_resamples(known):
+    """The vectorised scores behind the bootstrap against scikit-learn, on resamples that lose whole
+    classes (absent from y_true, never predicted)."""
+    y, probs = known
+    pred = probs.argmax(1)
+    rng = np.random.default_rng(1)
+    for size in (400, 40, 8):
+        idx = rng.integers(0, len(y), size)
+        t, p = y[idx], pred[idx]
+        cm = M.confusion_matrix(t, p, labels=list(range(K)))
+        got = metrics.confusion_scores(cm)
+        assert got["accuracy"] == pytest.approx(M.accuracy_score(t, p))
+        assert got["balanced_accuracy"] == pytest.approx(metrics._quiet(M.balanced_accuracy_score, t, p))
+        assert got["macro_f1"] == pytest.approx(M.f1_score(t, p, labels=list(range(K)), average="macro",
+                                                          zero_division=0))
+
+
+def test_bootstrap_resamples_whole_lesions():
+    """Every lesion has one right and one wrong image: any resample of whole lesions is exactly 50 %
+    accurate, where resampling images would spread the interval."""
+    y = np.repeat(np.arange(100) % K, 2)
+    pred = y.copy()
+    pred[1::2] = (y[1::2] + 1) % K
+    lesions = np.arange(200) // 2
+    assert metrics.bootstrap_ci(y, pred, lesions, K, 500, seed=0)["accuracy"] == (0.5, 0.5)
+    assert metrics.bootstrap_ci(y, pred, np.arange(200), K, 500, seed=0)["accuracy"][0] < 0.45
