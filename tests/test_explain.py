@@ -1,5 +1,6 @@
 """`lesionspark explain` and `score.explain_flagged` with real Spark, a real Keras model and real files."""
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -54,13 +55,14 @@ def test_explain_a_split_writes_an_overlay_per_image_and_a_table(spark, ingested
     assert len(list((root / "explanations" / "explain_cnn" / "v1").iterdir())) == 1
 
 
-def test_explain_a_folder_accounts_for_every_file(spark, folder, tmp_path):
+def test_explain_a_folder_accounts_for_every_file(spark, folder, tmp_path, capsys):
+    """The CLI as a user runs it; its JSON summary on stdout."""
     publish_untrained_model(tmp_path, name="m", size=32)
+    capsys.readouterr()
     code = main(["--log-level", "WARN", "explain", "--root", str(tmp_path), "--model", "m:v1", "--images",
                  str(folder), "--limit", "0", "spark.master=local[2]", "spark.conf.spark.ui.enabled=false"])
     assert code == 0
-    cfg = make_cfg(tmp_path, explain__model="m", explain__images=str(folder), explain__limit=0)
-    summary = explain(spark, cfg)
+    summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 10 and summary["explained"] == 9 and summary["rejected"] == 1
     t = _table(summary)
     bad = t[t["reason"].notna()]
