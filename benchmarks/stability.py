@@ -1,7 +1,8 @@
 """Why demo-sized models collapse or swing, measured: one training run per variant on the demo's data.
 
 The demo's data and budget (GENERATED images: `lesionspark synth` 1,000 + the 56 genuine, seed 0,
-64 px, lesion-grouped splits; 2 Horovod workers, 8 epochs x 1,600 samples, batch 32 a worker).
+64 px, lesion-grouped splits; 2 Horovod workers, the demo's budget from `demo.*`: 8 epochs x 1,600
+samples when the figures in docs/benchmarks.md were taken, 1,280 since; batch 32 a worker).
 Per variant: test balanced accuracy and accuracy of the saved (best-on-val) model in inference mode;
 the same with batch-norm in training mode (batch statistics: if this is much better, the moving
 statistics are what broke inference); the largest share of distinct test images that get one
