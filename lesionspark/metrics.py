@@ -129,8 +129,8 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_c
     if n_boot <= 0 or len(y_true) == 0:
         return {}
     _, inverse = np.unique(groups, return_inverse=True)
-    n_groups, cells = int(inverse.max()) + 1, n_classes * n_classes
-    per_group = np.zeros((n_groups, cells))
+    n_groups = int(inverse.max()) + 1
+    per_group = np.zeros((n_groups, n_classes * n_classes))
     np.add.at(per_group, (inverse, np.asarray(y_true) * n_classes + np.asarray(y_pred)), 1)
     rng = np.random.default_rng(seed)
     block = max(1, 4_000_000 // n_groups)
@@ -142,8 +142,8 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_c
         for m, v in confusion_scores((drawn @ per_group).reshape(b, n_classes, n_classes)).items():
             scores[m].append(v)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    return {m: (float(np.percentile(np.concatenate(v), lo)), float(np.percentile(np.concatenate(v), hi)))
-            for m, v in scores.items()}
+    merged = {m: np.concatenate(v) for m, v in scores.items()}
+    return {m: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for m, v in merged.items()}
 
 
 def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int) -> dict:
