@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,6 @@ VARIANTS = {
 }
 
 
-def largest_identical_share(probs: np.ndarray) -> float:
-    """The largest share of images whose outputs are identical (to 4 decimals)."""
-    keys = Counter(tuple(np.round(p, 4)) for p in probs)
-    return keys.most_common(1)[0][1] / len(probs)
-
-
 def main():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +58,7 @@ def main():
     from lesionspark.balance import balance
     from lesionspark.config import Config
     from lesionspark.ingest import ingest
+    from lesionspark.metrics import largest_identical_group
     from lesionspark.models import preprocess
     from lesionspark.spark import get_spark
     from lesionspark.synth import synth
@@ -96,7 +90,7 @@ def main():
         row = {"variant": name, "test_balanced_accuracy": balanced_accuracy_score(y, p.argmax(1)),
                "test_accuracy": accuracy_score(y, p.argmax(1)),
                "test_balanced_accuracy_batch_stats": balanced_accuracy_score(y, pb.argmax(1)),
-               "largest_identical_share": largest_identical_share(p), "val_accuracy": [round(v, 2) for v in val],
+               "largest_identical_share": largest_identical_group(p) / len(p), "val_accuracy": [round(v, 2) for v in val],
                "val_swing": float(np.mean(np.abs(np.diff(val[2:])))) if len(val) > 3 else None,
                "epochs_run": card["epochs_run"], "train_seconds": card["train_seconds"]}
         rows.append(row)

@@ -138,3 +138,10 @@ def test_bootstrap_resamples_whole_lesions():
     lesions = np.arange(200) // 2
     assert metrics.bootstrap_ci(y, pred, lesions, K, 500, seed=0)["accuracy"] == (0.5, 0.5)
     assert metrics.bootstrap_ci(y, pred, np.arange(200), K, 500, seed=0)["accuracy"][0] < 0.45
+
+
+def test_largest_identical_group_counts_outputs_equal_to_four_decimals():
+    probs = np.array([[0.2, 0.8], [0.20001, 0.79999], [0.3, 0.7], [0.2, 0.8]])
+    assert metrics.largest_identical_group(probs) == 3
+    assert metrics.largest_identical_group(np.array([[0.1, 0.9], [0.4, 0.6]])) == 1
+    assert metrics.largest_identical_group(np.zeros((0, 7))) == 0
