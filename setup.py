@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 CORE = [
     "pyspark>=3.5,<3.6",
     "pyarrow>=10,<11",
+    "pyarrow-hotfix>=0.6",  # CVE-2023-47248 on pyarrow < 14.0.1: imported by lesionspark/__init__.py
     "numpy>=1.26,<2",
     "pandas>=2.0,<2.3",
     "petastorm==0.13.1",

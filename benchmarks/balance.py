@@ -86,14 +86,14 @@ def main():
     from lesionspark import storage
     from lesionspark.balance import balance
     from lesionspark.config import Config
-    from lesionspark.ingest import _petastorm_write
+    from lesionspark.dataset import petastorm_write
     from lesionspark.spark import get_spark
     root = work / "root"
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
                                  "dataset.name=bench"]).with_overrides({"storage.root": str(root)})
     spark = get_spark(cfg)
     layout = storage.Layout(str(root))
-    _petastorm_write(spark, spark.createDataFrame(pdf), layout.split("bench", "train"), SIZE, 32, 5)
+    petastorm_write(spark, spark.createDataFrame(pdf), layout.split("bench", "train"), SIZE, 32, 5)
     storage.write_json(layout.manifest("bench"), {"image_size": SIZE, "fingerprint": "benchmark"})
 
     with WorkerPeak() as peak:

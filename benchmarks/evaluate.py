@@ -37,7 +37,7 @@ def bare_child(root: str, splits: list[str], batch: int) -> None:
     from sklearn.metrics import balanced_accuracy_score, f1_score
     from lesionspark import storage
     from lesionspark.predict import load_model, predict_arrays
-    from lesionspark.score import resolve_model
+    from lesionspark.registry import resolve_model
     card, model_uri = resolve_model(root, "cnn:bench")
     model = load_model(model_uri)
     layout = storage.Layout(root)
@@ -72,7 +72,7 @@ def main() -> None:
     from lesionspark.evaluate import evaluate, predict_split
     from lesionspark.ingest import ingest
     from lesionspark.progress import setup_logging
-    from lesionspark.score import resolve_model
+    from lesionspark.registry import resolve_model
     from lesionspark.spark import get_spark
     from lesionspark.synth import synth
     setup_logging("WARNING")

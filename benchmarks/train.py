@@ -152,18 +152,21 @@ def _quality_data(args, work: Path):
 
 
 def _test_metrics(spark, cfg, card) -> dict:
-    """Test balanced accuracy and macro F1 with lesion-bootstrap 95% intervals; recall of mel/bcc/akiec."""
+    """Through `evaluate` (temperature fitted on val): test balanced accuracy and macro F1 with
+    lesion-bootstrap 95% intervals; recall of mel/bcc/akiec; ECE before and after calibration, AUC."""
+    import pyarrow.parquet as pq
     from lesionspark import storage
-    from lesionspark.evaluate import predict_split, split_result
-    from lesionspark.score import resolve_model
+    from lesionspark.evaluate import evaluate, metrics_file
     root = storage.normalize_uri(cfg.get("storage.root"))
-    card, model_uri = resolve_model(root, f"{card['name']}:{card['version']}")
-    frame = predict_split(spark, storage.Layout(root).split(card["dataset"], "test"), card, model_uri, cfg)
-    r = split_result(frame, list(card["classes"]), 0.5, cfg)
-    o = r["overall"]
-    return {"n": o["n_images"], "balanced_accuracy": o["balanced_accuracy"], "bal_ci": r["ci"]["balanced_accuracy"],
-            "macro_f1": o["macro_f1"], "f1_ci": r["ci"]["macro_f1"],
-            **{f"recall_{c}": r["per_class"][c]["recall"] for c in ("mel", "bcc", "akiec")}}
+    summary = evaluate(spark, cfg.with_overrides({"evaluate.model": f"{card['name']}:{card['version']}"}))
+    t = summary["splits"]["test"]
+    rows = pq.read_table(metrics_file(root, card["name"], card["version"], card["dataset"], "test")[len("file://"):]) \
+        .to_pandas()
+    recall = rows[rows["metric"] == "recall"].set_index("class")["value"]
+    return {"n": t["n_images"], "balanced_accuracy": t["balanced_accuracy"], "bal_ci": t["ci"]["balanced_accuracy"],
+            "macro_f1": t["macro_f1"], "f1_ci": t["ci"]["macro_f1"], "macro_auc": t["macro_auc"],
+            "ece_uncalibrated": t["ece_uncalibrated"], "ece": t["ece"], "temperature": summary["temperature"],
+            **{f"recall_{c}": float(recall[c]) for c in ("mel", "bcc", "akiec")}}
 
 
 def quality(args):
@@ -220,13 +223,15 @@ def quality(args):
     print(f"\nGENERATED images at 64 px ({manifest['counts']['written']} written; test n={next(iter(out.values()))['test']['n']}); "
           f"2 Horovod workers; {args.epochs} epochs x {args.samples} samples each; best epoch on val macro recall.\n")
     print("| model | recipe | test balanced accuracy [95% CI] | test macro F1 [95% CI] | recall mel | recall bcc | "
-          "recall akiec | val balanced accuracy | train s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "recall akiec | macro AUC | test ECE uncalibrated -> calibrated (T) | val balanced accuracy | train s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for label, r in out.items():
         m = r["test"]
         print(f"| {r['arch']} | {r['recipe']} | {m['balanced_accuracy']:.3f} [{m['bal_ci'][0]:.3f}, {m['bal_ci'][1]:.3f}] | "
               f"{m['macro_f1']:.3f} [{m['f1_ci'][0]:.3f}, {m['f1_ci'][1]:.3f}] | {m['recall_mel']:.3f} | "
-              f"{m['recall_bcc']:.3f} | {m['recall_akiec']:.3f} | {r['val_balanced_accuracy']:.3f} | {r['train_seconds']} |")
+              f"{m['recall_bcc']:.3f} | {m['recall_akiec']:.3f} | {m['macro_auc']:.3f} | "
+              f"{m['ece_uncalibrated']:.3f} -> {m['ece']:.3f} ({m['temperature']:.2f}) | "
+              f"{r['val_balanced_accuracy']:.3f} | {r['train_seconds']} |")
 
 
 def main():

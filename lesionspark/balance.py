@@ -18,6 +18,7 @@ import pandas as pd
 from . import storage
 from .classes import CLASSES, LABEL_OF
 from .config import Config, ConfigError
+from .dataset import petastorm_write
 from .images import sha256_hex
 from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
@@ -166,10 +167,9 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
                     .repartitionByRange(len(grow), "label") \
                     .groupBy("label").applyInPandas(lambda pdf: synthesize_group(pdf, *args), _output_schema())
                 out = originals.unionByName(new)
-            from .ingest import _petastorm_write
             n_total = sum(targets.values())
             with timed(log, f"balance {method}: write train", "records") as step:
-                _petastorm_write(spark, out.select(*BALANCED_FIELDS), f"{staging}/train", size,
+                petastorm_write(spark, out.select(*BALANCED_FIELDS), f"{staging}/train", size,
                                  int(cfg.get("ingest.rowgroup_size_mb")),
                                  -(-n_total // int(cfg.get("ingest.rows_per_file"))), balanced_schema(size))
                 after = {r["dx"]: r["count"] for r in

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from .config import Config, ConfigError
+from .spark import apply_umask
 
 log = logging.getLogger("lesionspark")
 
@@ -91,7 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sql", help="run Spark SQL over the tables under the storage root")
     _common(p)
     p.add_argument("--query", "-q", required=True, help="the SQL query")
-    p.add_argument("--out", help="write the result to a .csv or Parquet path instead of printing it")
+    p.add_argument("--out", help="write the result to a .csv or Parquet path (outside the storage root) "
+                                 "instead of printing it")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="also run statements that write, change the catalog or read raw files (default: queries only)")
 
     p = sub.add_parser("pipeline", help="ingest, balance, train, evaluate and score in order (pipeline.steps)")
     _common(p)
@@ -115,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         cfg = load_config(args)
+        apply_umask(cfg)  # before anything is written, the lease and run rows of score included
     except (ConfigError, OSError) as exc:
         print(f"lesionspark: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.stage == "sql":
-            result = run_sql(cfg, args.query, args.out)
+            result = run_sql(cfg, args.query, args.out, args.allow_writes)
         elif args.stage == "compare":
             result = run_compare(cfg, args.split, args.dataset_filter)
         else:
@@ -197,10 +202,11 @@ def run_compare(cfg: Config, split: str = "test", dataset: str | None = None) ->
     return None
 
 
-def run_sql(cfg: Config, query: str, out: str | None):
+def run_sql(cfg: Config, query: str, out: str | None, allow_writes: bool = False):
     from .spark import get_spark
     from .sql import run_query
-    result = run_query(get_spark(cfg), cfg.get("storage.root"), query, out, bool(cfg.get("sql.metastore")))
+    result = run_query(get_spark(cfg), cfg.get("storage.root"), query, out, bool(cfg.get("sql.metastore")),
+                       allow_writes=allow_writes)
     if out:
         return result
     _print_frame(result)

@@ -16,11 +16,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import metrics, storage
-from .classes import is_binary, malignant_outputs
+from . import calibration, metrics, storage
 from .config import Config, ConfigError
 from .progress import timed
-from .score import resolve_model
+from .registry import resolve_model
+from .report import pick_examples, write_report
+from .results import calibrate_frame, scored, truth
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,10 @@ def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> p
         return joined.toPandas().sort_values("image_id", ignore_index=True)
 
 
-def scored(frame: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The rows that were scored, their probabilities (rows x classes) and malignant probability."""
-    good = frame[frame["reason"].isna()].reset_index(drop=True)
-    probs = np.array(good["probabilities"].tolist(), dtype=np.float64).reshape(len(good), len(classes))
-    return good, probs, probs[:, malignant_outputs(classes)].sum(axis=1)
-
-
-def truth(good: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """True labels in the model's classes: ``malignant`` for a binary model, ``label`` otherwise."""
-    return good["malignant" if is_binary(classes) else "label"].to_numpy().astype(int)
-
-
-def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg: Config) -> dict:
-    """All metrics of one scored split (rows with a reject reason are counted, not scored)."""
+def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg: Config,
+                 raw: pd.DataFrame | None = None, temperature: float = 1.0) -> dict:
+    """All metrics of one scored split (rows with a reject reason are counted, not scored). ``frame``
+    holds the calibrated probabilities; ``raw``, where given, the model's own, for the ECE before."""
     good, probs, p_mal = scored(frame, classes)
     if good.empty:
         raise ConfigError(f"nothing to evaluate: the split has {len(frame)} images and none could be scored")
@@ -79,7 +70,11 @@ def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg:
                                                  threshold, target)
     result["ci"] = metrics.bootstrap_ci(y, probs.argmax(axis=1), good["lesion_id"].to_numpy(), len(classes),
                                         int(cfg.get("evaluate.bootstrap")), int(cfg.get("evaluate.seed")))
-    result["calibration"] = metrics.calibration(y, probs, int(cfg.get("evaluate.calibration_bins")))
+    n_bins = int(cfg.get("evaluate.calibration_bins"))
+    result["calibration"] = metrics.calibration(y, probs, n_bins)
+    result["calibration"]["temperature"] = float(temperature)
+    if raw is not None:
+        result["calibration_uncalibrated"] = metrics.calibration(y, scored(raw, classes)[1], n_bins)
     if len(frame) > len(good):
         result["warnings"].append(f"{len(frame) - len(good)} images could not be scored (see predictions_*.parquet)")
     if np.isnan(threshold):
@@ -92,10 +87,9 @@ def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri
     """(split, examples, overlays) for the report's Grad-CAM grid: a few images per class, read from
     the split and explained on the driver."""
     from pyspark.sql import functions as F
-    from .explain import explain_arrays
+    from .overlays import explain_arrays
     from .images import decode_each
     from .predict import load_model
-    from .report import pick_examples
     classes = list(card["classes"])
     good, probs, _ = scored(frame, classes)
     examples = pick_examples(good, probs, truth(good, classes), classes, int(cfg.get("evaluate.gradcam_examples")))
@@ -104,8 +98,9 @@ def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri
     rows = spark.read.parquet(url).filter(F.col("image_id").isin(list(examples["image_id"]))) \
         .select("image_id", "image").toPandas().set_index("image_id")
     arrays, _, _ = decode_each(list(rows.loc[examples["image_id"], "image"]), int(card["image_size"]), card["resize"])
-    _, _, overlays = explain_arrays(load_model(model_uri), card, np.stack(arrays))
-    return split, examples, overlays
+    images = np.stack(arrays)
+    _, _, overlays = explain_arrays(load_model(model_uri), card, images, cfg.get("explain.method"))
+    return split, examples, images, overlays
 
 
 def metrics_file(root: str, model: str, version: str, dataset: str, split: str) -> str:
@@ -131,7 +126,6 @@ def write_metrics(root: str, rows: list[dict], model: str, version: str, dataset
 
 
 def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
-    from .report import write_report
     start = time.perf_counter()
     run_id = run_id or storage.new_run_id()
     root = storage.normalize_uri(cfg.get("storage.root"))
@@ -152,18 +146,28 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     classes = list(card["classes"])
     log.info("evaluate %s:%s on %s %s (run %s)", card["name"], card["version"], dataset, splits, run_id)
 
-    frames, results = {}, {}
+    raw, results = {}, {}
+    raw_card = calibration.uncalibrated(card)  # the model's own outputs: T is fitted on them
     for split in splits:
         with timed(log, f"score {dataset}/{split}") as step:
-            frames[split] = predict_split(spark, layout.split(dataset, split), card, model_uri, cfg)
-            step.count = len(frames[split])
+            raw[split] = predict_split(spark, layout.split(dataset, split), raw_card, model_uri, cfg)
+            step.count = len(raw[split])
+    own = dataset == card.get("dataset", dataset)
+    if own:  # fitted on the threshold split (val) of the model's own dataset
+        val_ok, val_probs, _ = scored(raw[threshold_split], classes)
+        temperature = calibration.fit_temperature(truth(val_ok, classes), val_probs)
+    else:  # another dataset: the card's calibration, as score applies it
+        temperature = calibration.temperature(card)
+    log.info("evaluate: temperature %.3f (%s)", temperature, f"fitted on {threshold_split}" if own else "the card's")
+    card = {**raw_card, "calibration": {"method": "temperature", "temperature": temperature}}
+    frames = {s: calibrate_frame(f, temperature) for s, f in raw.items()}
     val_ok, _, val_p_mal = scored(frames[threshold_split], classes)
     threshold = metrics.threshold_for_sensitivity(val_ok["malignant"].to_numpy().astype(int), val_p_mal,
                                                   float(cfg.get("evaluate.target_sensitivity")))
     now = dt.datetime.now(dt.timezone.utc)
     for split in splits:
         with timed(log, f"metrics {dataset}/{split} (bootstrap x{cfg.get('evaluate.bootstrap')})"):
-            results[split] = split_result(frames[split], classes, threshold, cfg)
+            results[split] = split_result(frames[split], classes, threshold, cfg, raw[split], temperature)
         for w in results[split]["warnings"]:
             log.warning("evaluate %s: %s", split, w)
         rows = [{"model": card["name"], "model_version": card["version"], "dataset": dataset, "split": split,
@@ -179,17 +183,21 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
                      threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id,
                      gradcam=gradcam_examples(spark, layout.split(dataset, grid_split), frames[grid_split], card,
                                               model_uri, cfg, grid_split))
-    if dataset == card.get("dataset", dataset):
+    if own:
         _card_for_scoring(model_uri.rsplit("/", 1)[0], frames[threshold_split], classes, threshold,
-                          threshold_split, cfg)
+                          threshold_split, cfg, results[threshold_split])
     summary = {"run_id": run_id, "model": card["name"], "model_version": card["version"], "dataset": dataset,
                "report": out + "/report.md", "threshold": {"split": threshold_split, "value": threshold,
                                                           "target_sensitivity": cfg.get("evaluate.target_sensitivity")},
                "splits": {s: {**{k: r["overall"][k] for k in ("n_images", "n_rejected", "accuracy", "balanced_accuracy",
                                                              "macro_f1", "weighted_f1", "macro_auc")},
                               "malignant_auc": r["malignant"]["malignant_auc"],
-                              "ci": r["ci"], "ece": r["calibration"]["ece"], "warnings": r["warnings"]}
+                              "ci": r["ci"], "ece": r["calibration"]["ece"],
+                              "ece_uncalibrated": r["calibration_uncalibrated"]["ece"],
+                              "log_loss": r["calibration"]["nll"], "log_loss_uncalibrated": r["calibration_uncalibrated"]["nll"],
+                              "warnings": r["warnings"]}
                           for s, r in results.items()},
+               "temperature": temperature,
                "seconds": round(time.perf_counter() - start, 1)}
     log.info("evaluate: %s", "; ".join(f"{s}: bal-acc {r['balanced_accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
                                       for s, r in summary["splits"].items()))
@@ -197,14 +205,19 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
 
 
 def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], threshold: float, split: str,
-                      cfg: Config) -> None:
-    """Write into the model card what scheduled scoring needs (DESIGN.md: Model card): the operating
-    threshold chosen on ``split`` for the target sensitivity (review flags), and the reference
-    distribution of predicted classes and confidence on that split (drift). Replaced atomically."""
+                      cfg: Config, result: dict) -> None:
+    """Write into the model card what scheduled scoring needs (DESIGN.md: Model card): the temperature
+    fitted on ``split`` (``calibration``), the operating threshold chosen there for the target
+    sensitivity (review flags), and the reference distribution of predicted classes and confidence
+    there (drift); all on calibrated outputs (``frame``). Replaced atomically."""
     from . import monitor
     _, probs, _ = scored(frame, classes)
     uri = model_dir + "/model_card.json"
     card = storage.read_json(uri)
+    card["calibration"] = {"method": "temperature", "temperature": result["calibration"]["temperature"],
+                           "split": split, "ece_before": result["calibration_uncalibrated"]["ece"],
+                           "ece_after": result["calibration"]["ece"],
+                           "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat()}
     card["operating_threshold"] = None if np.isnan(threshold) else {
         "value": float(threshold), "split": split, "target_sensitivity": float(cfg.get("evaluate.target_sensitivity")),
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -213,7 +226,8 @@ def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], t
     storage.write_json(tmp, card)
     fs, src = storage.filesystem(tmp)
     fs.move(src, storage.filesystem(uri)[1])
-    log.info("evaluate: model card updated with the operating threshold (%s) and the %s reference distribution",
+    log.info("evaluate: model card updated with temperature %.3f, the operating threshold (%s) and the %s "
+             "reference distribution", card["calibration"]["temperature"],
              "none" if np.isnan(threshold) else f"{threshold:.4f}", split)
 
 

@@ -1,4 +1,4 @@
-"""Explain (driver side): Grad-CAM overlays for a model version over a dataset split or an image folder.
+"""Explain: heatmap overlays for a model version over a dataset split or an image folder.
 
 ``explanations/<model>/<version>/<source>/`` holds ``overlays/<image>.png`` (the image with the
 heatmap of its predicted class) and ``table/`` (Parquet: image, source path, true class where
@@ -20,7 +20,10 @@ import pandas as pd
 
 from . import storage
 from .config import Config, ConfigError
+from .overlays import DEFAULT_METHOD, write_overlays
+from .predict import load_model, tf_threads
 from .progress import timed
+from .registry import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -29,49 +32,24 @@ def explanations_dir(root: str, card: dict) -> str:
     return storage.join(storage.normalize_uri(root), "explanations", card["name"], card["version"])
 
 
-def explain_arrays(model, card: dict, images: np.ndarray):
-    """(heatmaps [B,H,W] 0..1, probabilities [B,classes], overlays uint8 [B,H,W,3]) of uint8 images."""
-    from .gradcam import heatmaps, overlay
-    from .models import preprocess
-    cams, probs = heatmaps(model, preprocess(card["preprocessing"], images.astype(np.float32)))
-    return cams, probs, np.stack([overlay(im, cam) for im, cam in zip(images, cams)]) if len(images) else images
-
-
-def write_overlays(model, card: dict, images: list, names: list[str], out_dir: str, batch_size: int = 32):
-    """Explain ``images`` (uint8 arrays, None for a reject) and write ``out_dir/<name>.png`` for each:
-    (overlay paths or None, probabilities or None) per image."""
-    from .gradcam import png
-    paths, probs = [None] * len(images), [None] * len(images)
-    good = [i for i, im in enumerate(images) if im is not None]
-    for start in range(0, len(good), batch_size):
-        chunk = good[start:start + batch_size]
-        _, p, over = explain_arrays(model, card, np.stack([images[i] for i in chunk]))
-        for j, i in enumerate(chunk):
-            paths[i] = f"{out_dir}/{names[i]}.png"
-            storage.write_bytes(paths[i], png(over[j]))
-            probs[i] = p[j]
-    return paths, probs
-
-
 def table_schema():
-    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+    from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField, StructType
     return StructType([StructField(n, t) for n, t in (
         ("image", StringType()), ("source_path", StringType()), ("true_dx", StringType()),
         ("predicted_dx", StringType()), ("confidence", DoubleType()), ("overlay_path", StringType()),
-        ("reason", StringType()), ("detail", StringType()))])
+        ("explanation_empty", BooleanType()), ("reason", StringType()), ("detail", StringType()))])
 
 
 def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_overlays: str, threads: int,
-                      max_pixels: int, max_bytes: int, reader=None):
+                      max_pixels: int, max_bytes: int, reader=None, method: str = DEFAULT_METHOD):
     """mapInPandas function: rows of ``image, source_path, true_dx`` and either ``content`` (bytes)
     or, with ``reader``, ``length`` (the file is read here). Writes overlays under the staging folder;
     the table names their final paths."""
     from .images import decode_each
-    from .predict import _tf_threads, load_model
     classes = list(card["classes"])
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        _tf_threads(threads)
+        tf_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
             if reader is not None:
@@ -81,11 +59,13 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
                 contents, reasons, details = list(batch["content"]), None, None
             arrays, reasons, details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
                                                    reasons, details)
-            written, probs = write_overlays(model, card, arrays, list(batch["image"]), staging_overlays)
+            written, probs, blank = write_overlays(model, card, arrays, list(batch["image"]), staging_overlays,
+                                                   method=method)
             out = batch[["image", "source_path", "true_dx"]].copy()
             out["predicted_dx"] = [None if p is None else classes[int(np.argmax(p))] for p in probs]
             out["confidence"] = [None if p is None else float(np.max(p)) for p in probs]
             out["overlay_path"] = [None if w is None else final_overlays + w[len(staging_overlays):] for w in written]
+            out["explanation_empty"] = blank
             out["reason"], out["detail"] = reasons, details
             yield out
     return run
@@ -105,13 +85,14 @@ def _sources(spark, cfg: Config, card: dict, root: str):
         folder = storage.normalize_uri(folder)
         if not storage.exists(folder):
             raise ConfigError(f"explain.images: {folder} does not exist")
-        files = list_files(spark, [folder], regex=cfg.get("score.path_regex"))
+        follow = bool(cfg.get("score.follow_links"))
+        files = list_files(spark, [folder], regex=cfg.get("score.path_regex"), follow_links=follow)
         key = F.udf(lambda p: f"{_safe(p.rsplit('/', 1)[-1].rsplit('.', 1)[0])}-"
                               f"{hashlib.sha1(p.encode()).hexdigest()[:8]}", "string")
         rows = files.select(key("path").alias("image"), F.col("path").alias("source_path"),
                             F.lit(None).cast("string").alias("true_dx"), "length")
         name = f"folder-{_safe(folder.rstrip('/').rsplit('/', 1)[-1])}"
-        reader = Reader([folder])
+        reader = Reader([folder], follow)
     else:
         layout = storage.Layout(root)
         dataset = cfg.get("evaluate.dataset", None) or card.get("dataset") or cfg.get("dataset.name")
@@ -129,7 +110,6 @@ def _sources(spark, cfg: Config, card: dict, root: str):
 def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     """Grad-CAM overlays and their table for ``explain.model`` over ``explain.images`` (a folder) or
     ``explain.split`` of the model's dataset; at most ``explain.limit`` images (0: all)."""
-    from .score import resolve_model
     from .spark import sql_conf
     start = time.perf_counter()
     root = storage.normalize_uri(cfg.get("storage.root"))
@@ -142,17 +122,21 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     tasks = max(1, min(spark.sparkContext.defaultParallelism * 4, -(-n // 64)))
     with storage.AtomicDir(final, run_id) as staging:
         fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{final}/overlays", int(cfg.get("score.threads")),
-                               int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader)
+                               int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader,
+                               cfg.get("explain.method"))
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"explain {n} images of {name}", spark=spark) as step:
             rows.repartition(tasks).mapInPandas(fn, table_schema()).write.parquet(f"{staging}/table")
             step.count = n
         table = spark.read.parquet(f"{staging}/table")
         by_class = {r["predicted_dx"]: r["count"] for r in table.groupBy("predicted_dx").count().collect()}
+        blank = table.filter("explanation_empty").count()
     rejected = by_class.pop(None, 0)
     summary = {"model": card["name"], "model_version": card["version"], "source": name, "images": n,
-               "explained": n - rejected, "rejected": rejected, "predicted_by_class": by_class,
+               "method": cfg.get("explain.method"), "explained": n - rejected, "rejected": rejected,
+               "empty": blank, "predicted_by_class": by_class,
                "table": f"{final}/table", "overlays": f"{final}/overlays",
                "seconds": round(time.perf_counter() - start, 1)}
-    log.info("explain: %d images of %s: %d overlays, %d rejected, under %s", n, name, n - rejected, rejected, final)
+    log.info("explain (%s): %d images of %s: %d overlays, %d with no positive evidence, %d rejected, under %s",
+             cfg.get("explain.method"), n, name, n - rejected - blank, blank, rejected, final)
     return summary

@@ -1,12 +1,26 @@
-"""Grad-CAM (Selvaraju et al., 2017): where a model looked for the class it predicted.
+"""Class-activation heatmaps: where a model looked for the class it predicted (pure: no Spark).
+
+Three published methods over the same feature map A and the gradient G of the class score:
+
+- ``gradcam`` (Selvaraju et al., 2017): channel weights = G averaged over the map; ReLU(sum_c w_c A_c).
+  Faithful for a global-average-pooling head; behind a Flatten head the sum can be negative at
+  every position, and the map is then all zero.
+- ``hirescam`` (Draelos & Carin, 2020): ReLU(sum_c G_c * A_c), element-wise, so each position keeps
+  its own gradient; provably the position's contribution for models ending in dense layers, and
+  equal to Grad-CAM (up to scale) behind a GAP head.
+- ``gradcampp`` (Chattopadhyay et al., 2018): channel weights from positive gradients with the
+  second-order alpha coefficients (the exponential-score closed form).
+
+A map whose ReLU is zero everywhere means the model found no positive evidence for the class at
+that layer: ``empty`` says so; callers record it (``explanation_empty``) rather than draw a blank
+overlay.
 
 Pure functions on a Keras model and image arrays; no Spark. Every lesionspark architecture is a
 chain of layers (the CNN's conv blocks; ResNet50's and EfficientNet's backbone as one nested layer),
 so the model splits at its last spatial feature map: features = front(x), probabilities = head(features);
 inside a backbone, the last map at least 4 wide is used (at 64 px ResNet50's own last map is 2x2).
-The class score is the pre-softmax logit of the predicted (or given) class; its gradient, averaged
-over the map, weights the feature channels; the ReLU of the weighted sum, upsampled to the input,
-is the heatmap, scaled to 0..1 per image.
+The class score is the pre-softmax logit of the predicted (or given) class; the map, upsampled to
+the input, is scaled to 0..1 per image.
 """
 from __future__ import annotations
 
@@ -15,6 +29,7 @@ import io
 import numpy as np
 
 
+METHODS = ("hirescam", "gradcam", "gradcampp")
 MIN_MAP = 4  # a map this wide at least: a backbone's last 1x1 or 2x2 map (small inputs) says nothing of where
 
 
@@ -45,11 +60,34 @@ def _split(model):
     return layers[:last], layer, layers[last + 1:]
 
 
-def heatmaps(model, x, class_index=None) -> tuple[np.ndarray, np.ndarray]:
+def combine(method: str, grads, a):
+    """The method's map [B, h, w] (before the ReLU) from the gradient and the feature map [B, h, w, C]."""
+    import tensorflow as tf
+    if method == "gradcam":
+        return tf.reduce_sum(tf.reduce_mean(grads, axis=[1, 2], keepdims=True) * a, axis=-1)
+    if method == "hirescam":
+        return tf.reduce_sum(grads * a, axis=-1)
+    if method == "gradcampp":
+        g2 = tf.square(grads)
+        denom = 2.0 * g2 + tf.reduce_sum(a, axis=[1, 2], keepdims=True) * g2 * grads
+        alpha = tf.math.divide_no_nan(g2, denom)
+        weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=[1, 2], keepdims=True)
+        return tf.reduce_sum(weights * a, axis=-1)
+    raise ValueError(f"explain.method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def empty(cams: np.ndarray) -> np.ndarray:
+    """Per map: no positive evidence anywhere (the ReLU'd map is all zero)."""
+    return cams.reshape(len(cams), -1).max(axis=1) <= 0 if len(cams) else np.zeros(0, bool)
+
+
+def heatmaps(model, x, class_index=None, method: str = "hirescam") -> tuple[np.ndarray, np.ndarray]:
     """``x``: a preprocessed float32 batch [B, H, W, C]. Returns (heatmaps [B, H, W] in 0..1,
     probabilities [B, classes]). ``class_index``: explain this class (an int, or one per image;
-    default: each image's predicted class)."""
+    default: each image's predicted class). ``method``: one of ``METHODS``."""
     import tensorflow as tf
+    if method not in METHODS:
+        raise ValueError(f"explain.method must be one of {', '.join(METHODS)}, got {method!r}")
     front, mid, head = _split(model)
     x = tf.convert_to_tensor(x, tf.float32)
     final = head[-1]
@@ -69,8 +107,7 @@ def heatmaps(model, x, class_index=None) -> tuple[np.ndarray, np.ndarray]:
             else tf.broadcast_to(tf.cast(class_index, tf.int32), [tf.shape(x)[0]])
         score = tf.gather(logits, idx, axis=1, batch_dims=1)
     grads = tape.gradient(score, a)
-    weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * a, axis=-1, keepdims=True))
+    cam = tf.nn.relu(combine(method, grads, a))[..., None]
     cam = tf.image.resize(cam, tf.shape(x)[1:3], method="bilinear")[..., 0].numpy()
     peak = cam.reshape(len(cam), -1).max(axis=1)
     cam = np.divide(cam, peak[:, None, None], out=np.zeros_like(cam), where=peak[:, None, None] > 0)

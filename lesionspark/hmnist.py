@@ -22,6 +22,7 @@ from PIL import Image
 from . import storage
 from .classes import HMNIST_LABELS, LABEL_OF, binary_label
 from .config import Config
+from .dataset import decoded_schema, write_dataset
 from .images import ImageRejected, sha256_hex
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 from .split import assign_splits, check_fractions
@@ -106,7 +107,6 @@ def _decode(size: int, side: int, channels: int, source: str):
 
 def ingest_hmnist(spark, cfg: Config, run_id: str | None = None) -> dict:
     from pyspark.sql import functions as F
-    from .ingest import decoded_schema, write_dataset
 
     t_start = time.perf_counter()
     run_id = run_id or storage.new_run_id()

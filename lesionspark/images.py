@@ -16,7 +16,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 RESIZE_MODES = ("squash", "crop")
-ACCEPTED_FORMATS = ("JPEG", "PNG")
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")  # MPO: multi-picture JPEG (stereo, some dermatoscopes); frame 0 is used
+JPEG_FAMILY = ("JPEG", "MPO")
 
 
 class ImageRejected(Exception):
@@ -55,6 +56,19 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of a JPEG, 1 (as stored) when there is none or it cannot be parsed: an
+    anonymiser that zeroes the EXIF payload leaves a header PIL rejects (``SyntaxError: not a TIFF
+    file``), and the image itself is still whole."""
+    if img.format not in JPEG_FAMILY:
+        return 1
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return value if value in range(1, 9) else 1
+    except Exception:  # noqa: BLE001 - any metadata fault, never the whole file
+        return 1
+
+
 def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int = 40_000_000,
                   use_draft: bool = True) -> np.ndarray:
     """Decode JPEG/PNG bytes to a ``size x size x 3`` uint8 RGB array.
@@ -69,8 +83,8 @@ def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int 
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
     img = _open(data, max_pixels)
-    orientation = img.getexif().get(0x0112, 1) if img.format == "JPEG" else 1
-    if use_draft and img.format == "JPEG":
+    orientation = _orientation(img)
+    if use_draft and img.format in JPEG_FAMILY:
         # EXIF rotations by 90/270 swap the axes; draft needs both sides >= size either way.
         img.draft("RGB", (size, size))
     try:
@@ -82,7 +96,10 @@ def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int 
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected("truncated_or_corrupt", f"image data cannot be decoded: {exc}") from None
     if orientation != 1:
-        img = ImageOps.exif_transpose(img)
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # noqa: BLE001 - a metadata fault: the pixels as stored are still the image
+            pass
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             # Composite transparency onto white rather than letting it turn black.
@@ -124,6 +141,10 @@ def decode_each(contents, size: int, mode: str = "squash", max_pixels: int = 40_
             arrays.append(None)
             out_reasons.append(rej.code)
             out_details.append(rej.detail)
+        except Exception as exc:  # noqa: BLE001 - whatever a file contains, it is one reject, never a failed task
+            arrays.append(None)
+            out_reasons.append("corrupt_image")
+            out_details.append(f"decoder error {type(exc).__name__}: {str(exc)[:200]}")
     return arrays, out_reasons, out_details
 
 

@@ -6,12 +6,26 @@ lease, and every other contender sees that the file exists. Nothing is ever dele
 to take a lease, so taking over an expired one cannot remove a live one:
 
 - free (no file): create generation 1;
-- held (the newest generation has not expired): wait up to ``wait_s``, then give up (``LeaseHeld``);
+- held (the newest generation is live): wait up to ``wait_s``, then give up (``LeaseHeld``);
 - expired (its holder was killed, or hung past ``ttl_s``): create generation n + 1.
 
-The holder renews its expiry every ``ttl_s / 3`` seconds from a thread (rewriting its own file).
-Before it commits, a run calls :meth:`Lease.check`: if a newer generation exists or its own has
-expired, it has been fenced off and must not commit (``LeaseLost``).
+It fails closed: any doubt counts as held. A name in the folder that is not a lease file (a stray
+``lease-backup.json``), or a newest generation that cannot be read or parsed, is a holder that never
+expires, named in ``LeaseHeld`` so that an operator can look; nothing falls back to an older
+generation.
+
+Expiry never compares clocks of different hosts. The holder rewrites its file every ``ttl_s / 3``
+seconds; a taker judges a lease expired only when the file has stood unchanged for a full ``ttl_s``
+on the taker's own monotonic clock (or the holder released it). So a run that finds a killed run's
+lease takes over after watching it for ``ttl_s``. The holder's wall-clock ``expires`` is used only in
+the safe direction: a lease that says it is live is treated as live, so a run with ``wait_s`` 0
+gives up at once instead of watching.
+
+The holder fences itself: :meth:`Lease.check` (before every commit step) raises ``LeaseLost`` if a
+newer generation exists, or if its last successful renewal is more than ``2/3 ttl_s`` ago on its own
+monotonic clock (paused by SIGSTOP, a VM freeze or a long GC): a taker cannot have judged it expired
+before ``ttl_s`` after that renewal, so what the holder does within the remaining third is still its
+own. A pause between a passed check and the step itself is not covered; each step is one rename.
 
 Atomic exclusive create, by filesystem (docs/architecture.md):
 - local and NFSv3+: ``link(2)`` of a temporary file to the lease name fails if the name exists;
@@ -25,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -36,16 +51,24 @@ from . import storage
 
 log = logging.getLogger(__name__)
 
+LEASE_FILE = re.compile(r"^lease-(\d{12})\.json$")
+TMP_PREFIX = ".tmp-"  # this module's own files while a generation is written
+
 
 class LeaseHeld(RuntimeError):
     """Another live run holds the lease (exit code 75, EX_TEMPFAIL: try again later)."""
 
     def __init__(self, holder: dict, waited: float):
         self.holder = holder
+        if holder.get("doubt"):
+            super().__init__(f"the lease of the storage root is in doubt, so it counts as held: {holder['doubt']}; "
+                             f"waited {waited:.0f}s")
+            return
         expires = time.strftime("%H:%M:%SZ", time.gmtime(holder.get("expires", 0)))
         super().__init__(f"the storage root is being scored by run {holder.get('run_id')} "
                          f"(host {holder.get('host')}, pid {holder.get('pid')}, started "
-                         f"{holder.get('started_at')}, lease valid until {expires}); waited {waited:.0f}s")
+                         f"{holder.get('started_at')}, lease valid until {expires} by its clock); "
+                         f"waited {waited:.0f}s")
 
 
 class LeaseLost(RuntimeError):
@@ -65,30 +88,67 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str | None = None
+        self._renewed_at = 0.0  # monotonic time of this run's last successful write of its generation
+        self._seen: tuple[int, str, float] | None = None  # (generation, content, monotonic first seen)
+        self._seen_change = False  # the holder rewrote its file while this run watched: it is alive
 
     # -- reading -------------------------------------------------------------------------------
     def _name(self, gen: int) -> str:
         return f"{self.path}/lease-{gen:012d}.json"
 
     def newest(self) -> tuple[int, dict | None]:
-        """(generation, content) of the newest lease file; (0, None) if there is none."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        gens = sorted(int(i.base_name[6:18]) for i in infos
-                      if i.base_name.startswith("lease-") and i.base_name.endswith(".json"))
-        for gen in reversed(gens):
-            try:
-                with self.fs.open_input_stream(self._name(gen)) as fh:
-                    return gen, json.loads(fh.read())
-            except (OSError, ValueError):
-                continue  # being written this instant, or removed by cleanup: look at the one before
-        return 0, None
+        """(generation, content) of the newest lease file; (0, None) if there is none. Fails closed:
+        a stray name, or a newest generation that cannot be read or parsed, comes back as a holder
+        ``{"doubt": why}``."""
+        gens = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
+            if info.base_name.startswith(TMP_PREFIX):
+                continue
+            m = LEASE_FILE.match(info.base_name)
+            if m is None:
+                return 0, {"doubt": f"unexpected entry {info.base_name!r} in the lease folder {self.dir} "
+                                    "(remove it when no scoring run is active)"}
+            gens.append(int(m.group(1)))
+        if not gens:
+            return 0, None
+        gen = max(gens)
+        try:
+            with self.fs.open_input_stream(self._name(gen)) as fh:
+                content = json.loads(fh.read())
+            if not isinstance(content, dict) or not content.get("run_id"):
+                raise ValueError("no run_id")
+            return gen, content
+        except (OSError, ValueError) as exc:  # lease files are published whole: this is not a write in flight
+            return gen, {"doubt": f"generation {gen} in {self.dir} cannot be read ({type(exc).__name__}: {exc})"}
+
+    def _unchanged_for(self, gen: int, holder: dict) -> float:
+        """How long (monotonic seconds, as this process saw it) the newest generation has stood unchanged."""
+        key = json.dumps(holder, sort_keys=True)
+        now = time.monotonic()
+        if self._seen is None or self._seen[:2] != (gen, key):
+            self._seen = (gen, key, now)
+        return now - self._seen[2]
+
+    def _state(self, gen: int, holder: dict | None) -> str:
+        """``free`` (take it), ``live`` (held) or ``watch`` (may be dead: watch it for a full ttl)."""
+        if holder is None or holder.get("released"):
+            return "free"
+        if holder.get("doubt"):
+            return "live"
+        unchanged = self._unchanged_for(gen, holder)
+        if unchanged >= float(holder.get("ttl_s") or self.ttl):  # the holder's own ttl: it renews every third
+            return "free"
+        if holder.get("expires", 0) > time.time() or self._seen_change:
+            return "live"  # it says so (trusted only in this, the safe direction), or it was renewed
+        return "watch"
 
     # -- taking --------------------------------------------------------------------------------
     def _create(self, gen: int) -> bool:
         """Create generation ``gen`` exclusively; True if this call created it."""
-        body = json.dumps({**self.info, "generation": gen, "expires": time.time() + self.ttl}).encode()
+        body = json.dumps({**self.info, "generation": gen, "expires": time.time() + self.ttl,
+                           "ttl_s": self.ttl}).encode()
         target = self._name(gen)
-        tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
+        tmp = f"{self.path}/{TMP_PREFIX}{uuid.uuid4().hex}"
         with self.fs.open_output_stream(tmp) as fh:
             fh.write(body)
         try:
@@ -120,35 +180,53 @@ class Lease:
     def acquire(self) -> "Lease":
         self.fs.create_dir(self.path, recursive=True)
         start = time.monotonic()
+        self._seen, self._seen_change, first = None, False, None
         while True:
             gen, holder = self.newest()
-            if holder is None or holder.get("expires", 0) < time.time() or holder.get("released"):
+            if first is not None and first != (gen, json.dumps(holder, sort_keys=True)):
+                self._seen_change = True
+            first = first or (gen, json.dumps(holder, sort_keys=True))
+            state = self._state(gen, holder)
+            if state == "free":
                 if self._create(gen + 1):
-                    self.generation = gen + 1
-                    if holder is not None and not holder.get("released"):
-                        self.taken_over = holder
-                        log.warning("lease: run %s (host %s, pid %s) let its lease expire; taking over",
-                                    holder.get("run_id"), holder.get("host"), holder.get("pid"))
-                    self._cleanup(below=gen)
-                    self._thread = threading.Thread(target=self._renew_loop, daemon=True)
-                    self._thread.start()
+                    self._took(gen, holder)
                     return self
-                continue  # someone else created it first: look again at once
+                # someone else created it first: judge the new holder at once (it exists now, so this
+                # cannot spin: it is live, in doubt, or watched for a full ttl)
+                first, self._seen_change = None, False
+                continue
             waited = time.monotonic() - start
-            if waited >= self.wait:
+            if state == "live" and waited >= self.wait:
                 raise LeaseHeld(holder, waited)
-            log.info("lease: root held by run %s until %s; waiting (%.0fs of %.0fs)", holder.get("run_id"),
-                     time.strftime("%H:%M:%SZ", time.gmtime(holder["expires"])), waited, self.wait)
-            time.sleep(min(self.poll, max(0.05, self.wait - waited)))
+            if state == "watch" and waited < 0.05:
+                log.info("lease: run %s's lease says it expired; watching it for %.0fs before taking over "
+                         "(host clocks are not compared)", holder.get("run_id"), self.ttl)
+            elif state == "live":
+                log.info("lease: root held (%s); waiting (%.0fs of %.0fs)",
+                         holder.get("doubt") or f"run {holder.get('run_id')}", waited, self.wait)
+            time.sleep(self.poll if state == "watch" else min(self.poll, max(0.05, self.wait - waited)))
+
+    def _took(self, gen: int, holder: dict | None) -> None:
+        self.generation = gen + 1
+        self._renewed_at = time.monotonic()
+        if holder is not None and not holder.get("released"):
+            self.taken_over = holder
+            log.warning("lease: run %s (host %s, pid %s) let its lease expire; taking over",
+                        holder.get("run_id"), holder.get("host"), holder.get("pid"))
+        self._cleanup(below=gen)
+        self._thread = threading.Thread(target=self._renew_loop, daemon=True)
+        self._thread.start()
 
     # -- holding -------------------------------------------------------------------------------
     def _write_own(self, **extra) -> None:
+        written = time.monotonic()
         body = json.dumps({**self.info, "generation": self.generation, "expires": time.time() + self.ttl,
-                           **extra}).encode()
-        tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
+                           "ttl_s": self.ttl, "renewed": written, **extra}).encode()
+        tmp = f"{self.path}/{TMP_PREFIX}{uuid.uuid4().hex}"
         with self.fs.open_output_stream(tmp) as fh:
             fh.write(body)
         self.fs.move(tmp, self._name(self.generation))  # replaces our own file only
+        self._renewed_at = written
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -167,10 +245,14 @@ class Lease:
         if self.lost:
             raise LeaseLost(self.lost)
         gen, holder = self.newest()
+        if holder is not None and holder.get("doubt"):
+            raise LeaseLost(f"the lease is in doubt: {holder['doubt']}")
         if gen != self.generation or holder is None or holder.get("run_id") != self.run_id:
             raise LeaseLost(f"run {holder and holder.get('run_id')} took over the lease (generation {gen})")
-        if holder.get("expires", 0) < time.time():
-            raise LeaseLost(f"the lease of run {self.run_id} expired (renewal stalled for {self.ttl:.0f}s)")
+        stalled = time.monotonic() - self._renewed_at
+        if stalled > self.ttl * 2 / 3:
+            raise LeaseLost(f"the lease of run {self.run_id} was last renewed {stalled:.1f}s ago (ttl {self.ttl:.0f}s): "
+                            "another run may take it over at any moment")
 
     def release(self) -> None:
         self._stop.set()
@@ -185,8 +267,9 @@ class Lease:
     def _cleanup(self, below: int) -> None:
         """Delete generations older than ``below`` (never the one just read or anything newer)."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
-            if info.base_name.startswith("lease-") and info.base_name.endswith(".json"):
-                if int(info.base_name[6:18]) < below:
+            m = LEASE_FILE.match(info.base_name)
+            if m is not None:
+                if int(m.group(1)) < below:
                     try:
                         self.fs.delete_file(info.path)
                     except OSError:

@@ -7,15 +7,34 @@ Spark job a level, until there are enough directories to keep every core busy (o
 each remaining directory is then listed recursively by one task. Only directory names come back
 to the driver, so a tree of 10^6 files costs it no more memory than a tree of 10^3.
 
-``read_file`` reads one file's bytes in an executor (at most ``limit`` of them); ``hash_file``
-streams a file through SHA-256 without keeping it. Paths are spelled as Hadoop spells them
-(``file:/a/b c.jpg``, ``hdfs://nn:8020/a/b.jpg``, ``s3a://bucket/key.jpg``), as earlier
-lesionspark tables recorded them.
+``Reader`` reads listed files in executors: ``fetch`` reads and hashes each file once and turns
+anything that is not a readable regular file into a reason. Paths are spelled as Hadoop spells them
+(``file:/a/b c.jpg``, ``hdfs://nn:8020/a/b.jpg``, ``s3a://bucket/key.jpg``), as earlier lesionspark
+tables recorded them.
+
+Local folders (and NFS mounts) are walked with ``os.scandir`` on bytes, because an archive nobody
+curates holds what pyarrow's listing cannot: names that are not UTF-8 (a Latin-1 ``M\xfcller.jpg``
+from an old Windows share), symbolic links (loops, links out of the archive, dangling ones), FIFOs,
+sockets and devices. Rules:
+
+- A name that is not valid UTF-8 is listed with each undecodable byte written ``%XX`` and each ``%``
+  of that name as ``%25`` (``M%FCller.jpg``); the reader maps it back to the bytes, so the file is read,
+  hashed and scored like any other, and the next run lists it under the same spelling (the index
+  matches it). Valid names are listed as they are.
+- Links are not followed by default (``follow_links``): a link is listed as an entry and rejected
+  (``symlink_not_followed``), a linked folder is not entered. With ``follow_links``, linked folders
+  are entered once each (loops are cut by device and inode), and a link that leaves the listed
+  folder is rejected (``link_outside_archive``); a dangling one is ``dangling_symlink``.
+- FIFOs, sockets and devices are listed and rejected (``special_file``) without being opened.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
+import os
+import re
+import stat
 from typing import Iterator
 
 import pandas as pd
@@ -46,10 +65,13 @@ def to_fs_path(path: str, prefix: str) -> str:
 class Root:
     """One listed folder: its pyarrow filesystem (picklable, shipped to executors) and path prefix."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, follow_links: bool = False):
+        import pyarrow.fs as pafs
         self.uri = storage.normalize_uri(uri)
         self.fs, self.path = storage.filesystem(self.uri)
         self.prefix = _prefix(self.uri, self.path)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.follow_links = follow_links
 
     def uri_of(self, fs_path: str) -> str:
         return self.prefix + (fs_path if self.prefix == "file:" else fs_path.lstrip("/"))
@@ -57,6 +79,66 @@ class Root:
 
 def _visible(name: str) -> bool:
     return not name.startswith(".")  # .DS_Store, .Trash, editors' swap files
+
+
+def escape_name(raw: bytes) -> str:
+    """A file name as listed: itself when it is UTF-8, else undecodable bytes as ``%XX`` and ``%`` as ``%25``."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "surrogateescape").replace("%", "%25")
+        return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def local_bytes(path: str) -> bytes:
+    """The bytes path of a listed local path: itself if it exists so spelled, else its escapes undone."""
+    raw = os.fsencode(path)
+    if os.path.lexists(raw) or "%" not in path:
+        return raw
+    out = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), path.encode("utf-8"))
+    return out if os.path.lexists(out) else raw
+
+
+class EntryRejected(Exception):
+    """A listed entry that is not a readable regular file: ``reason`` is its reject code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def scan_local(top: bytes, recursive: bool, follow_links: bool, want_dirs: bool):
+    """(path bytes, size, mtime ns, is_dir) under ``top``, hidden names skipped. Entries that are not
+    regular files or folders (links not followed, FIFOs, sockets, devices) come as files, for the
+    reader to reject. With ``follow_links``, linked folders are entered once each (device, inode)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:
+                continue  # a loop, or a folder reached twice through links
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(d))
+        except OSError:
+            continue  # vanished or unreadable folder: nothing in it can be listed
+        for e in entries:
+            if e.name.startswith(b"."):
+                continue
+            try:
+                lst = e.stat(follow_symlinks=False)
+                is_link = stat.S_ISLNK(lst.st_mode)
+                is_dir = stat.S_ISDIR(lst.st_mode) or (is_link and follow_links and e.is_dir(follow_symlinks=True))
+            except OSError:
+                continue
+            if is_dir:
+                if want_dirs:
+                    yield e.path, 0, 0, True
+                if recursive:
+                    stack.append(e.path)
+            elif not want_dirs:
+                yield e.path, lst.st_size, lst.st_mtime_ns, False
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
@@ -76,6 +158,16 @@ def _lister(roots: list[Root], mode: str, batch_rows: int = 20_000):
             for r, d in zip(batch["root"], batch["dir"]):
                 root = roots[r]
                 rows = []
+                if root.local:
+                    for raw, size, mtime_ns, is_dir in scan_local(local_bytes(d), recursive, root.follow_links,
+                                                                  mode == "dirs"):
+                        rows.append((root.uri_of(escape_name(raw)), size, mtime_ns // 1_000_000, is_dir))
+                        if len(rows) >= batch_rows:
+                            yield _frame(rows)
+                            rows = []
+                    if rows:
+                        yield _frame(rows)
+                    continue
                 for info in root.fs.get_file_info(pafs.FileSelector(d, recursive=recursive, allow_not_found=True)):
                     rel = info.path[len(d):].lstrip("/")
                     if not all(_visible(part) for part in rel.split("/")):
@@ -93,13 +185,14 @@ def _lister(roots: list[Root], mode: str, batch_rows: int = 20_000):
 
 
 def list_files(spark, uris: list[str], glob: str | None = None, regex: str | None = None,
-               min_dirs: int | None = None, max_depth: int = 4):
+               min_dirs: int | None = None, max_depth: int = 4, follow_links: bool = False):
     """``path, length, modificationTime, stem`` for every file under ``uris`` (recursive, a DataFrame).
 
     ``glob`` matches file names (``*.jpg``), ``regex`` whole paths, case-insensitively
-    (``\\.(jpe?g|png)$``). Hidden entries (names starting with ``.``) are not listed."""
+    (``\\.(jpe?g|png)$``). Hidden entries (names starting with ``.``) are not listed. On local
+    folders, links and special files are listed too (the reader rejects them: see the module's rules)."""
     from pyspark.sql import functions as F
-    roots = [Root(u) for u in uris]
+    roots = [Root(u, follow_links) for u in uris]
     for root in roots:
         import pyarrow.fs as pafs
         if root.fs.get_file_info(root.path).type != pafs.FileType.Directory:
@@ -142,35 +235,72 @@ def _glob_regex(glob: str) -> str:
     return "^" + fnmatch.translate(glob).removeprefix("(?s:").removesuffix(")\\Z") + "$"
 
 
+PATH_LIKE = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?/[^\s'\"]*")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as a reject detail without any path in it: OS errors carry the file name in their
+    message, and a path can name a patient (``score.hash_paths``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}" + (f" (errno {exc.errno})" if exc.errno else "")
+    return f"{type(exc).__name__}: {PATH_LIKE.sub('<path>', str(exc))[:300]}"
+
+
 class Reader:
     """Reads listed files in executors through the same pyarrow filesystems (picklable)."""
 
-    def __init__(self, uris: list[str]):
-        self.roots = [Root(u) for u in uris]
+    def __init__(self, uris: list[str], follow_links: bool = False):
+        self.roots = [Root(u, follow_links) for u in uris]
 
     def _locate(self, path: str):
         root = self.roots[_root_of(self.roots, path)]
-        return root.fs, to_fs_path(path, root.prefix)
+        return root, to_fs_path(path, root.prefix)
+
+    def _open_local(self, root: Root, p: str):
+        """A regular file under ``root`` opened for reading, or ``EntryRejected``; nothing else is opened
+        (a FIFO would block, a device could act on open)."""
+        raw = local_bytes(p)
+        lst = os.lstat(raw)
+        if stat.S_ISLNK(lst.st_mode):
+            if not root.follow_links:
+                raise EntryRejected("symlink_not_followed", "a symbolic link (score.follow_links is off)")
+            try:
+                target = os.path.realpath(raw, strict=True)
+            except OSError as exc:
+                reason = "symlink_loop" if exc.errno == errno.ELOOP else "dangling_symlink"
+                raise EntryRejected(reason, f"the link cannot be resolved ({errno.errorcode.get(exc.errno, exc.errno)})") \
+                    from None
+            top = os.path.realpath(local_bytes(root.path))
+            if os.path.commonpath([target, top]) != top:
+                raise EntryRejected("link_outside_archive", "the link points outside the listed folder")
+            raw, lst = target, os.stat(target)
+        if not stat.S_ISREG(lst.st_mode):
+            kind = "folder" if stat.S_ISDIR(lst.st_mode) else "FIFO" if stat.S_ISFIFO(lst.st_mode) else \
+                "socket" if stat.S_ISSOCK(lst.st_mode) else "device" if stat.S_ISCHR(lst.st_mode) or \
+                stat.S_ISBLK(lst.st_mode) else "special file"
+            raise EntryRejected("special_file", f"a {kind}, not a regular file: not opened")
+        fd = os.open(raw, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the check and the open
+            os.close(fd)
+            raise EntryRejected("special_file", "changed into a special file while being opened")
+        return os.fdopen(fd, "rb")
+
+    def _open(self, path: str):
+        root, p = self._locate(path)
+        return self._open_local(root, p) if root.local else root.fs.open_input_stream(p)
 
     def read(self, path: str, limit: int) -> bytes:
         """The file's bytes; raises ``ValueError`` past ``limit`` bytes (nothing more is read)."""
-        fs, p = self._locate(path)
-        if path.startswith("file:"):
-            with open(p, "rb") as fh:
-                data = fh.read(limit + 1)
-        else:
-            with fs.open_input_stream(p) as fh:
-                data = fh.read(limit + 1)
+        with self._open(path) as fh:
+            data = fh.read(limit + 1)
         if len(data) > limit:
             raise ValueError(f"more than {limit} bytes")
         return data
 
     def sha256(self, path: str) -> str:
         """SHA-256 of a file of any size, streamed in 8 MiB chunks."""
-        fs, p = self._locate(path)
         h = hashlib.sha256()
-        opener = (lambda: open(p, "rb")) if path.startswith("file:") else (lambda: fs.open_input_stream(p))
-        with opener() as fh:
+        with self._open(path) as fh:
             while chunk := fh.read(CHUNK):
                 h.update(chunk)
         return h.hexdigest()
@@ -179,7 +309,8 @@ class Reader:
     def fetch(self, paths, lengths, max_bytes: int, limit_key: str):
         """Read and hash many listed files, each once: (contents or None, sha256 or None, reasons,
         details). Files over ``max_bytes`` are hashed as a stream and rejected unread into memory;
-        a file that vanished or cannot be opened gets ``unreadable`` and no hash."""
+        a file that vanished or cannot be opened gets ``unreadable``, an entry that is no regular
+        file its ``EntryRejected`` reason, and neither has a hash."""
         contents, shas, reasons, details = [], [], [], []
         for path, length in zip(paths, lengths):
             data = sha = reason = detail = None
@@ -190,8 +321,10 @@ class Reader:
                 else:
                     data = self.read(path, max_bytes)
                     sha = hashlib.sha256(data).hexdigest()
+            except EntryRejected as rej:
+                reason, detail = rej.reason, rej.detail
             except (OSError, ValueError) as exc:
-                reason, detail = "unreadable", f"{type(exc).__name__}: {exc}"
+                reason, detail = "unreadable", describe_error(exc)
             contents.append(data)
             shas.append(sha)
             reasons.append(reason)

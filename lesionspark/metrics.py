@@ -157,7 +157,8 @@ def largest_identical_group(probs: np.ndarray, decimals: int = 4) -> int:
 
 def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int) -> dict:
     """Top-label reliability: per confidence bin, mean confidence, accuracy and count; and the
-    expected calibration error, sum over bins of |accuracy - confidence| x share of images."""
+    expected calibration error, sum over bins of |accuracy - confidence| x share of images; and the
+    log-loss (mean negative log-probability of the true class)."""
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -169,7 +170,9 @@ def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int) -> dict:
             bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "confidence": float(conf[m].mean()),
                          "accuracy": float(correct[m].mean()), "count": int(m.sum())})
             ece += abs(correct[m].mean() - conf[m].mean()) * m.sum() / len(conf)
-    return {"ece": float(ece) if len(conf) else math.nan, "bins": bins}
+    p_true = np.clip(probs[np.arange(len(y_true)), y_true], 1e-30, 1.0) if len(conf) else np.array([])
+    return {"ece": float(ece) if len(conf) else math.nan, "nll": float(-np.log(p_true).mean()) if len(conf) else math.nan,
+            "bins": bins}
 
 
 def long_rows(result: dict, classes: list[str]) -> list[tuple[str, str | None, float | None]]:
@@ -183,6 +186,12 @@ def long_rows(result: dict, classes: list[str]) -> list[tuple[str, str | None, f
     for m, (lo, hi) in result.get("ci", {}).items():
         rows += [(f"{m}_ci_low", None, v(lo)), (f"{m}_ci_high", None, v(hi))]
     rows.append(("ece", None, v(result["calibration"]["ece"])))
+    rows.append(("log_loss", None, v(result["calibration"].get("nll"))))
+    if "calibration_uncalibrated" in result:
+        rows.append(("ece_uncalibrated", None, v(result["calibration_uncalibrated"]["ece"])))
+        rows.append(("log_loss_uncalibrated", None, v(result["calibration_uncalibrated"].get("nll"))))
+    if "temperature" in result["calibration"]:
+        rows.append(("temperature", None, v(result["calibration"]["temperature"])))
     for c, ms in result["per_class"].items():
         rows += [(m, c, v(x)) for m, x in ms.items()]
     for kind in ("confusion_count", "confusion_rate"):

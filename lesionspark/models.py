@@ -30,30 +30,26 @@ def preprocess(name: str, images):
     raise ValueError(f"unknown preprocessing {name!r}")
 
 
-def _weights_arg(weights):
+def _weights_arg(weights) -> tuple[str | None, bool]:
+    """(what Keras takes as ``weights``, whether it is a private temporary copy to delete after use)."""
     if weights in (None, "none", "None"):
-        return None
+        return None, False
     if weights == "imagenet":
-        return "imagenet"
+        return "imagenet", False
     weights = str(weights)
-    if "://" in weights:  # hdfs://, s3a://, file://: copied once to a local file (Keras reads local files)
+    if "://" in weights:  # hdfs://, s3a://, file://: copied to a private local file (Keras reads local files)
         from . import storage
-        import hashlib
         import tempfile
-        local = os.path.join(tempfile.gettempdir(),
-                             f"lesionspark-weights-{hashlib.sha1(weights.encode()).hexdigest()[:16]}.h5")
-        if not os.path.exists(local):
-            if not storage.exists(weights):
-                raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, "
-                                   "a path or a URI)")
-            tmp = f"{local}.{os.getpid()}.part"
-            with open(tmp, "wb") as fh:
-                fh.write(storage.read_bytes(weights))
-            os.replace(tmp, local)
-        return local
+        if not storage.exists(weights):
+            raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, "
+                               "a path or a URI)")
+        fd, local = tempfile.mkstemp(prefix="lesionspark-weights-", suffix=".h5")  # mode 0600, a fresh name
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(storage.read_bytes(weights))
+        return local, True
     if not os.path.exists(weights):
         raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, a path or a URI)")
-    return weights
+    return weights, False
 
 
 def _backbone(factory, name: str, size: int, weights):
@@ -62,7 +58,7 @@ def _backbone(factory, name: str, size: int, weights):
     x = inputs
     if size < 32:  # the Keras applications need at least 32x32
         x = tf.keras.layers.Resizing(32, 32, name="upsample_to_32")(x)
-    w = _weights_arg(weights)
+    w, temporary = _weights_arg(weights)
     try:
         base = factory(include_top=False, weights=w, input_shape=(max(size, 32), max(size, 32), 3))
     except Exception as exc:
@@ -71,6 +67,9 @@ def _backbone(factory, name: str, size: int, weights):
                 f"could not get ImageNet weights for {name} ({type(exc).__name__}: {exc}). Without internet, "
                 f"download {name}'s 'notop' .h5 file elsewhere and pass model.weights=/path/to/file.h5") from None
         raise
+    finally:
+        if temporary:
+            os.remove(w)
     return inputs, x, base
 
 

@@ -12,7 +12,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from . import calibration
 from .images import decode_each
+from .overlays import write_overlays
 
 _MODELS: dict[str, object] = {}
 
@@ -34,7 +36,8 @@ def load_model(model_uri: str):
         with os.fdopen(fd, "wb") as fh:
             fh.write(storage.read_bytes(model_uri))
         try:
-            _MODELS[model_uri] = tf.keras.models.load_model(local, compile=False)
+            # safe_mode: a Lambda layer in a planted model file is refused, not deserialised and run
+            _MODELS[model_uri] = tf.keras.models.load_model(local, compile=False, safe_mode=True)
         finally:
             os.remove(local)
     return _MODELS[model_uri]
@@ -43,10 +46,10 @@ def load_model(model_uri: str):
 def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int) -> np.ndarray:
     from .models import preprocess
     x = preprocess(card["preprocessing"], images.astype(np.float32))
-    return model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
+    return calibration.apply_card(card, model.predict(x, batch_size=batch_size, verbose=0))
 
 
-def _tf_threads(threads: int) -> None:
+def tf_threads(threads: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     try:
@@ -83,28 +86,29 @@ def score_files_schema(passthrough: str):
     return out.add("explanation_path", "string")
 
 
-def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, out_dir: str):
-    """Grad-CAM overlays of the images whose malignant probability reaches ``threshold``, written to
-    ``out_dir/<sha256>.png`` (named by content: a rerun rewrites the same file): paths or None."""
+def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, out_dir: str,
+                    method: str):
+    """Heatmap overlays (``method``) of the images whose malignant probability reaches ``threshold``,
+    written to ``out_dir/<sha256>.png`` (named by content: a rerun rewrites the same file): paths, or
+    None (not flagged, or a map with no positive evidence)."""
     from .classes import malignant_outputs
-    from .explain import write_overlays
     mal = malignant_outputs(card["classes"])
     flagged = [a if (a is not None and p is not None and sum(p[i] for i in mal) >= threshold) else None
                for a, p in zip(arrays, probs)]
-    paths, _ = write_overlays(model, card, flagged, list(shas), out_dir)
+    paths, _, _ = write_overlays(model, card, flagged, list(shas), out_dir, method=method)
     return paths
 
 
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
-                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str] | None = None):
+                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str] | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
     each file is read once, hashed where its bytes are, decoded and predicted; rows that cannot be
     scored carry a reason. The model is loaded once per Python worker. ``explain``: (review threshold,
-    folder): Grad-CAM overlays of the flagged images, their paths in ``explanation_path``."""
+    folder, method): heatmap overlays of the flagged images, their paths in ``explanation_path``."""
     import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        _tf_threads(threads)
+        tf_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
             t0 = time.perf_counter()
@@ -130,7 +134,7 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
 def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int):
     """mapInPandas function: ``path, sha256, content`` in; probabilities or reject reasons out."""
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        _tf_threads(threads)
+        tf_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
             rows, reasons, details, _, _ = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size)

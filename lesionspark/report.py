@@ -15,8 +15,10 @@ import pandas as pd
 
 from . import storage
 from .classes import malignant_outputs
+from .results import scored, truth
 
 DPI = 100
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcampp": "Grad-CAM++"}
 SIZES = {"roc": (7, 6), "confusion": (13, 5.5), "reliability": (6, 6), "recall": (8, 4.5), "training_curves": (12, 4)}
 
 
@@ -35,7 +37,6 @@ def _save(fig, path: str) -> None:
 def plot_roc(path: str, frame: pd.DataFrame, probs: np.ndarray, classes: list[str], result: dict, p_mal: np.ndarray,
              title: str):
     from sklearn.metrics import roc_curve
-    from .evaluate import truth
     plt = _plt()
     y = truth(frame, classes)
     fig, ax = plt.subplots(figsize=SIZES["roc"])
@@ -81,9 +82,14 @@ def plot_reliability(path: str, result: dict, frame: pd.DataFrame, p_mal: np.nda
     fig, ax = plt.subplots(figsize=SIZES["reliability"])
     bins = result["calibration"]["bins"]
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfectly calibrated")
+    before = result.get("calibration_uncalibrated", {}).get("bins")
+    if before:
+        ax.plot([b["confidence"] for b in before], [b["accuracy"] for b in before], marker="x", ls="--", color="grey",
+                label=f"top-label, uncalibrated (ECE {result['calibration_uncalibrated']['ece']:.3f})")
     if bins:
+        t = result["calibration"].get("temperature", 1.0)
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
-                label=f"top-label (ECE {result['calibration']['ece']:.3f})")
+                label=f"top-label, temperature {t:.2f} (ECE {result['calibration']['ece']:.3f})")
     y_mal = frame["malignant"].to_numpy()
     if 0 < y_mal.sum() < len(y_mal):
         frac, mean = calibration_curve(y_mal, p_mal, n_bins=min(n_bins, 10), strategy="quantile")
@@ -147,8 +153,10 @@ def pick_examples(good: pd.DataFrame, probs: np.ndarray, y: np.ndarray, classes:
     return pd.concat(picks, ignore_index=True) if picks else frame.head(0)
 
 
-def plot_gradcam_grid(path: str, examples: pd.DataFrame, overlays: np.ndarray, classes: list[str], k: int, title: str):
-    """One row per class: ``k`` correct then ``k`` wrong examples with their Grad-CAM overlays."""
+def plot_gradcam_grid(path: str, examples: pd.DataFrame, images: np.ndarray, overlays: list, classes: list[str],
+                      k: int, title: str, method: str):
+    """One row per class: ``k`` correct then ``k`` wrong examples with their heatmap overlays; an image
+    whose map is empty (no positive evidence, overlay None) is shown plain and says so."""
     plt = _plt()
     fig, axes = plt.subplots(len(classes), 2 * k, figsize=(2.1 * 2 * k, 2.3 * len(classes)), squeeze=False)
     for ax in axes.ravel():
@@ -159,10 +167,13 @@ def plot_gradcam_grid(path: str, examples: pd.DataFrame, overlays: np.ndarray, c
             rows = examples[(examples["true"] == i) & (examples["correct"] == correct)]
             for n, (idx, row) in enumerate(rows.iterrows()):
                 ax = axes[i][j + n]
-                ax.imshow(overlays[idx])
+                ax.imshow(images[idx] if overlays[idx] is None else overlays[idx])
                 ax.set_title(f"{'ok' if correct else 'WRONG'}: {classes[int(row['predicted'])]} "
                              f"{row['confidence']:.2f}", fontsize=8, color="black" if correct else "crimson")
-    fig.suptitle(f"Grad-CAM of the predicted class: {k} most confident correct | {k} most confident wrong "
+                if overlays[idx] is None:
+                    ax.text(0.5, 0.05, "no positive evidence", transform=ax.transAxes, ha="center", fontsize=7,
+                            color="white", backgroundcolor="black")
+    fig.suptitle(f"{METHOD_NAMES.get(method, method)} of the predicted class: {k} most confident correct | {k} most confident wrong "
                  f"per true class\n{title}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
@@ -178,6 +189,13 @@ def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _calibration_note(results: dict, threshold_split: str) -> str:
+    t = next(iter(results.values()))["calibration"].get("temperature", 1.0) if results else 1.0
+    return (f"Probabilities are temperature-scaled (T = {_fmt(t)}, fitted on {threshold_split} by minimising the "
+            "log-loss; the argmax, and so accuracy and every per-class decision, is unchanged). Every figure "
+            "below, the operating threshold and the drift reference are on the calibrated probabilities.")
 
 
 def markdown(card: dict, manifest: dict, results: dict, classes: list[str], threshold_split: str, threshold: float,
@@ -196,9 +214,12 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
             lo, hi = ci[s].get(k, (math.nan, math.nan))
             return f"{_fmt(o[k])} [{_fmt(lo)}, {_fmt(hi)}]" if ci[s] else _fmt(o[k])
         rows.append([s, o["n_images"], with_ci("accuracy"), with_ci("balanced_accuracy"), with_ci("macro_f1"),
-                     o["weighted_f1"], o["cohen_kappa"], o["macro_auc"], m["malignant_auc"], r["calibration"]["ece"]])
+                     o["weighted_f1"], o["cohen_kappa"], o["macro_auc"], m["malignant_auc"],
+                     r.get("calibration_uncalibrated", {}).get("ece", math.nan), r["calibration"]["ece"]])
     out.append(_table(["split", "images", "accuracy [95% CI]", "balanced accuracy [95% CI]", "macro F1 [95% CI]",
-                       "weighted F1", "Cohen's kappa", "macro AUC (OvR)", "malignant AUC", "ECE"], rows))
+                       "weighted F1", "Cohen's kappa", "macro AUC (OvR)", "malignant AUC", "ECE uncalibrated",
+                       "ECE"], rows))
+    out += ["", _calibration_note(results, threshold_split)]
     out += ["", "Confidence intervals: percentile bootstrap over lesions (all images of a resampled lesion "
             "together), seeded.", "", "## Benign vs malignant", "",
             f"`malignant_probability` = sum of the probabilities of {', '.join(classes[k] for k in malignant_outputs(classes))}. "
@@ -222,10 +243,11 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
             out += ["", "Warnings:", ""] + [f"- {w}" for w in r["warnings"]]
         out += [""] + [f"![{name}]({file})" for name, file in plots.get(s, [])]
     if "gradcam" in plots:
-        out += ["", "## Where the model looked (Grad-CAM)", "",
-                "Heatmaps of the predicted class's Grad-CAM on the last convolutional feature map, over the "
-                "image. Per true class: the most confident correct and the most confident wrong test images. "
-                "`lesionspark explain` writes such overlays for a whole split or an image folder.", ""]
+        out += ["", "## Where the model looked", "",
+                "Heatmaps of the predicted class (`explain.method`: HiResCAM, Grad-CAM or Grad-CAM++) on the last "
+                "convolutional feature map, over the image. Per true class: the most confident correct and the "
+                "most confident wrong test images; an image whose map has no positive evidence is shown plain "
+                "and says so. `lesionspark explain` writes such overlays for a whole split or an image folder.", ""]
         out += [f"![{name}]({file})" for name, file in plots["gradcam"]]
     out += ["", "## Training", ""] + [f"![{name}]({file})" for name, file in plots.get("training", [])]
     split_cfg = manifest.get("split", {})
@@ -247,8 +269,8 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
 
 def write_report(uri: str, *, card, manifest, history, frames, results, threshold_split, threshold, cfg, run_id,
                  gradcam=None) -> None:
-    """``gradcam``: (split, examples from ``pick_examples``, their overlays) for the Grad-CAM grid."""
-    from .evaluate import scored
+    """``gradcam``: (split, examples from ``pick_examples``, their images, their overlays or None) for
+    the heatmap grid."""
     classes = list(card["classes"])
     title = f"{card['name']}:{card['version']}"
     n_bins = int(cfg.get("evaluate.calibration_bins"))
@@ -265,9 +287,10 @@ def write_report(uri: str, *, card, manifest, history, frames, results, threshol
             preds = frame.assign(predicted_label=[None if p is None else int(np.argmax(p)) for p in frame["probabilities"]])
             preds.to_parquet(f"{tmp}/predictions_{split}.parquet", index=False)
         if gradcam is not None:
-            split, examples, overlays = gradcam
-            plot_gradcam_grid(f"{tmp}/gradcam_{split}.png", examples, overlays, classes,
-                              int(cfg.get("evaluate.gradcam_examples")), f"{title} on {manifest['dataset']}/{split}")
+            split, examples, images, overlays = gradcam
+            plot_gradcam_grid(f"{tmp}/gradcam_{split}.png", examples, images, overlays, classes,
+                              int(cfg.get("evaluate.gradcam_examples")), f"{title} on {manifest['dataset']}/{split}",
+                              cfg.get("explain.method"))
             plots["gradcam"] = [(f"Grad-CAM {split}", f"gradcam_{split}.png")]
         plot_training(f"{tmp}/training_curves.png", history, title)
         plots["training"] = [("training curves", "training_curves.png")]

@@ -2,10 +2,11 @@
 
 Each run's row is one Parquet file in ``tables/score_runs/run_id=<id>/``, written by pyarrow and
 replaced atomically (a ``_tmp`` file renamed over it): ``waiting`` while it asks for the lease,
-``running`` once it holds it, then ``succeeded`` or ``failed`` with the error. A run that could not
-start because another held the root gets a ``locked`` row. The next run that holds the lease marks
-``killed`` every row still ``running`` (no other run can be) and every ``waiting`` row whose
-process is gone from this host.
+``running`` once it holds it, then ``succeeded`` or ``failed`` with the error, or ``fenced`` when it
+lost the lease and stopped. A run that could not start because another held the root gets a
+``locked`` row. The next run that holds the lease marks ``killed`` every row still ``running`` (no
+other run can be) and every ``waiting`` row whose process is gone from this host; a ``running`` row
+whose run had already moved rows into the tables becomes ``committed``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from . import storage
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("waiting", "running", "succeeded", "failed", "locked", "killed")
 _TS = pa.timestamp("us", tz="UTC")
 SCHEMA = pa.schema([
     ("model", pa.string()), ("model_version", pa.string()), ("archive", pa.string()),
@@ -60,7 +60,11 @@ def read(root: str) -> list[dict]:
         if info.type == pafs.FileType.Directory and info.base_name.startswith("run_id="):
             part = f"{info.path}/part-0.parquet"
             if fs.get_file_info(part).type == pafs.FileType.File:
-                row = pq.read_table(part, filesystem=fs).to_pylist()[0]
+                try:
+                    row = pq.read_table(part, filesystem=fs, schema=SCHEMA).to_pylist()[0]
+                except Exception as exc:  # noqa: BLE001 - a malformed or planted file is skipped, never fatal
+                    log.warning("score_runs: skipping %s: not a run row (%s)", info.base_name, type(exc).__name__)
+                    continue
                 out.append({"run_id": info.base_name[len("run_id="):], **row})
     return out
 
@@ -79,15 +83,32 @@ def _gone(row: dict) -> bool:
         return False
 
 
+def committed(root: str, run_id: str) -> bool:
+    """Whether any table holds rows of ``run_id`` (its commit moved at least one partition)."""
+    fs, base = storage.filesystem(storage.join(storage.normalize_uri(root), "tables"))
+    part = f"run_id={run_id}"
+    for table in ("score_files", "score_rejects"):
+        if fs.get_file_info(f"{base}/{table}/{part}").type != pafs.FileType.NotFound:
+            return True
+    return any(i.base_name == part for i in fs.get_file_info(
+        pafs.FileSelector(f"{base}/predictions", recursive=True, allow_not_found=True)))
+
+
 def reap(root: str, current_run: str) -> list[str]:
-    """Mark rows of dead runs ``killed``. Call only while holding the lease: no other run can be
-    running then, so a ``running`` row belongs to a run that died (or was fenced off)."""
+    """Mark rows of dead runs ``killed`` (or ``committed``, when the run died after its commit moved
+    rows into the tables, before it could record its counts). Call only while holding the lease: no
+    other run can be running then, so a ``running`` row belongs to a run that died (or was fenced off)."""
     killed = []
     now = dt.datetime.now(dt.timezone.utc)
     for row in read(root):
         if row["run_id"] != current_run and (row["status"] == "running" or
                                              (row["status"] == "waiting" and _gone(row))):
             run_id = row.pop("run_id")
+            if row["status"] == "running" and committed(root, run_id):
+                write(root, run_id, {**row, "status": "committed", "finished_at": now,
+                                     "error": f"found running by run {current_run}: it died after committing rows "
+                                              "(its counts were not recorded; the tables hold what it committed)"})
+                continue
             write(root, run_id, {**row, "status": "killed", "finished_at": now,
                                  "error": f"found {row['status']} by run {current_run}, its process gone or its lease "
                                           "lost; any uncommitted staging of it was removed"})

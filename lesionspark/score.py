@@ -22,10 +22,10 @@ from .classes import malignant_outputs
 from .config import Config, ConfigError
 from .listing import list_files
 from .progress import timed
+from .registry import resolve_model
 
 log = logging.getLogger(__name__)
 
-CARD_KEYS = ("name", "version", "architecture", "classes", "image_size", "resize", "preprocessing")
 TABLES = ("predictions", "score_rejects", "score_files")
 
 
@@ -38,30 +38,15 @@ class ScoreLocked(RuntimeError):
     exit_code = 75
 
 
+class ScoreFenced(RuntimeError):
+    """The run lost the root's lease (it stalled past its ttl, or another run took over) and stopped
+    before committing, or part-way through a commit whose order keeps the tables consistent: exit 4."""
+    exit_code = 4
+
+
 class DriftAlert(RuntimeError):
     """The run succeeded and committed, but its predictions drifted and ``score.fail_on_drift`` is on."""
     exit_code = 3
-
-
-def resolve_model(root: str, spec: str) -> tuple[dict, str]:
-    """``name[:version|latest]`` -> (model card, model file URI). Refuses an unreadable card."""
-    name, _, version = spec.partition(":")
-    base = storage.join(storage.normalize_uri(root), "models", name)
-    if not version or version == "latest":
-        if not storage.exists(base + "/latest"):
-            raise ScoreError(f"no model {name!r} under {base} (train one, or check --root)")
-        version = storage.read_bytes(base + "/latest").decode().strip()
-    model_dir = f"{base}/{version}"
-    try:
-        card = storage.read_json(model_dir + "/model_card.json")
-    except Exception as exc:
-        raise ScoreError(f"cannot read the model card of {name}:{version} ({exc}); refusing to score") from None
-    missing = [k for k in CARD_KEYS if k not in card]
-    if missing:
-        raise ScoreError(f"the model card of {name}:{version} lacks {missing}; refusing to score")
-    if not storage.exists(model_dir + "/model.keras"):
-        raise ScoreError(f"{model_dir}/model.keras is missing")
-    return card, model_dir + "/model.keras"
 
 
 def path_key(salt: str | None):
@@ -101,7 +86,8 @@ def plan(spark, cfg: Config, archive: str, model: str, version: str, tables: dic
     or a run that died between committing its index and its predictions)."""
     from pyspark.sql import functions as F
     salt = cfg.get("score.path_salt", None) if cfg.get("score.hash_paths") else None
-    listing = list_files(spark, [archive], regex=cfg.get("score.path_regex")).withColumn("path_key", path_key(salt))
+    listing = list_files(spark, [archive], regex=cfg.get("score.path_regex"),
+                         follow_links=bool(cfg.get("score.follow_links"))).withColumn("path_key", path_key(salt))
     index = _read_table(spark, tables["score_files"],
                         "path_key string, length long, modificationTime timestamp, image_sha256 string")
     index = index.select("path_key", "length", "modificationTime", "image_sha256").dropDuplicates(
@@ -149,7 +135,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
     import os
     import socket
     from . import runlog
-    from .lease import Lease, LeaseHeld
+    from .lease import Lease, LeaseHeld, LeaseLost
 
     run_id = run_id or storage.new_run_id()
     started = dt.datetime.now(dt.timezone.utc)
@@ -175,6 +161,11 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         summary = _score(spark, cfg, run_id, root, archive, card, model_uri, lease)
         runlog.write(root, run_id, {**row, **summary, "status": "succeeded",
                                     "finished_at": dt.datetime.now(dt.timezone.utc)})
+    except LeaseLost as exc:
+        runlog.write(root, run_id, {**row, "status": "fenced", "error": f"lost the lease: {exc}",
+                                    "finished_at": dt.datetime.now(dt.timezone.utc),
+                                    "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds()})
+        raise ScoreFenced(f"run {run_id} lost the lease and stopped: {exc}") from None
     except BaseException as exc:  # KeyboardInterrupt and SIGTERM too: the row says what happened
         runlog.write(root, run_id, {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                     "finished_at": dt.datetime.now(dt.timezone.utc),
@@ -242,10 +233,11 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
     raw = f"{staging}/raw"
     if n_read:
         tasks = max(spark.sparkContext.defaultParallelism, -(-n_read // int(cfg.get("score.files_per_task"))))
-        fn = score_files(Reader([archive]), model_uri, card, int(cfg.get("score.batch_size")),
+        fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card, int(cfg.get("score.batch_size")),
                          int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads")),
                          int(cfg.get("score.max_file_bytes")), passthrough, clock,
-                         (threshold, f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None)
+                         (threshold, f"{explanations_dir(root, card)}/flagged", cfg.get("explain.method"))
+                         if cfg.get("score.explain_flagged") else None)
         schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, new boolean")
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -264,8 +256,7 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
         raise ScoreError(f"accounting failed: {lost} listed files would have neither a prediction nor a reject; "
                          "nothing was committed")
     stats = run_stats(spark, staging, card, cfg, counts["predictions"])
-    lease.check()  # fenced: a run whose lease expired or was taken over must not commit
-    _commit(root, run_id)
+    _commit(root, run_id, lease.check)  # fenced: a run whose lease expired or was taken over stops moving
     scored, rejected = counts["predictions"], counts["score_rejects"]
     skipped = listed - scored - rejected  # already done, or another path of a content scored now
     summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
@@ -379,8 +370,10 @@ def _check_accounting(spark, files, raw: str, done, staging: str) -> int:
         .filter(F.col("image_sha256").isNotNull()).distinct()
     final = files.join(results, "path", "left").select(
         F.coalesce("sha_now", "image_sha256").alias("image_sha256"), "reason")
-    unreadable = F.col("image_sha256").isNull() & (F.col("reason") == "unreadable")
-    return final.filter(~unreadable).join(covered, "image_sha256", "left_anti").count()
+    # an entry that could not be read (unreadable, a link, a special file) has no hash: its reject
+    # row in this run accounts for it
+    no_content = F.col("image_sha256").isNull() & F.col("reason").isNotNull()
+    return final.filter(~no_content).join(covered, "image_sha256", "left_anti").count()
 
 
 def _clean_staging(root: str, keep: str | None = None) -> None:
@@ -395,12 +388,14 @@ def _clean_staging(root: str, keep: str | None = None) -> None:
             fs.delete_dir(info.path)
 
 
-def _commit(root: str, run_id: str) -> None:
-    """Move this run's partition directories from staging into the tables.
+def _commit(root: str, run_id: str, fence=None) -> int:
+    """Move this run's partition directories from staging into the tables; the number moved.
     The predictions go last: a crash before it leaves files indexed but unscored, which the next
-    run scores (its ``done`` check finds no prediction), never the other way round."""
+    run scores (its ``done`` check finds no prediction), never the other way round. ``fence`` (the
+    lease's check) runs before every move: a run that lost the lease stops there (``LeaseLost``)."""
     import pyarrow.fs as pafs
     staging = storage.join(root, "tables", "_staging", run_id)
+    moved = 0
     for table in ("score_rejects", "score_files", "predictions"):
         fs, src = storage.filesystem(f"{staging}/{table}")
         _, dst = storage.filesystem(storage.join(root, "tables", table))
@@ -409,7 +404,10 @@ def _commit(root: str, run_id: str) -> None:
                 rel = info.path[len(src):].lstrip("/")
                 target = f"{dst}/{rel}"
                 fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                if fence is not None:
+                    fence()
                 fs.move(info.path, target)
+                moved += 1
     fs, path = storage.filesystem(staging)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)

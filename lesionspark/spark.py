@@ -6,7 +6,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .config import Config
+from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,22 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def apply_umask(cfg: Config) -> str:
+    """``storage.umask`` for this process and every process it starts (the environment carries it
+    to Spark's local Python workers and, with ``spark.executorEnv``, to a cluster's): the octal string."""
+    value = cfg.get("storage.umask", "027")
+    try:  # "027" (a string, octal) or 23 (YAML reads an unquoted 027 as the octal number 0o27)
+        number = value if isinstance(value, int) else int(str(value), 8)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0o777:
+        raise ConfigError(f"storage.umask must be an octal mask such as \"027\", got {value!r}")
+    mask = f"{number:03o}"
+    os.umask(number)
+    os.environ["LESIONSPARK_UMASK"] = mask
+    return mask
+
+
 def get_spark(cfg: Config):
     """Return the active SparkSession, creating one if needed.
 
@@ -43,7 +59,9 @@ def get_spark(cfg: Config):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    defaults = flatten_conf(cfg.get("spark.conf", {}) or {})
+    mask = apply_umask(cfg)
+    defaults = {"spark.executorEnv.LESIONSPARK_UMASK": mask, "spark.hadoop.fs.permissions.umask-mode": mask,
+                **flatten_conf(cfg.get("spark.conf", {}) or {})}
     builder = SparkSession.builder.appName(cfg.get("spark.app_name", "lesionspark"))
     if under_spark_submit():
         present = dict(SparkConf().getAll())

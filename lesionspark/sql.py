@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 
 from . import storage
+from .config import ConfigError
+from .spark import sql_conf
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,69 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
     return names
 
 
-def run_query(spark, root: str, query: str, out: str | None = None, metastore: bool = False, limit: int = 50):
+class SqlRefused(ConfigError):
+    """A statement the read-only SQL command does not run (exit code 2)."""
+
+
+# Parsed-plan nodes that write, change the session or the catalog, or run code: refused by default.
+WRITES = ("org.apache.spark.sql.catalyst.plans.logical.Command",
+          "org.apache.spark.sql.catalyst.plans.logical.InsertIntoStatement",
+          "org.apache.spark.sql.catalyst.plans.logical.InsertIntoDir",
+          "org.apache.spark.sql.catalyst.plans.logical.ParsedStatement")
+
+
+def _nodes(plan):
+    """Every node of a parsed (unresolved) JVM plan, depth first."""
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        yield node
+        children = node.children()
+        stack.extend(children.apply(i) for i in range(children.size()))
+
+
+def check_read_only(spark, query: str) -> None:
+    """Refuse anything but a query: statements that write (INSERT, INSERT OVERWRITE DIRECTORY, CTAS),
+    change the catalog or session (CREATE, DROP, SET, CACHE), add code (ADD JAR, CREATE FUNCTION) or
+    read raw files (``text.`file:/etc/passwd```: refused by ``spark.sql.runSQLOnFiles=false``, set by
+    ``run_query``). Judged on Spark's own parse of the statement, not on its text."""
+    jvm = spark._jvm
+    try:
+        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
+    except Exception as exc:  # a parse error: Spark's message says where
+        raise SqlRefused(f"the statement does not parse: {str(exc).splitlines()[0]}") from None
+    kinds = [jvm.java.lang.Class.forName(k) for k in WRITES]
+    for node in _nodes(plan):
+        if any(k.isInstance(node) for k in kinds):
+            raise SqlRefused(f"only queries run by default (SELECT, WITH, VALUES, TABLE); this statement is a "
+                             f"{node.nodeName()}. lesionspark sql --allow-writes runs it")
+
+
+def check_out(root: str, out: str) -> str:
+    """``--out`` must not be the storage root or inside it (an overwrite there deletes data)."""
+    root_uri, out_uri = storage.normalize_uri(root).rstrip("/"), storage.normalize_uri(out).rstrip("/")
+    if out_uri == root_uri or out_uri.startswith(root_uri + "/"):
+        raise SqlRefused(f"--out {out} is inside the storage root {root_uri}: write results elsewhere")
+    return out_uri
+
+
+def run_query(spark, root: str, query: str, out: str | None = None, metastore: bool = False, limit: int = 50,
+              allow_writes: bool = False):
+    """Run ``query`` over the tables under ``root``: its first ``limit`` rows as pandas, or, with
+    ``out``, written there (.csv or Parquet). Read-only unless ``allow_writes``."""
+    if out:
+        out = check_out(root, out)
     names = register(spark, root, metastore)
     log.info("sql: tables %s", ", ".join(names) or "(none yet)")
-    df = spark.sql(query)
+    if not allow_writes:
+        check_read_only(spark, query)
+    from pyspark.errors import AnalysisException
+    with sql_conf(spark, spark_sql_runSQLOnFiles=str(allow_writes).lower()):
+        try:
+            df = spark.sql(query)  # analysed here: a raw-file relation is refused now, not when rows are read
+        except AnalysisException as exc:
+            raise SqlRefused(f"the query cannot run: {str(exc).splitlines()[0]}"
+                             + ("" if allow_writes else " (reading raw files, e.g. text.`path`, needs --allow-writes)"))
     if out:
         if out.endswith(".csv"):
             df.coalesce(1).write.mode("overwrite").option("header", True).csv(out)

@@ -109,6 +109,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> dict:
         "loss": cfg.get("train.loss"), "focal_gamma": float(cfg.get("train.focal_gamma")),
         "monitor": cfg.get("train.monitor"), "patience": int(cfg.get("train.patience")),
         "augment": cfg.get("train.augment"), "reader_workers": int(cfg.get("train.reader_workers")),
+        "deterministic": bool(cfg.get("train.deterministic")),
         "bn_batches": int(cfg.get("train.bn_batches")), "schedule": cfg.get("train.schedule"),
         "finetune": cfg.get("train.finetune"),
         "shuffle_buffer": int(cfg.get("train.shuffle_buffer")), "seed": int(cfg.get("train.seed")),

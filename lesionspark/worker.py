@@ -17,7 +17,7 @@ import zlib
 
 import numpy as np
 
-CHECKPOINT = "checkpoint.h5"
+CHECKPOINT = "checkpoint.weights.h5"  # weights only: resuming runs no code from the storage root
 BEST = "best_weights.h5"
 STATE = "state.json"
 
@@ -99,11 +99,12 @@ def _all_layers(model):
     return out
 
 
-def _load_split(url: str, label_field: str):
-    """A whole (small) split as uint8 images and integer labels: for validation and test."""
+def _load_split(url: str, label_field: str, workers: int = 2):
+    """A whole (small) split as uint8 images and integer labels: for validation and test. ``workers``
+    1 reads row groups in file order (deterministic training)."""
     from petastorm import make_reader
     images, labels = [], []
-    with make_reader(url, schema_fields=["image", label_field], num_epochs=1, workers_count=2,
+    with make_reader(url, schema_fields=["image", label_field], num_epochs=1, workers_count=workers,
                      shuffle_row_groups=False, reader_pool_type="thread") as reader:
         for row in reader:
             images.append(row.image)
@@ -123,8 +124,10 @@ def _train_dataset(spec, rank: int, size: int):
     fields = ["image", label_field]
     # Petastorm decodes the PNGs in its thread pool (OpenCV releases the GIL): in parallel with
     # each other and with the training step.
+    # deterministic: one decoding thread, so that rows arrive in the seeded order, not completion order
+    threads = 1 if spec.get("deterministic") else int(spec.get("reader_workers") or 2)
     kw = dict(num_epochs=None, shuffle_row_groups=True, seed=spec["seed"] + rank,
-              workers_count=int(spec.get("reader_workers") or 2), reader_pool_type="thread")
+              workers_count=threads, reader_pool_type="thread")
     if spec["sharding"] == "row_groups":
         kw.update(cur_shard=rank, shard_count=size)
     else:  # fewer row groups than ranks: shard rows by a stable hash of the image id
@@ -178,10 +181,11 @@ def train_worker(spec: dict) -> dict:
     _gpu_setup(hvd)
     rank, size = hvd.rank(), hvd.size()
     tf.keras.utils.set_random_seed(spec["seed"])
+    if spec.get("deterministic"):  # same seed, same data and ranks: bit-identical weights (docs/benchmarks.md)
+        tf.config.experimental.enable_op_determinism()
     n_classes, label_field = spec["n_classes"], spec["label_field"]
     run_dir = spec["run_dir"]
     MacroRecall = macro_recall_metric(n_classes)
-    custom = {"MacroRecall": MacroRecall}
 
     lr = scaled_learning_rate(spec["learning_rate"], size, spec.get("lr_scaling", "linear"))
     if spec["loss"] == "focal":
@@ -198,9 +202,14 @@ def train_worker(spec: dict) -> dict:
             average_aggregated_gradients=True)
         model.compile(optimizer=opt, loss=loss, metrics=["accuracy", MacroRecall()])
 
-    if state is not None:  # resume: every rank loads the same checkpoint
+    pretrained_finetune = spec["arch"] == "resnet50" and spec["model_params"].get("mode") == "finetune" \
+        and not from_scratch("finetune", spec["model_params"].get("weights"))
+    if state is not None:  # resume: every rank rebuilds the model from the spec and loads the same weights
         local = _download(f"{run_dir}/{CHECKPOINT}")
-        model = tf.keras.models.load_model(local, custom_objects=custom, compile=False)
+        model = build(spec["arch"], spec["image_size"], n_classes, spec["model_params"])
+        if pretrained_finetune:
+            unfreeze_top(model, int(spec["finetune"]["blocks"]))  # the checkpoint was taken after the warm-up
+        model.load_weights(local)  # arrays only: an HDF5 full-model load would deserialise layer code
         os.remove(local)
         compile_(model, float(state["learning_rate"]))
         initial_epoch = int(state["epoch"])
@@ -210,7 +219,7 @@ def train_worker(spec: dict) -> dict:
         initial_epoch = 0
 
     reader, train_ds = _train_dataset(spec, rank, size)
-    x_val, y_val = _load_split(spec["val_url"], label_field)
+    x_val, y_val = _load_split(spec["val_url"], label_field, 1 if spec.get("deterministic") else 2)
     val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), tf.one_hot(y_val, n_classes))) \
         .batch(spec["batch_size"]).map(lambda x, y: (preprocess(spec["preprocessing"], x), y))
     per_epoch = int(spec.get("samples_per_epoch") or spec["n_train"])  # a fixed budget, or one pass
@@ -240,8 +249,8 @@ def train_worker(spec: dict) -> dict:
                     best = {"value": float(logs.get(monitor, 0.0)), "epoch": epoch}
                     self.model.save_weights(f"{tmp}/best_weights.h5")
                     _upload(f"{tmp}/best_weights.h5", f"{run_dir}/{BEST}")
-                self.model.save(f"{tmp}/ckpt.h5", include_optimizer=True)
-                _upload(f"{tmp}/ckpt.h5", f"{run_dir}/{CHECKPOINT}")
+                self.model.save_weights(f"{tmp}/{CHECKPOINT}")
+                _upload(f"{tmp}/{CHECKPOINT}", f"{run_dir}/{CHECKPOINT}")
             storage.write_json(f"{run_dir}/{STATE}", {
                 "epoch": epoch + 1, "history": history, "best": best,
                 "learning_rate": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)),
@@ -265,8 +274,13 @@ def train_worker(spec: dict) -> dict:
         def recompute(self):
             if not self.layers or not self.batches:
                 return
-            if self.sample is None:
-                self.sample = [x for x, _ in train_ds.take(self.batches)]
+            if self.sample is None:  # from a reader of its own: taking it from train_ds would race its prefetch
+                sample_reader, sample_ds = _train_dataset(spec, rank, size)
+                try:
+                    self.sample = [x for x, _ in sample_ds.take(self.batches)]
+                finally:
+                    sample_reader.stop()
+                    sample_reader.join()
             momenta = [l.momentum for l in self.layers]
             for i, x in enumerate(self.sample, 1):
                 for l in self.layers:  # moving = mean of the i batch statistics so far
@@ -341,8 +355,6 @@ def train_worker(spec: dict) -> dict:
     callbacks += [early, Checkpoint()]
     fine = spec["finetune"]
     start = time.perf_counter()
-    pretrained_finetune = spec["arch"] == "resnet50" and spec["model_params"].get("mode") == "finetune" \
-        and not from_scratch("finetune", spec["model_params"].get("weights"))
     if pretrained_finetune and initial_epoch == 0:
         # Warm-up of the head with the backbone frozen, then the top blocks at a lower rate.
         model.fit(train_ds, steps_per_epoch=steps, epochs=int(fine["head_epochs"]), verbose=0,

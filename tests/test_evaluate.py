@@ -60,7 +60,8 @@ def test_metrics_rows_are_complete_and_match_scikit_learn(spark, evaluated):
         mal = [CLASSES.index(c) for c in MALIGNANT]
         assert overall["malignant_auc"] == pytest.approx(M.roc_auc_score(preds["malignant"], probs[:, mal].sum(1)))
         assert overall["accuracy_ci_low"] <= overall["accuracy"] <= overall["accuracy_ci_high"]
-        assert 0 <= overall["ece"] <= 1
+        assert 0 <= overall["ece"] <= 1 and 0 <= overall["ece_uncalibrated"] <= 1
+        assert overall["temperature"] == pytest.approx(summary["temperature"])  # one T, fitted on val
         per_class = rows[rows["metric"] == "support"].set_index("class")["value"]
         assert per_class.to_dict() == {c: float(manifest["counts"]["by_split"][split]["per_class"].get(c, 0))
                                        for c in CLASSES}

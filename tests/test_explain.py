@@ -46,7 +46,9 @@ def test_explain_a_split_writes_an_overlay_per_image_and_a_table(spark, ingested
     assert len(t) == 12 and t["image"].is_unique and t["reason"].isna().all()
     assert set(t["true_dx"]) <= {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
     assert t["confidence"].between(0, 1).all()
-    for path in t["overlay_path"]:
+    assert t["explanation_empty"].notna().all() and int(t["explanation_empty"].sum()) == summary["empty"]
+    assert (t["overlay_path"].isna() == t["explanation_empty"]).all()  # no blank overlay is drawn
+    for path in t["overlay_path"].dropna():
         assert "/explanations/explain_cnn/v1/split-val/overlays/" in path
         assert _overlay(path).shape == (32, 32, 3)
     # a rerun replaces the folder: the same rows, no second copy
@@ -68,8 +70,9 @@ def test_explain_a_folder_accounts_for_every_file(spark, folder, tmp_path, capsy
     bad = t[t["reason"].notna()]
     assert list(bad["source_path"].str.rsplit("/", n=1).str[-1]) == ["broken.jpg"] and bad["overlay_path"].isna().all()
     good = t[t["reason"].isna()]
-    assert good["overlay_path"].notna().all() and good["source_path"].str.contains("ward A/2026-11-02/").all()
-    assert all(_overlay(p).shape == (32, 32, 3) for p in good["overlay_path"])
+    assert (good["overlay_path"].isna() == good["explanation_empty"]).all()
+    assert good["source_path"].str.contains("ward A/2026-11-02/").all()
+    assert all(_overlay(p).shape == (32, 32, 3) for p in good["overlay_path"].dropna())
 
 
 def test_missing_model_or_folder_is_a_clear_error(tmp_path):

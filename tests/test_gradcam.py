@@ -1,10 +1,50 @@
-"""Grad-CAM on every architecture: heatmaps of the input's size, in 0..1, not constant; overlays."""
+"""Heatmaps on every architecture and method: the input's size, in 0..1, not constant; overlays."""
 import numpy as np
 import pytest
 
-from lesionspark.gradcam import heatmaps, mass_inside, overlay, png
+from lesionspark.gradcam import METHODS, empty, heatmaps, mass_inside, overlay, png
 from lesionspark.models import build, preprocess
 from lesionspark.synth import CLASS_STYLE, lesion_mask, lesion_params, render
+
+
+def _lesions(size):
+    return np.stack([render(lesion_params(f"L{i}", dx, 0), f"I{i}", 0, size * 2, size * 2)[::2, ::2]
+                     for i, dx in enumerate(CLASS_STYLE)])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_a_map_per_image(method):
+    import tensorflow as tf
+    tf.keras.utils.set_random_seed(1)
+    model = build("cnn", 32, 7, {"filters": [8, 16, 16], "dense": 16})
+    x = preprocess("scale_0_1", _lesions(32).astype(np.float32))
+    cams, probs = heatmaps(model, x, method=method)
+    assert cams.shape == (len(x), 32, 32) and cams.min() >= 0 and cams.max() <= 1
+    assert all(b or c.std() > 1e-3 for c, b in zip(cams, empty(cams)))
+    with pytest.raises(ValueError, match="explain.method"):
+        heatmaps(model, x, method="saliency")
+
+
+def test_hirescam_equals_gradcam_behind_a_global_average_pooling_head():
+    """Behind GAP the gradient is the same at every position, so gradient x activation summed over
+    channels is Grad-CAM's map up to scale: the two agree once scaled to 0..1."""
+    import tensorflow as tf
+    tf.keras.utils.set_random_seed(2)
+    L = tf.keras.layers
+    inputs = tf.keras.Input((32, 32, 3))
+    h = L.Conv2D(8, 3, padding="same", activation="relu")(L.Conv2D(8, 3, padding="same", activation="relu")(inputs))
+    model = tf.keras.Model(inputs, L.Dense(7, activation="softmax")(L.GlobalAveragePooling2D()(h)))
+    x = preprocess("scale_0_1", _lesions(32).astype(np.float32))
+    a, _ = heatmaps(model, x, method="gradcam")
+    b, _ = heatmaps(model, x, method="hirescam")
+    assert np.allclose(a, b, atol=1e-4)
+
+
+def test_empty_marks_maps_with_no_positive_evidence():
+    cams = np.zeros((3, 4, 4), np.float32)
+    cams[1, 2, 2] = 0.5
+    assert list(empty(cams)) == [True, False, True]
+    assert empty(np.zeros((0, 4, 4))).shape == (0,)
 
 
 @pytest.mark.parametrize("arch,size", [("cnn", 32), ("cnn", 64), ("resnet50", 32), ("efficientnet", 32)])
@@ -12,8 +52,7 @@ def test_heatmap_has_the_input_shape_and_is_not_constant(arch, size):
     import tensorflow as tf
     tf.keras.utils.set_random_seed(0)
     model = build(arch, size, 7, {"filters": [8, 16, 16], "dense": 16} if arch == "cnn" else {})
-    images = np.stack([render(lesion_params(f"L{i}", dx, 0), f"I{i}", 0, size * 2, size * 2)[::2, ::2]
-                       for i, dx in enumerate(CLASS_STYLE)])
+    images = _lesions(size)
     x = preprocess({"cnn": "scale_0_1", "resnet50": "resnet50_caffe", "efficientnet": "efficientnet_identity"}[arch],
                    images.astype(np.float32))
     cams, probs = heatmaps(model, x)

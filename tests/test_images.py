@@ -118,3 +118,42 @@ def test_a_decompression_bomb_is_too_many_pixels_not_corrupt():
         with pytest.raises(ImageRejected) as info:
             decode_resize(bytes(data), 32, max_pixels=limit)
         assert info.value.code == "too_many_pixels", info.value.detail
+
+
+def _with_exif(jpeg: bytes, payload: bytes) -> bytes:
+    """An APP1 segment with ``payload`` after the JFIF header (APP0) of ``jpeg``."""
+    at = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:at] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[at:]
+
+
+def test_anonymised_or_garbage_exif_still_decodes(real_bytes):
+    """What an anonymiser that zeroes the EXIF payload leaves behind a JFIF dpi header."""
+    jfif = _jpeg(Image.open(io.BytesIO(real_bytes[0])), dpi=(72, 72))
+    zeroed = _with_exif(jfif, b"Exif\x00\x00" + b"\x00" * 64)
+    with pytest.raises(SyntaxError):  # what PIL does with it: the reason this guard exists
+        Image.open(io.BytesIO(zeroed)).getexif()
+    assert np.array_equal(decode_resize(zeroed, 64), decode_resize(jfif, 64))
+    garbage = _with_exif(jfif, b"Exif\x00\x00MM\x00\x2a\xff\xff\xff\xff" + b"\x07" * 14)
+    assert decode_resize(garbage, 32).shape == (32, 32, 3)
+
+
+def test_multi_picture_jpeg_scores_its_first_frame():
+    first = Image.new("RGB", (80, 60), (200, 30, 30))
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 60), (30, 30, 200))])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    arr = decode_resize(buf.getvalue(), 16)
+    assert arr.shape == (16, 16, 3) and arr[..., 0].mean() > 150 > arr[..., 2].mean()
+
+
+def test_decode_each_turns_any_decoder_error_into_one_reject(real_bytes, monkeypatch):
+    import lesionspark.images as images
+
+    def explode(data, *a, **kw):
+        if data == b"boom":
+            raise RuntimeError("an unexpected decoder fault")
+        return decode_resize(data, *a, **kw)
+    monkeypatch.setattr(images, "decode_resize", explode)
+    arrays, reasons, details = images.decode_each([real_bytes[0], b"boom", b""], 32)
+    assert arrays[0].shape == (32, 32, 3) and arrays[1] is None and arrays[2] is None
+    assert reasons == [None, "corrupt_image", "empty_file"] and "RuntimeError" in details[1]

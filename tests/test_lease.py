@@ -88,3 +88,92 @@ def test_a_fenced_off_holder_cannot_pass_its_commit_check(tmp_path):
         fresh.check()
     names = sorted(os.listdir(tmp_path))
     assert names[-1].startswith("lease-") and json.loads((tmp_path / names[-1]).read_text())["released"]
+
+
+# -- failing closed (issue 18) ------------------------------------------------------------------
+
+SKEWED_HOLDER = """
+import sys, time
+skew = float(sys.argv[4])
+real = time.time
+time.time = lambda: real() + skew  # this host's wall clock is off by `skew` seconds
+from lesionspark.lease import Lease
+lease = Lease(sys.argv[1], sys.argv[2], ttl_s=float(sys.argv[3])).acquire()
+print("held", lease.generation, flush=True)
+time.sleep(float(sys.argv[5]))
+try:
+    lease.check()
+    print("checked ok", flush=True)
+except Exception as exc:
+    print("fenced", type(exc).__name__, flush=True)
+lease.release()
+"""
+
+
+def _holder(tmp_path, run_id, ttl, skew, hold):
+    p = subprocess.Popen([sys.executable, "-c", SKEWED_HOLDER, str(tmp_path), run_id, str(ttl), str(skew), str(hold)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("held")
+    return p
+
+
+def test_a_stray_file_in_the_lease_folder_counts_as_held(tmp_path):
+    (tmp_path / "lease-backup.json").write_text("{}")
+    start = time.monotonic()
+    with pytest.raises(LeaseHeld, match="in doubt.*lease-backup.json"):
+        Lease(str(tmp_path), "r", wait_s=0).acquire()
+    assert time.monotonic() - start < 2
+
+
+def test_an_unreadable_newest_generation_counts_as_held_and_nothing_falls_back(tmp_path):
+    with Lease(str(tmp_path), "first", ttl_s=30):
+        pass  # generation 1, released: free to take
+    (tmp_path / "lease-000000000002.json").write_text("{not json")  # newer, unparseable
+    calls = []
+    lease = Lease(str(tmp_path), "r", wait_s=0)
+    real_newest = lease.newest
+    lease.newest = lambda: calls.append(1) or real_newest()
+    with pytest.raises(LeaseHeld, match="generation 2 .* cannot be read"):
+        lease.acquire()
+    assert len(calls) < 5  # no busy loop
+
+
+def test_a_live_holder_whose_clock_is_behind_is_not_taken_over(tmp_path):
+    """Its lease 'expired' an hour ago by its own clock, but it renews: a taker watching it sees that."""
+    holder = _holder(tmp_path, "behind", ttl=1.5, skew=-3600, hold=4)
+    with pytest.raises(LeaseHeld, match="run behind"):
+        Lease(str(tmp_path), "taker", ttl_s=1.5, wait_s=2.5, poll_s=0.1).acquire()
+    assert holder.stdout.read().split()[:2] == ["checked", "ok"]
+    holder.wait(timeout=30)
+
+
+def test_a_dead_holder_whose_clock_was_ahead_expires_after_one_ttl_of_silence(tmp_path):
+    holder = _holder(tmp_path, "ahead", ttl=1.5, skew=3600, hold=600)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    start = time.monotonic()
+    with Lease(str(tmp_path), "taker", ttl_s=1.5, wait_s=20, poll_s=0.1) as lease:
+        assert 1.4 < time.monotonic() - start < 8 and lease.taken_over["run_id"] == "ahead"
+
+
+def test_a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(tmp_path):
+    holder = _holder(tmp_path, "paused", ttl=1.5, skew=0, hold=0.5)
+    os.kill(holder.pid, signal.SIGSTOP)  # paused before its check, like a VM freeze
+    try:
+        with Lease(str(tmp_path), "taker", ttl_s=30, wait_s=20, poll_s=0.1) as lease:
+            assert lease.taken_over["run_id"] == "paused"
+            os.kill(holder.pid, signal.SIGCONT)
+            assert holder.stdout.readline().split() == ["fenced", "LeaseLost"]
+            lease.check()
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.wait(timeout=30)
+
+
+def test_a_holder_paused_with_no_taker_still_fences_itself(tmp_path):
+    lease = Lease(str(tmp_path), "alone", ttl_s=0.9).acquire()
+    lease._stop.set()  # renewal stalls, as in a pause
+    lease._thread.join()
+    time.sleep(0.7)
+    with pytest.raises(LeaseLost, match="last renewed"):
+        lease.check()

@@ -1,4 +1,5 @@
 """Each model builds and runs a forward pass at 28, 64 and 128 px (weights=None: no network)."""
+import os
 import time
 
 import numpy as np
@@ -56,10 +57,15 @@ def test_local_weights_file(tmp_path):
     assert np.array_equal(loaded.get_weights()[0], base.get_weights()[0])
     with pytest.raises(WeightsError, match="not found"):
         build("resnet50", 64, 7, {"weights": str(tmp_path / "missing.h5")})
-    # A URI (hdfs://, s3a://, file://: cluster nodes have no internet) is copied to a local file once.
+    # A URI (hdfs://, s3a://, file://: cluster nodes have no internet) is copied to a private temporary
+    # file (never a predictable shared name another user could plant), removed once the model is built.
+    import glob
+    import tempfile
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "lesionspark-weights-*")))
     by_uri = build("resnet50", 64, 7, {"weights": "file://" + path})
     loaded = next(l for l in by_uri.layers if isinstance(l, tf.keras.Model))
     assert np.array_equal(loaded.get_weights()[0], base.get_weights()[0])
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "lesionspark-weights-*"))) == before
     with pytest.raises(WeightsError, match="not found"):
         build("resnet50", 64, 7, {"weights": "file://" + str(tmp_path / "missing.h5")})
 

@@ -284,3 +284,37 @@ def test_readme_morning_queries_run(spark, scored):
     results = [spark.sql(s).collect() for s in code.split(";") if s.strip()]
     assert len(results) == 4
     assert {r.run_id for r in results[0]} >= {"r1"} and all(r.status == "succeeded" for r in results[0])
+
+
+def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archive, tmp_path, monkeypatch):
+    """The commit is fenced: the lease is checked before every move, and a run that lost it moves
+    nothing more, records ``fenced`` and exits 4; the next run scores everything once."""
+    from lesionspark import lease as lease_mod
+    from lesionspark.score import ScoreFenced
+    a, n_images = archive
+    publish_untrained_model(tmp_path)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000)
+
+    def lost(self):
+        raise lease_mod.LeaseLost("run intruder took over the lease (generation 9)")
+    real = lease_mod.Lease.check
+    monkeypatch.setattr(lease_mod.Lease, "check", lost)
+    with pytest.raises(ScoreFenced, match="intruder") as exc:
+        score(spark, cfg, run_id="fenced-run")
+    assert exc.value.exit_code == 4
+    assert not (tmp_path / "tables" / "predictions").exists() and not (tmp_path / "tables" / "score_files").exists()
+    assert {r["run_id"]: r["status"] for r in runlog.read(str(tmp_path))} == {"fenced-run": "fenced"}
+    monkeypatch.setattr(lease_mod.Lease, "check", real)
+    after = score(spark, cfg, run_id="after-fence")
+    preds = _table(tmp_path, "predictions")
+    assert len(preds) == after["scored"] == n_images - 6 and preds["image_sha256"].is_unique
+
+
+def test_a_run_that_died_after_its_commit_is_reaped_as_committed(tmp_path):
+    import datetime as dt
+    runlog.write(str(tmp_path), "died-late", {"status": "running", "started_at": dt.datetime.now(dt.timezone.utc)})
+    runlog.write(str(tmp_path), "died-early", {"status": "running", "started_at": dt.datetime.now(dt.timezone.utc)})
+    (tmp_path / "tables" / "score_files" / "run_id=died-late").mkdir(parents=True)
+    runlog.reap(str(tmp_path), "now")
+    status = {r["run_id"]: r["status"] for r in runlog.read(str(tmp_path))}
+    assert status == {"died-late": "committed", "died-early": "killed"}

@@ -1,0 +1,151 @@
+"""The Petastorm dataset a ingest writes (driver side, Spark jobs): the decoded-rows schema, the
+Petastorm write, and ``write_dataset``: splits, rejects, counts and the manifest under
+``datasets/<name>/``, replaced whole. Shared by ``ingest`` (image folders), ``hmnist`` (pixel CSVs)
+and ``balance`` (the balanced training split).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, storage
+from .classes import CLASSES
+from .config import Config
+from .progress import timed
+from .schema import FIELD_NAMES, lesion_schema
+from .split import SPLITS, check_fractions
+
+log = logging.getLogger(__name__)
+
+REJECT_FIELDS = ["image_id", "source", "reason", "detail"]
+
+
+class IngestError(RuntimeError):
+    """An ingest that cannot run or whose accounting does not add up (nothing is replaced)."""
+
+
+def decoded_schema():
+    from pyspark.sql.types import (BinaryType, ByteType, FloatType, IntegerType, StringType,
+                                   StructField, StructType)
+    types = {"label": IntegerType(), "malignant": ByteType(), "age": FloatType(), "image": BinaryType()}
+    cols = list(FIELD_NAMES) + ["split", "reason", "detail"]
+    return StructType([StructField(c, types.get(c, StringType()), True) for c in cols])
+
+
+def petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int, schema=None) -> None:
+    from petastorm.etl.dataset_metadata import materialize_dataset
+    schema = schema or lesion_schema(size)
+    cols = list(schema.fields.keys())
+    out = df.select(*cols).coalesce(max(1, n_files))
+    if "image_id" in cols:  # a fixed row order (shuffle fetch order is not): the same input, the same files
+        out = out.sortWithinPartitions("image_id")
+    with materialize_dataset(spark, url, schema, rowgroup_mb):
+        out.write.mode("overwrite").parquet(url)
+
+
+def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, records: pd.DataFrame,
+                  inputs: dict, source_digest: str, what: str, extra: dict | None = None) -> dict:
+    """Write splits, rejects and manifest under a staging directory and swap it in, but only when
+    ``written + rejected == inputs['total']``.
+
+    ``decoded`` (the decoded schema, not yet computed) is computed exactly once: its rows are
+    written to ``<staging>/_decoded`` partitioned by outcome (a split, or ``rejected``). The
+    Petastorm splits, the rejects, the counts and the fingerprint are then read from that Parquet
+    (the counts by column pruning), with no Python and no second pass over the images."""
+    from pyspark.sql import functions as F
+
+    name = cfg.get("dataset.name")
+    size = int(cfg.get("dataset.image_size"))
+    layout = storage.Layout(cfg.get("storage.root"))
+    fractions = check_fractions(cfg.get("ingest.split"))
+    seed = int(cfg.get("ingest.split.seed"))
+    rowgroup_mb = int(cfg.get("ingest.rowgroup_size_mb"))
+    rows_per_file = int(cfg.get("ingest.rows_per_file"))
+    with storage.AtomicDir(layout.dataset(name), run_id) as staging:
+        raw = f"{staging}/_decoded"
+        with timed(log, what, spark=spark) as step:
+            decoded.withColumn("outcome", F.when(F.col("reason").isNull(), F.col("split")).otherwise("rejected")) \
+                .write.partitionBy("outcome").option("parquet.block.size", rowgroup_mb << 20).parquet(raw)
+            decoded = spark.read.parquet(raw)
+            stats = decoded.groupBy("split", "dx", "reason").count().collect()
+            step.count = sum(r["count"] for r in stats)
+        decode_seconds = step.seconds
+        written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
+        for r in stats:
+            if r["reason"] is None:
+                written[r["split"]][r["dx"]] += r["count"]
+        with timed(log, "write petastorm splits", "records", spark) as step:
+            for s in SPLITS:
+                n = sum(written[s].values())
+                petastorm_write(spark, decoded.filter(F.col("outcome") == s), f"{staging}/{s}", size, rowgroup_mb,
+                                 -(-n // rows_per_file))
+                log.info("  %-5s %6d records %s", s, n, {k: v for k, v in written[s].items() if v})
+            step.count = sum(sum(v.values()) for v in written.values())
+        rejects = rejects + [decoded.filter(F.col("outcome") == "rejected").select(*REJECT_FIELDS)]
+        all_rejects = rejects[0]
+        for r in rejects[1:]:
+            all_rejects = all_rejects.unionByName(r)
+        all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
+        all_rejects.coalesce(1).write.mode("overwrite").parquet(f"{staging}/rejects")
+        rej_counts = {r["reason"]: r["count"] for r in
+                      spark.read.parquet(f"{staging}/rejects").groupBy("reason").count().collect()}
+        n_written = step.count
+        n_rejected = sum(rej_counts.values())
+        log.info("ingest %s: %d inputs -> %d written + %d rejected", name, inputs["total"], n_written, n_rejected)
+        for reason, n in sorted(rej_counts.items(), key=lambda kv: -kv[1]):
+            log.info("  rejected %-22s %6d", reason, n)
+        if n_written + n_rejected != inputs["total"]:
+            raise IngestError(f"accounting failed: {n_written} written + {n_rejected} rejected != "
+                              f"{inputs['total']} inputs; the previous dataset was left in place")
+        n_decoded = sum(r["count"] for r in stats)
+        manifest = {
+            "dataset": name, "run_id": run_id,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "format": "petastorm", "image_size": size, "resize": cfg.get("dataset.resize"), "channels": 3,
+            "classes": list(CLASSES), "fields": list(FIELD_NAMES),
+            "inputs": inputs,
+            "counts": {"written": n_written, "rejected": n_rejected,
+                       "by_split": {s: {"total": sum(written[s].values()), "per_class": written[s]}
+                                    for s in SPLITS},
+                       "lesions_by_split": records.groupby("split")["lesion_id"].nunique().to_dict(),
+                       "rejected_by_reason": rej_counts},
+            "split": {"fractions": fractions, "seed": seed, "grouped_by": "lesion_id", "stratified_by": "dx"},
+            "parameters": {"max_file_bytes": int(cfg.get("ingest.max_file_bytes")),
+                           "max_image_pixels": int(cfg.get("ingest.max_image_pixels")),
+                           "rowgroup_size_mb": rowgroup_mb, "codec": "png"},
+            "timing": {"decode_seconds": round(decode_seconds, 2),
+                       "decode_images_per_s": round(n_decoded / max(decode_seconds, 1e-9), 1)},
+            "fingerprint": _fingerprint(source_digest, decoded, cfg),
+            "versions": _versions(),
+            **(extra or {}),
+        }
+        storage.write_json(f"{staging}/manifest.json", manifest)
+        storage.delete(raw)
+    return manifest
+
+
+def _fingerprint(source_digest: str, decoded, cfg: Config) -> str:
+    """Order-independent digest of what was written: metadata bytes, every written image's
+    (image_id, sha256, split) and the parameters that shape the records."""
+    from pyspark.sql import functions as F
+    row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
+    agg = decoded.filter(F.col("outcome") != "rejected").select(
+        F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("s"),
+        F.count("*").alias("n")).collect()[0]
+    h = hashlib.sha256()
+    params = [cfg.get("dataset.image_size"), cfg.get("dataset.resize"), cfg.get("ingest.split")]
+    for part in (source_digest, str(agg["s"]), str(agg["n"]), repr(params)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import petastorm
+    import pyarrow
+    import pyspark
+    return {"lesionspark": __version__, "pyspark": pyspark.__version__, "pyarrow": pyarrow.__version__,
+            "petastorm": petastorm.__version__, "numpy": np.__version__}

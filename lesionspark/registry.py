@@ -1,0 +1,37 @@
+"""The model registry under a storage root (driver side): ``models/<name>/<version>/`` holds
+``model.keras`` and ``model_card.json``; ``models/<name>/latest`` names the newest version.
+
+Shared by evaluate, explain and score: one place resolves ``name[:version|latest]`` and refuses a
+card that lacks what scoring needs.
+"""
+from __future__ import annotations
+
+from . import storage
+from .config import ConfigError
+
+CARD_KEYS = ("name", "version", "architecture", "classes", "image_size", "resize", "preprocessing")
+
+
+class ModelError(ConfigError):
+    """The model cannot be used (missing, unreadable or incomplete card): exit code 2."""
+
+
+def resolve_model(root: str, spec: str) -> tuple[dict, str]:
+    """``name[:version|latest]`` -> (model card, model file URI). Refuses an unreadable card."""
+    name, _, version = spec.partition(":")
+    base = storage.join(storage.normalize_uri(root), "models", name)
+    if not version or version == "latest":
+        if not storage.exists(base + "/latest"):
+            raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
+        version = storage.read_bytes(base + "/latest").decode().strip()
+    model_dir = f"{base}/{version}"
+    try:
+        card = storage.read_json(model_dir + "/model_card.json")
+    except Exception as exc:
+        raise ModelError(f"cannot read the model card of {name}:{version} ({exc}); refusing to use it") from None
+    missing = [k for k in CARD_KEYS if k not in card]
+    if missing:
+        raise ModelError(f"the model card of {name}:{version} lacks {missing}; refusing to use it")
+    if not storage.exists(model_dir + "/model.keras"):
+        raise ModelError(f"{model_dir}/model.keras is missing")
+    return card, model_dir + "/model.keras"
