@@ -86,25 +86,26 @@ def score_files_schema(passthrough: str):
     return out.add("explanation_path", "string")
 
 
-def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, out_dir: str,
-                    method: str):
+def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, staging_dir: str,
+                    method: str, final_dir: str):
     """Heatmap overlays (``method``) of the images whose malignant probability reaches ``threshold``,
-    written to ``out_dir/<sha256>.png`` (named by content: a rerun rewrites the same file): paths, or
-    None (not flagged, or a map with no positive evidence)."""
+    written to ``staging_dir/<sha256>.png`` (named by content: a rerun rewrites the same file; the
+    run's commit moves them to ``final_dir``): their final paths, or None (not flagged, or a map with
+    no positive evidence)."""
     from .classes import malignant_outputs
     mal = malignant_outputs(card["classes"])
     flagged = [a if (a is not None and p is not None and sum(p[i] for i in mal) >= threshold) else None
                for a, p in zip(arrays, probs)]
-    paths, _, _ = write_overlays(model, card, flagged, list(shas), out_dir, method=method)
-    return paths
+    paths, _, _ = write_overlays(model, card, flagged, list(shas), staging_dir, method=method)
+    return [None if p is None else final_dir + p[len(staging_dir):] for p in paths]
 
 
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
-                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str] | None = None):
+                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str, str] | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
     each file is read once, hashed where its bytes are, decoded and predicted; rows that cannot be
     scored carry a reason. The model is loaded once per Python worker. ``explain``: (review threshold,
-    folder, method): heatmap overlays of the flagged images, their paths in ``explanation_path``."""
+    staging folder, method, final folder): heatmap overlays of the flagged images, their paths in ``explanation_path``."""
     import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

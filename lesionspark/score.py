@@ -236,8 +236,8 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
         fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card, int(cfg.get("score.batch_size")),
                          int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads")),
                          int(cfg.get("score.max_file_bytes")), passthrough, clock,
-                         (threshold, f"{explanations_dir(root, card)}/flagged", cfg.get("explain.method"))
-                         if cfg.get("score.explain_flagged") else None)
+                         (threshold, f"{staging}/flagged", cfg.get("explain.method"),
+                          f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None)
         schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, new boolean")
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -256,7 +256,7 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
         raise ScoreError(f"accounting failed: {lost} listed files would have neither a prediction nor a reject; "
                          "nothing was committed")
     stats = run_stats(spark, staging, card, cfg, counts["predictions"])
-    _commit(root, run_id, lease.check)  # fenced: a run whose lease expired or was taken over stops moving
+    _commit(root, run_id, lease.check, f"{explanations_dir(root, card)}/flagged")  # fenced: stops moving once lost
     scored, rejected = counts["predictions"], counts["score_rejects"]
     skipped = listed - scored - rejected  # already done, or another path of a content scored now
     summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
@@ -388,14 +388,27 @@ def _clean_staging(root: str, keep: str | None = None) -> None:
             fs.delete_dir(info.path)
 
 
-def _commit(root: str, run_id: str, fence=None) -> int:
+def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None) -> int:
     """Move this run's partition directories from staging into the tables; the number moved.
     The predictions go last: a crash before it leaves files indexed but unscored, which the next
     run scores (its ``done`` check finds no prediction), never the other way round. ``fence`` (the
-    lease's check) runs before every move: a run that lost the lease stops there (``LeaseLost``)."""
+    lease's check) runs before every move: a run that lost the lease stops there (``LeaseLost``).
+    Flagged overlays (patient images) go first, into ``flagged_dir``: a failed or fenced run leaves
+    none behind outside its staging, and a prediction never names an overlay not yet in place."""
     import pyarrow.fs as pafs
     staging = storage.join(root, "tables", "_staging", run_id)
     moved = 0
+    if fence is not None:
+        fence()  # before anything is created outside the staging
+    fs, src = storage.filesystem(f"{staging}/flagged")
+    if flagged_dir and fs.get_file_info(src).type == pafs.FileType.Directory:
+        _, dst = storage.filesystem(flagged_dir)
+        fs.create_dir(dst, recursive=True)
+        for info in fs.get_file_info(pafs.FileSelector(src)):
+            if fence is not None:
+                fence()
+            fs.move(info.path, f"{dst}/{info.base_name}")  # named by content: replacing is rewriting
+            moved += 1
     for table in ("score_rejects", "score_files", "predictions"):
         fs, src = storage.filesystem(f"{staging}/{table}")
         _, dst = storage.filesystem(storage.join(root, "tables", table))

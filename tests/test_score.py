@@ -293,7 +293,9 @@ def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archi
     from lesionspark.score import ScoreFenced
     a, n_images = archive
     publish_untrained_model(tmp_path)
-    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
+                   score__explain_flagged=True, evaluate__default_threshold=0.0,  # every image flagged
+                   score__lease_ttl_s=3, score__lease_wait_s=30)  # the fenced run does not release its lease
 
     def lost(self):
         raise lease_mod.LeaseLost("run intruder took over the lease (generation 9)")
@@ -303,11 +305,14 @@ def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archi
         score(spark, cfg, run_id="fenced-run")
     assert exc.value.exit_code == 4
     assert not (tmp_path / "tables" / "predictions").exists() and not (tmp_path / "tables" / "score_files").exists()
+    assert not (tmp_path / "explanations").exists()  # overlays (patient images) are staged with the run
     assert {r["run_id"]: r["status"] for r in runlog.read(str(tmp_path))} == {"fenced-run": "fenced"}
     monkeypatch.setattr(lease_mod.Lease, "check", real)
     after = score(spark, cfg, run_id="after-fence")
     preds = _table(tmp_path, "predictions")
     assert len(preds) == after["scored"] == n_images - 6 and preds["image_sha256"].is_unique
+    overlays = {p.name for p in (tmp_path / "explanations" / "cnn" / "v1" / "flagged").iterdir()}
+    assert overlays == {f"{p.rsplit('/', 1)[1]}" for p in preds["explanation_path"].dropna()}
 
 
 def test_a_run_that_died_after_its_commit_is_reaped_as_committed(tmp_path):
