@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import io
 import json
 import os
 import random
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def main():
@@ -44,6 +46,8 @@ def main():
     ap.add_argument("--kill", type=float, default=0.3, help="share of runs killed with SIGKILL")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=None, help="a `lesionspark synth` output folder to reuse")
+    ap.add_argument("--poison", action="store_true", help="each step also adds a non-UTF-8 name, a zeroed EXIF, "
+                    "a link, a loop link, a dangling link and a FIFO")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="lesionspark-soak-"))
@@ -70,6 +74,19 @@ def main():
         shutil.copy(pool[k * args.grow], d / f"copy-of-{pool[k * args.grow].name}")  # duplicate content
         (d / f"broken{k}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
         (d / f"empty{k}.jpg").write_bytes(b"")
+        if args.poison:  # issue 18: entries nobody curates
+            src = pool[k * args.grow + 1]
+            shutil.copy(src, os.fsencode(str(d)) + f"/M\xfcller{k}.jpg".encode("latin-1"))  # not UTF-8
+            jfif = io.BytesIO()
+            Image.open(src).save(jfif, "JPEG", dpi=(72, 72))
+            data, at = jfif.getvalue(), 4 + int.from_bytes(jfif.getvalue()[4:6], "big")
+            zeroed = b"Exif\x00\x00" + b"\x00" * 64  # an anonymiser's zeroed EXIF
+            (d / f"anonymised{k}.jpg").write_bytes(data[:at] + b"\xff\xe1" + (len(zeroed) + 2).to_bytes(2, "big")
+                                                   + zeroed + data[at:])
+            os.symlink(d / src.name, d / f"link{k}.jpg")
+            os.symlink("..", d / f"loop{k}.jpg")
+            os.symlink(work / "nowhere.jpg", d / f"dangling{k}.jpg")
+            os.mkfifo(d / f"pipe{k}.jpg")
 
     procs = []
 
@@ -107,15 +124,22 @@ def main():
     rejects = pq.read_table(str(root / "tables" / "score_rejects")).to_pandas()
     keys = preds.groupby(["image_sha256", "model", "model_version"]).size()
     done = set(preds["image_sha256"]) | set(rejects["image_sha256"].dropna())
-    files = [p for p in archive.rglob("*.jpg")]
-    lost = [str(p) for p in files if hashlib.sha256(p.read_bytes()).hexdigest() not in done]
+    rejected_paths = {p.split(":", 1)[-1] for p in rejects[rejects["image_sha256"].isna()]["image_path"]}
+    entries = [os.path.join(dp, os.fsdecode(n)) for dp, dirs, names in os.walk(os.fsencode(str(archive)))
+               for n in names + dirs if n.lower().endswith(b".jpg")]
+    files = [p for p in entries if os.path.isfile(p) and not os.path.islink(p)]
+    lost = [p for p in files if hashlib.sha256(Path(p).read_bytes()).hexdigest() not in done]
+    # entries with no content (links, FIFOs): a reject row names them (non-UTF-8 names are not among them)
+    lost += [p for p in entries if p not in files and p not in rejected_paths]
     runs = runlog.read(str(root))
     status = collections.Counter(r["status"] for r in runs)
     exit_codes = collections.Counter("killed" if r["killed"] else r["rc"] for r in procs)
     report = {"runs_started": args.runs + 1, "runs_killed": kills, "exit_codes": dict(exit_codes),
               "score_runs_rows": len(runs), "status": dict(status), "files_in_archive": len(files),
               "predictions": len(preds), "duplicate_keys": int((keys > 1).sum()), "lost_images": len(lost),
-              "rejects": len(rejects), "wall_s": round(wall, 1)}
+              "entries_without_content": len(entries) - len(files),
+              "rejects": len(rejects), "rejects_by_reason": rejects["reason"].value_counts().to_dict(),
+              "wall_s": round(wall, 1)}
     print(json.dumps(report, indent=2))
     assert report["duplicate_keys"] == 0, "duplicate predictions"
     assert not lost, lost[:5]

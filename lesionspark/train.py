@@ -62,6 +62,11 @@ def threads_per_worker(spark, num_proc: int, configured: int) -> int:
     return int(spark.conf.get("spark.task.cpus", "1"))
 
 
+def training_data(cfg: Config) -> str:
+    """``train.balance``, or, unset, ``balance.method``: a conf that balances with SMOTE trains on it."""
+    return cfg.get("train.balance") or cfg.get("balance.method")
+
+
 def build_spec(spark, cfg: Config, run_id: str) -> dict:
     layout = storage.Layout(cfg.get("storage.root"))
     name = cfg.get("dataset.name")
@@ -71,7 +76,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> dict:
     arch = cfg.get("model.arch")
     if arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch must be one of {ARCHITECTURES}, got {arch!r}")
-    method = cfg.get("train.balance")
+    method = training_data(cfg)
     train_counts = manifest["counts"]["by_split"]["train"]["per_class"]
     if method in ("smote", "oversample"):
         out = layout.balanced(name, method)
@@ -105,7 +110,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> dict:
         "class_weight": class_weights_from_counts(train_counts, binary) if method == "weights" else None,
         "epochs": int(cfg.get("train.epochs")), "batch_size": int(cfg.get("train.batch_size")),
         "learning_rate": float(cfg.get("train.learning_rate")),
-        "lr_scaling": cfg.get("train.lr_scaling", "linear"), "warmup_epochs": int(cfg.get("train.warmup_epochs")),
+        "lr_scaling": cfg.get("train.lr_scaling"), "warmup_epochs": int(cfg.get("train.warmup_epochs")),
         "loss": cfg.get("train.loss"), "focal_gamma": float(cfg.get("train.focal_gamma")),
         "monitor": cfg.get("train.monitor"), "patience": int(cfg.get("train.patience")),
         "augment": cfg.get("train.augment"), "reader_workers": int(cfg.get("train.reader_workers")),
@@ -115,7 +120,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> dict:
         "shuffle_buffer": int(cfg.get("train.shuffle_buffer")), "seed": int(cfg.get("train.seed")),
         "num_proc": num_proc, "threads": threads_per_worker(spark, num_proc, int(cfg.get("train.threads_per_worker"))),
         "sharding": sharding(n_row_groups, num_proc), "row_groups": n_row_groups,
-        "sleep_after_epoch": cfg.get("train.sleep_after_epoch", 0),
+        "sleep_after_epoch": cfg.get("train.sleep_after_epoch"),
         "samples_per_epoch": cfg.get("train.samples_per_epoch", None),
         "compression": cfg.get("train.compression"),
         "backward_passes_per_step": int(cfg.get("train.backward_passes_per_step")),

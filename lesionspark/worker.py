@@ -187,7 +187,7 @@ def train_worker(spec: dict) -> dict:
     run_dir = spec["run_dir"]
     MacroRecall = macro_recall_metric(n_classes)
 
-    lr = scaled_learning_rate(spec["learning_rate"], size, spec.get("lr_scaling", "linear"))
+    lr = scaled_learning_rate(spec["learning_rate"], size, spec["lr_scaling"])
     if spec["loss"] == "focal":
         loss = tf.keras.losses.CategoricalFocalCrossentropy(gamma=float(spec["focal_gamma"]))
     else:
@@ -338,14 +338,14 @@ def train_worker(spec: dict) -> dict:
     callbacks = [
         clock,  # first: its epoch ends where validation (and the batch-norm pass before it) begins
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        PreciseBatchNorm(int(spec.get("bn_batches", 0))),  # then averaged across ranks by SyncNonTrainable
+        PreciseBatchNorm(int(spec["bn_batches"])),  # then averaged across ranks by SyncNonTrainable
         SyncNonTrainable(),
         hvd.callbacks.MetricAverageCallback(),
     ]
     if initial_epoch < spec["warmup_epochs"]:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=lr, warmup_epochs=spec["warmup_epochs"], steps_per_epoch=steps, verbose=0))
-    if spec.get("schedule", "plateau") == "cosine":
+    if spec["schedule"] == "cosine":
         callbacks.append(tf.keras.callbacks.LearningRateScheduler(
             lambda epoch, current: cosine_rate(lr, epoch, int(spec["warmup_epochs"]), int(spec["epochs"]))
             if epoch >= int(spec["warmup_epochs"]) else current))

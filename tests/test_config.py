@@ -31,3 +31,32 @@ def test_spark_conf_overrides_become_spark_keys():
     assert flat["spark.sql.shuffle.partitions"] == "3"
     assert flat["spark.sql.execution.arrow.pyspark.enabled"] == "true"
     assert not any(k == "spark" for k in flat)
+
+
+def test_every_key_the_code_reads_is_in_default_yaml():
+    """No fallback in code that could contradict the defaults file: every literal key read exists."""
+    import re
+    from pathlib import Path
+    import lesionspark
+    cfg = Config.load()
+    src = "\n".join(p.read_text() for p in Path(lesionspark.__file__).parent.glob("*.py"))
+    keys = set(re.findall(r"""cfg\.get\(\s*["']([a-z_][a-z0-9_.]*)["']""", src))
+    assert len(keys) > 100
+    missing = []
+    for key in sorted(keys):
+        try:
+            cfg.get(key)
+        except ConfigError:
+            missing.append(key)
+    assert not missing, missing
+
+
+def test_training_data_follows_balance_method_unless_set():
+    from pathlib import Path
+    from lesionspark.train import training_data
+    repo = Path(__file__).resolve().parents[1]
+    for conf in ("conf/cluster.yaml", "conf/local.yaml"):
+        cfg = Config.load(str(repo / conf))
+        assert training_data(cfg) == cfg.get("balance.method") == "smote", conf
+    assert training_data(Config.load()) == "weights"
+    assert training_data(Config.load(overrides=["balance.method=smote", "train.balance=none"])) == "none"

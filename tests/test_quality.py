@@ -36,14 +36,14 @@ def trained(spark, tmp_path_factory):
     from lesionspark.balance import balance
     from lesionspark.ingest import ingest
     from lesionspark.synth import synth
-    from lesionspark.train import train
+    from lesionspark.train import train, training_data
     root = tmp_path_factory.mktemp("quality")
     made = synth(str(root / "raw"), n_images=700, seed=SEED, width=W, height=H, with_genuine=False,
                  workers=2, progress=False)
     cfg = make_cfg(root, ingest__metadata=made["metadata"], ingest__images=made["images"],
                    dataset__image_size=SIZE, ingest__rowgroup_size_mb=1)
     ingest(spark, cfg)
-    method = cfg.get("train.balance")
+    method = training_data(cfg)
     if method in ("smote", "oversample"):
         balance(spark, cfg.with_overrides({"balance.method": method}))
     card = train(spark, cfg.with_overrides({"train.num_proc": 2, "train.epochs": 6, "train.samples_per_epoch": 1200,
