@@ -286,6 +286,9 @@ class Reader:
         return os.fdopen(fd, "rb")
 
     def _open(self, path: str):
+        fault = os.environ.get("LESIONSPARK_INJECT_READ_FAULT")  # tests: an I/O error on matching paths
+        if fault and re.search(fault, path):
+            raise OSError(errno.EIO, "Input/output error (injected by LESIONSPARK_INJECT_READ_FAULT)")
         root, p = self._locate(path)
         return self._open_local(root, p) if root.local else root.fs.open_input_stream(p)
 

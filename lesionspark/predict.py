@@ -100,6 +100,31 @@ def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, th
     return [None if p is None else final_dir + p[len(staging_dir):] for p in paths]
 
 
+def read_alternates(reader, batch: pd.DataFrame, contents: list, shas: list, reasons: list, details: list,
+                    max_bytes: int) -> pd.DataFrame:
+    """For each known content whose chosen path could not be read (``unreadable``), read its other
+    paths (``alt_paths``) in order and take the first whose bytes still hash to the known content; the
+    row then names that path. The lists are updated in place; the batch is returned with the paths
+    it now names. A content with no readable path stays an ``unreadable`` reject without a hash
+    (tried again next run)."""
+    if "known_sha256" not in batch:
+        return batch
+    batch = batch.copy()
+    for i, (reason, known) in enumerate(zip(reasons, batch["known_sha256"])):
+        alts = batch["alt_paths"].iat[i]
+        if reason != "unreadable" or known is None or alts is None or not len(alts):
+            continue
+        for path, key, length in zip(alts, batch["alt_keys"].iat[i], batch["alt_lengths"].iat[i]):
+            c, s, r, _ = reader.fetch([path], [length], max_bytes, "score.max_file_bytes")
+            if r[0] is None and s[0] == known:
+                contents[i], shas[i], reasons[i], details[i] = c[0], s[0], None, None
+                batch.iloc[i, batch.columns.get_loc("path")] = path
+                batch.iloc[i, batch.columns.get_loc("path_key")] = key
+                batch.iloc[i, batch.columns.get_loc("length")] = length
+                break
+    return batch
+
+
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
                 max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str, str] | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
@@ -115,6 +140,7 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
             t0 = time.perf_counter()
             contents, shas, reasons, details = reader.fetch(batch["path"], batch["length"], max_bytes,
                                                             "score.max_file_bytes")
+            batch = read_alternates(reader, batch, contents, shas, reasons, details, max_bytes)
             t1 = time.perf_counter()
             arrays: list = []
             rows, reasons, details, t_dec, t_pred = predict_batch(model, card, contents, max_pixels,

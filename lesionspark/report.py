@@ -191,6 +191,12 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+HEATMAP_NOTE = ("Heatmaps of the predicted class (`explain.method`: HiResCAM, Grad-CAM or Grad-CAM++) on the last "
+                "convolutional feature map, over the image. Per true class: the most confident correct and the most "
+                "confident wrong test images; an image whose map has no positive evidence is shown plain and says so. "
+                "`lesionspark explain` writes such overlays for a whole split or an image folder.")
+
+
 def _calibration_note(results: dict, threshold_split: str) -> str:
     t = next(iter(results.values()))["calibration"].get("temperature", 1.0) if results else 1.0
     return (f"Probabilities are temperature-scaled (T = {_fmt(t)}, fitted on {threshold_split} by minimising the "
@@ -243,11 +249,7 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
             out += ["", "Warnings:", ""] + [f"- {w}" for w in r["warnings"]]
         out += [""] + [f"![{name}]({file})" for name, file in plots.get(s, [])]
     if "gradcam" in plots:
-        out += ["", "## Where the model looked", "",
-                "Heatmaps of the predicted class (`explain.method`: HiResCAM, Grad-CAM or Grad-CAM++) on the last "
-                "convolutional feature map, over the image. Per true class: the most confident correct and the "
-                "most confident wrong test images; an image whose map has no positive evidence is shown plain "
-                "and says so. `lesionspark explain` writes such overlays for a whole split or an image folder.", ""]
+        out += ["", "## Where the model looked", "", HEATMAP_NOTE, ""]
         out += [f"![{name}]({file})" for name, file in plots["gradcam"]]
     out += ["", "## Training", ""] + [f"![{name}]({file})" for name, file in plots.get("training", [])]
     split_cfg = manifest.get("split", {})

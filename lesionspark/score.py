@@ -27,6 +27,7 @@ from .registry import resolve_model
 log = logging.getLogger(__name__)
 
 TABLES = ("predictions", "score_rejects", "score_files")
+ALTERNATES = 4  # other paths of a known content tried when its first path cannot be read
 
 
 class ScoreError(ConfigError):
@@ -95,11 +96,18 @@ def plan(spark, cfg: Config, archive: str, model: str, version: str, tables: dic
     files = listing.join(index, ["path_key", "length", "modificationTime"], "left").select(
         "path", "path_key", "length", "modificationTime", "image_sha256")
     done = _done(spark, tables, model, version)
+    # a known content is read from its first path; up to ALTERNATES more paths are tried if that fails
+    paths = F.sort_array(F.collect_list(F.struct("path", "path_key", "length", "modificationTime")))
     seen_todo = files.filter(F.col("image_sha256").isNotNull()).join(done, "image_sha256", "left_anti") \
-        .groupBy("image_sha256").agg(F.min(F.struct("path", "path_key", "length", "modificationTime")).alias("f")) \
-        .select("f.*", F.lit(False).alias("new"))
+        .groupBy("image_sha256").agg(paths.alias("all")) \
+        .select(F.col("all")[0].alias("f"), F.slice("all", 2, ALTERNATES).alias("alt"), "image_sha256") \
+        .select("f.*", F.lit(False).alias("new"), F.col("alt.path").alias("alt_paths"),
+                F.col("alt.path_key").alias("alt_keys"), F.col("alt.length").alias("alt_lengths"),
+                F.col("image_sha256").alias("known_sha256"))
     new = files.filter(F.col("image_sha256").isNull()).select(
-        "path", "path_key", "length", "modificationTime", F.lit(True).alias("new"))
+        "path", "path_key", "length", "modificationTime", F.lit(True).alias("new"),
+        F.array().cast("array<string>").alias("alt_paths"), F.array().cast("array<string>").alias("alt_keys"),
+        F.array().cast("array<bigint>").alias("alt_lengths"), F.lit(None).cast("string").alias("known_sha256"))
     return files, new.unionByName(seen_todo), done
 
 
@@ -228,7 +236,8 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
              n_read, ", decode and predict" if n_read else "")
 
     # 2. Read each file once where its row is: hash, decode, predict; write the raw results once.
-    passthrough = ["path", "path_key", "length", "modificationTime", "new"]
+    passthrough = ["path", "path_key", "length", "modificationTime", "new", "alt_paths", "alt_keys", "alt_lengths",
+                   "known_sha256"]
     clock = PhaseClock(spark, ("files", "read_hash", "decode", "predict"))
     raw = f"{staging}/raw"
     if n_read:
@@ -238,7 +247,9 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
                          int(cfg.get("score.max_file_bytes")), passthrough, clock,
                          (threshold, f"{staging}/flagged", cfg.get("explain.method"),
                           f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None)
-        schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, new boolean")
+        schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, "
+                                    "new boolean, alt_paths array<string>, alt_keys array<string>, "
+                                    "alt_lengths array<bigint>, known_sha256 string")
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
             to_read.repartition(tasks).mapInPandas(fn, schema).write.parquet(raw)
@@ -369,10 +380,10 @@ def _check_accounting(spark, files, raw: str, done, staging: str) -> int:
         .unionByName(_staged(spark, staging, "score_rejects", "image_sha256 string").select("image_sha256")) \
         .filter(F.col("image_sha256").isNotNull()).distinct()
     final = files.join(results, "path", "left").select(
-        F.coalesce("sha_now", "image_sha256").alias("image_sha256"), "reason")
-    # an entry that could not be read (unreadable, a link, a special file) has no hash: its reject
-    # row in this run accounts for it
-    no_content = F.col("image_sha256").isNull() & F.col("reason").isNotNull()
+        F.coalesce("sha_now", "image_sha256").alias("image_sha256"), "sha_now", "reason")
+    # an entry this run could not read (unreadable, a link, a special file) got no hash: its reject
+    # row in this run accounts for it (a known content then stays undone, tried again next run)
+    no_content = F.col("sha_now").isNull() & F.col("reason").isNotNull()
     return final.filter(~no_content).join(covered, "image_sha256", "left_anti").count()
 
 

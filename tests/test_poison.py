@@ -105,3 +105,35 @@ def test_following_links_stays_inside_the_archive_and_cuts_loops(spark, poisoned
     assert out["inside-link.jpg"] == "scored"  # the same content as its target: one prediction
     assert preds["image_sha256"].is_unique
     assert summary["listed"] < 200  # the loops were entered once, not until the listing depth ran out
+
+
+def test_an_unreadable_path_falls_back_to_another_path_of_the_same_content(spark, genuine_dir, tmp_path):
+    """A new model version rescoring known contents: the chosen (first) path of a content fails to
+    read (an I/O error, by fault injection), so another path of the same content is read; a content
+    with no readable path is an unreadable reject, not a lost run, and the next run scores it."""
+    import subprocess
+    import sys
+    genuine = sorted((genuine_dir / "images").glob("*.jpg"))
+    a = tmp_path / "archive"
+    for sub, name, src in (("a", "x.jpg", genuine[0]), ("b", "x-copy.jpg", genuine[0]), ("c", "only.jpg", genuine[1])):
+        (a / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, a / sub / name)
+    root = tmp_path / "root"
+    publish_untrained_model(root, size=32, version="v1")
+    cfg = make_cfg(root, score__archive=str(a), score__model="cnn:latest")
+    assert score(spark, cfg, run_id="v1-run")["scored"] == 2
+    publish_untrained_model(root, size=32, version="v2")  # a new version: every known content again
+    conf = tmp_path / "c.yaml"
+    conf.write_text(cfg.with_overrides({"spark.master": "local[1]"}).to_yaml())
+    env = {**os.environ, "LESIONSPARK_INJECT_READ_FAULT": r"/(a/x|c/only)\.jpg$"}
+    proc = subprocess.run([sys.executable, "-m", "lesionspark.cli", "--log-level", "WARN", "score", "--conf", str(conf),
+                           "spark.conf.spark.ui.enabled=false"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    preds = pq.read_table(str(root / "tables" / "predictions")).to_pandas()
+    v2 = preds[preds["model_version"] == "v2"]
+    assert list(v2["image_path"].str.rsplit("/", n=2).str[-2:].str.join("/")) == ["b/x-copy.jpg"]
+    rejects = pq.read_table(str(root / "tables" / "score_rejects")).to_pandas()
+    (bad,) = rejects[rejects["model_version"] == "v2"].itertuples()
+    assert bad.reason == "unreadable" and bad.image_sha256 is None and "only.jpg" not in bad.detail
+    after = score(spark, cfg, run_id="v2-again")  # the fault is gone: the content is scored, nothing else
+    assert after["scored"] == 1 and after["rejected"] == 0
