@@ -119,7 +119,8 @@ FIGURES = {"balanced_accuracy": r"test balanced accuracy ([0-9.]+)", "largest_sh
            "mass_trained": r"inside the lesion: trained ([0-9.]+)", "mass_random": r"random weights ([0-9.]+)",
            "lesion_area": r"lesion area ([0-9.]+)", "empty_share": r"no positive evidence ([0-9.]+)",
            "ece_uncalibrated": r"test ECE ([0-9.]+) ->", "ece": r"test ECE [0-9.]+ -> ([0-9.]+)",
-           "temperature": r"temperature ([0-9.]+):", "val_log_loss_uncalibrated": r"val log-loss ([0-9.]+) ->",
+           "temperature": r"temperature ([0-9.]+):", "val_ece_uncalibrated": r"val ECE ([0-9.]+) ->",
+           "val_ece": r"val ECE [0-9.]+ -> ([0-9.]+)", "val_log_loss_uncalibrated": r"val log-loss ([0-9.]+) ->",
            "val_log_loss": r"val log-loss [0-9.]+ -> ([0-9.]+)"}
 
 

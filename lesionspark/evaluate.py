@@ -155,7 +155,9 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     own = dataset == card.get("dataset", dataset)
     if own:  # fitted on the threshold split (val) of the model's own dataset
         val_ok, val_probs, _ = scored(raw[threshold_split], classes)
-        temperature = calibration.fit_temperature(truth(val_ok, classes), val_probs)
+        temperature = calibration.fit_temperature(truth(val_ok, classes), val_probs,
+                                                  cfg.get("evaluate.calibration_objective"),
+                                                  int(cfg.get("evaluate.calibration_bins")))
     else:  # another dataset: the card's calibration, as score applies it
         temperature = calibration.temperature(card)
     log.info("evaluate: temperature %.3f (%s)", temperature, f"fitted on {threshold_split}" if own else "the card's")
@@ -215,6 +217,7 @@ def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], t
     uri = model_dir + "/model_card.json"
     card = storage.read_json(uri)
     card["calibration"] = {"method": "temperature", "temperature": result["calibration"]["temperature"],
+                           "objective": cfg.get("evaluate.calibration_objective"),
                            "split": split, "ece_before": result["calibration_uncalibrated"]["ece"],
                            "ece_after": result["calibration"]["ece"],
                            "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat()}

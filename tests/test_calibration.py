@@ -1,5 +1,6 @@
 """Temperature scaling: pure functions, and the card's temperature applied where models predict."""
 import numpy as np
+import pytest
 
 from conftest import publish_untrained_model
 from lesionspark import calibration
@@ -16,9 +17,10 @@ def _overconfident(n=4000, k=5, seed=0):
     return y, reported
 
 
-def test_fit_recovers_the_sharpening_and_lowers_the_ece():
+@pytest.mark.parametrize("objective", calibration.OBJECTIVES)
+def test_fit_recovers_the_sharpening_and_lowers_the_ece(objective):
     y, probs = _overconfident()
-    t = calibration.fit_temperature(y, probs)
+    t = calibration.fit_temperature(y, probs, objective)
     assert 2.6 < t < 3.4  # the reports were logits x 3
     cal = calibration.apply(probs, t)
     assert (cal.argmax(1) == probs.argmax(1)).all()  # decisions unchanged
@@ -32,6 +34,12 @@ def test_identity_and_degenerate_inputs():
     y, probs = _overconfident(200)
     assert np.array_equal(calibration.apply(probs, 1.0), probs)
     assert calibration.fit_temperature(np.zeros(10, int), probs[:10]) == 1.0  # one class seen: nothing to fit
+    with pytest.raises(ValueError, match="calibration_objective"):
+        calibration.fit_temperature(y, probs, "brier")
+    calibrated = _overconfident(300, seed=1)[0], calibration.apply(_overconfident(300, seed=1)[1], 3.0)
+    assert calibration.fit_temperature(*calibrated) == 1.0 or \
+        reliability(calibrated[0], calibration.apply(calibrated[1], calibration.fit_temperature(*calibrated)), 15)["ece"] \
+        <= reliability(*calibrated, 15)["ece"]  # never above the raw ECE: T = 1 is on the grid
     zero = np.array([[1.0, 0.0, 0.0]])  # a float32 softmax can round to exactly 0
     assert np.isfinite(calibration.apply(zero, 2.0)).all()
     assert calibration.temperature({}) == 1.0
