@@ -17,7 +17,7 @@ import zlib
 
 import numpy as np
 
-CHECKPOINT = "checkpoint.weights.h5"  # weights only: resuming runs no code from the storage root
+CHECKPOINT = "checkpoint-weights.h5"  # weights only (HDF5 arrays): resuming runs no code from the root
 BEST = "best_weights.h5"
 STATE = "state.json"
 
