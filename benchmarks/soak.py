@@ -125,7 +125,8 @@ def main():
     keys = preds.groupby(["image_sha256", "model", "model_version"]).size()
     done = set(preds["image_sha256"]) | set(rejects["image_sha256"].dropna())
     rejected_paths = {p.split(":", 1)[-1] for p in rejects[rejects["image_sha256"].isna()]["image_path"]}
-    entries = [os.path.join(dp, os.fsdecode(n)) for dp, dirs, names in os.walk(os.fsencode(str(archive)))
+    entries = [os.path.join(os.fsdecode(dp), os.fsdecode(n))
+               for dp, dirs, names in os.walk(os.fsencode(str(archive)))
                for n in names + dirs if n.lower().endswith(b".jpg")]
     files = [p for p in entries if os.path.isfile(p) and not os.path.islink(p)]
     lost = [p for p in files if hashlib.sha256(Path(p).read_bytes()).hexdigest() not in done]

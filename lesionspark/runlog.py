@@ -61,7 +61,12 @@ def read(root: str) -> list[dict]:
             part = f"{info.path}/part-0.parquet"
             if fs.get_file_info(part).type == pafs.FileType.File:
                 try:
-                    row = pq.read_table(part, filesystem=fs, schema=SCHEMA).to_pylist()[0]
+                    # the single-file reader, one thread: with ``schema=`` pyarrow goes through its
+                    # dataset API, whose threads abort the process at exit after a refused planted file
+                    found = pq.read_table(part, filesystem=fs, use_threads=False).to_pylist()[0]
+                    if not isinstance(found.get("status"), str):
+                        raise ValueError("no status")
+                    row = {name: found.get(name) for name in SCHEMA.names}  # rows of older versions lack columns
                 except Exception as exc:  # noqa: BLE001 - a malformed or planted file is skipped, never fatal
                     log.warning("score_runs: skipping %s: not a run row (%s)", info.base_name, type(exc).__name__)
                     continue
