@@ -2,10 +2,11 @@
 
 ``explanations/<model>/<version>/<source>/`` holds ``overlays/<image>.png`` (the image with the
 heatmap of its predicted class) and ``table/`` (Parquet: image, source path, true class where
-known, predicted class, confidence, overlay path, or a reject reason). ``<source>`` is ``split-<name>``
-or ``folder-<name>``. A rerun for the same source replaces that folder whole (``storage.AtomicDir``).
-Images are decoded, predicted and explained in executors (``explain_partition``); only the table's
-small rows are written by Spark, nothing per image comes to the driver.
+known, predicted class, calibrated confidence, overlay path, ``explanation_empty``, or a reject
+reason). ``<source>`` is ``split-<name>`` or ``folder-<name>``. A rerun for the same source replaces
+that folder whole (``storage.AtomicDir``). The driver (``explain``) picks the source and writes the
+table; ``explain_partition`` runs in executors: it decodes, predicts and draws each image through
+``overlays``. Nothing per image comes to the driver.
 """
 from __future__ import annotations
 
