@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 TABLES = ("predictions", "score_rejects", "score_files")
 ALTERNATES = 4  # other paths of a known content tried when its first path cannot be read
+# what a run's reading tasks carry through, beside what they compute (plan's to_read columns)
+PASSTHROUGH = {"path": "string", "path_key": "string", "length": "long", "modificationTime": "timestamp",
+               "new": "boolean", "alt_paths": "array<string>", "alt_keys": "array<string>",
+               "alt_lengths": "array<bigint>", "known_sha256": "string"}
 
 
 class ScoreError(ConfigError):
@@ -236,8 +240,7 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
              n_read, ", decode and predict" if n_read else "")
 
     # 2. Read each file once where its row is: hash, decode, predict; write the raw results once.
-    passthrough = ["path", "path_key", "length", "modificationTime", "new", "alt_paths", "alt_keys", "alt_lengths",
-                   "known_sha256"]
+    passthrough = list(PASSTHROUGH)
     clock = PhaseClock(spark, ("files", "read_hash", "decode", "predict"))
     raw = f"{staging}/raw"
     if n_read:
@@ -247,9 +250,7 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
                          int(cfg.get("score.max_file_bytes")), passthrough, clock,
                          (threshold, f"{staging}/flagged", cfg.get("explain.method"),
                           f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None)
-        schema = score_files_schema("path string, path_key string, length long, modificationTime timestamp, "
-                                    "new boolean, alt_paths array<string>, alt_keys array<string>, "
-                                    "alt_lengths array<bigint>, known_sha256 string")
+        schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
             to_read.repartition(tasks).mapInPandas(fn, schema).write.parquet(raw)
