@@ -125,8 +125,10 @@ class Lease:
         """How long (monotonic seconds, as this process saw it) the newest generation has stood unchanged."""
         key = json.dumps(holder, sort_keys=True)
         now = time.monotonic()
-        if self._seen is None or self._seen[:2] != (gen, key):
-            self._seen = (gen, key, now)
+        if self._seen is None or self._seen[0] != gen:  # a new generation: a new holder to judge
+            self._seen, self._seen_change = (gen, key, now), False
+        elif self._seen[1] != key:  # the same generation rewritten: its holder renews, it is alive
+            self._seen, self._seen_change = (gen, key, now), True
         return now - self._seen[2]
 
     def _state(self, gen: int, holder: dict | None) -> str:
@@ -180,21 +182,16 @@ class Lease:
     def acquire(self) -> "Lease":
         self.fs.create_dir(self.path, recursive=True)
         start = time.monotonic()
-        self._seen, self._seen_change, first = None, False, None
+        self._seen, self._seen_change = None, False
         while True:
             gen, holder = self.newest()
-            if first is not None and first != (gen, json.dumps(holder, sort_keys=True)):
-                self._seen_change = True
-            first = first or (gen, json.dumps(holder, sort_keys=True))
             state = self._state(gen, holder)
             if state == "free":
                 if self._create(gen + 1):
                     self._took(gen, holder)
                     return self
-                # someone else created it first: judge the new holder at once (it exists now, so this
-                # cannot spin: it is live, in doubt, or watched for a full ttl)
-                first, self._seen_change = None, False
-                continue
+                continue  # someone else created it first: judge the new generation at once (it exists
+                #           now, so this cannot spin: it is live, in doubt, or watched for a full ttl)
             waited = time.monotonic() - start
             if state == "live" and waited >= self.wait:
                 raise LeaseHeld(holder, waited)
