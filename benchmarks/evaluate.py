@@ -28,8 +28,8 @@ from common import publish  # noqa: E402
 
 
 def bare_child(root: str, splits: list[str], batch: int) -> None:
-    from lesionspark.worker import _limit_threads
-    _limit_threads(1)
+    from lesionspark.threads import limit_threads
+    limit_threads(1)
     import io
     import numpy as np
     import pyarrow.parquet as pq

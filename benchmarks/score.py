@@ -38,8 +38,8 @@ _MODEL = {}
 
 
 def _init(model_path: str, card_path: str, batch: int) -> None:
-    from lesionspark.worker import _limit_threads
-    _limit_threads(1)
+    from lesionspark.threads import limit_threads
+    limit_threads(1)
     import numpy as np
     from lesionspark import storage
     from lesionspark.predict import load_model, predict_arrays

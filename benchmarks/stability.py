@@ -63,7 +63,7 @@ def main():
     from lesionspark.spark import get_spark
     from lesionspark.synth import synth
     from lesionspark.train import train
-    from lesionspark.worker import _load_split
+    from lesionspark.worker import load_split
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-stability-"))
     root = work / "root"
     demo = Config.load().get("demo")
@@ -77,7 +77,7 @@ def main():
         cfg = cfg.with_overrides({"ingest.metadata": made["metadata"], "ingest.images": made["images"]})
         ingest(spark, cfg)
         balance(spark, cfg.with_overrides({"balance.method": "smote"}))
-    x, y = _load_split(f"file://{root}/datasets/ham10000/test", "label")
+    x, y = load_split(f"file://{root}/datasets/ham10000/test", "label")
     rows = []
     for name in args.variants.split(","):
         card = train(spark, cfg.with_overrides({**VARIANTS[name], "model.name": name}))

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def in_memory_child(url: str, size: int, epochs: int, batch: int, threads: int, steps: int) -> None:
-    from lesionspark.worker import _limit_threads
-    _limit_threads(threads)
+    from lesionspark.threads import limit_threads
+    limit_threads(threads)
     import numpy as np
     import tensorflow as tf
     from lesionspark.models import build, preprocess
-    from lesionspark.worker import _load_split
-    x, y = _load_split(url, "label")
+    from lesionspark.worker import load_split
+    x, y = load_split(url, "label")
     x = preprocess("scale_0_1", x.astype(np.float32)).numpy()
     y = tf.one_hot(y, 7).numpy()
     model = build("cnn", size, 7)

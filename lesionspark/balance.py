@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from . import storage
-from .classes import CLASSES, LABEL_OF
+from .classes import CLASSES, LABEL_OF, balanced_weights
 from .config import Config, ConfigError
-from .dataset import petastorm_write
+from .dataset import petastorm_write, require_manifest
 from .images import sha256_hex
 from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
@@ -117,11 +117,39 @@ def synthesize_group(pdf: pd.DataFrame, method: str, targets: Mapping[str, int],
     })[BALANCED_FIELDS]
 
 
+def _balanced_rows(train, method: str, before: dict, targets: dict, size: int, cfg: Config):
+    """The originals plus, for every class below its target, synthetic (SMOTE) or repeated rows,
+    made per class in one Spark task each."""
+    from pyspark.sql import functions as F
+    out = train.select(*FIELD_NAMES).withColumn("synthetic", F.lit(False)).withColumn("parents", F.lit(""))
+    grow = {dx: n for dx, n in targets.items() if n > before[dx]}
+    if not grow:
+        return out
+    log.info("balance: adding %s", {dx: targets[dx] - before[dx] for dx in grow})
+    args = (method, targets, size, int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")),
+            cfg.get("balance.neighbor_size"), int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
+    new = train.filter(F.col("dx").isin(list(grow))).select(*FIELD_NAMES) \
+        .repartitionByRange(len(grow), "label") \
+        .groupBy("label").applyInPandas(lambda pdf: synthesize_group(pdf, *args), _output_schema())
+    return out.unionByName(new)
+
+
+def _write_train(spark, rows, out: str, method: str, size: int, targets: dict, cfg: Config) -> dict:
+    """The balanced training split as Petastorm at ``out``; its per-class counts, which must equal the targets."""
+    n_total = sum(targets.values())
+    with timed(log, f"balance {method}: write train", "records") as step:
+        petastorm_write(spark, rows.select(*BALANCED_FIELDS), out, size, int(cfg.get("ingest.rowgroup_size_mb")),
+                        -(-n_total // int(cfg.get("ingest.rows_per_file"))), balanced_schema(size))
+        after = {r["dx"]: r["count"] for r in spark.read.parquet(out).groupBy("dx").count().collect()}
+        step.count = sum(after.values())
+    if after != targets:
+        raise RuntimeError(f"balance: counts after {after} differ from targets {targets}; "
+                           "the previous output was left in place")
+    return after
+
+
 def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
     """Run the balance stage; returns its summary (also written as ``counts.json``)."""
-    from pyspark.sql import functions as F
-    from sklearn.utils.class_weight import compute_class_weight
-
     t_start = time.perf_counter()
     run_id = run_id or storage.new_run_id()
     name = cfg.get("dataset.name")
@@ -129,58 +157,27 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
     if method not in METHODS:
         raise ConfigError(f"balance.method must be one of {METHODS}, got {method!r}")
     layout = storage.Layout(cfg.get("storage.root"))
-    if not storage.exists(layout.manifest(name)):
-        raise ConfigError(f"no ingested dataset {name!r} under {layout.root}: run `lesionspark ingest` first")
-    manifest = storage.read_json(layout.manifest(name))
+    manifest = require_manifest(layout, name)
     size = int(manifest["image_size"])
-    seed = int(cfg.get("balance.seed"))
-    k = int(cfg.get("balance.k_neighbors"))
     train = spark.read.parquet(layout.split(name, "train"))
     before = {r["dx"]: r["count"] for r in train.groupBy("dx").count().collect()}
     targets = class_targets(before, cfg.get("balance.target"), float(cfg.get("balance.ratio")),
-                            cfg.get("balance.counts", {}) or {})
+                            cfg.get("balance.counts") or {})
     if method in ("weights", "none"):
         targets = dict(before)
-    present = [dx for dx in CLASSES if dx in before]
-    labels = np.array([LABEL_OF[dx] for dx in present])
-    weights = compute_class_weight("balanced", classes=labels,
-                                   y=np.repeat(labels, [before[dx] for dx in present]))
+    weights = balanced_weights({dx: before.get(dx, 0) for dx in CLASSES})
     summary = {"dataset": name, "method": method, "run_id": run_id, "image_size": size,
                "source_fingerprint": manifest["fingerprint"], "before": before, "target": targets,
                "params": {"target": cfg.get("balance.target"), "ratio": cfg.get("balance.ratio"),
-                          "k_neighbors": k, "neighbor_size": cfg.get("balance.neighbor_size", None),
-                          "seed": seed},
-               "class_weights": {dx: float(w) for dx, w in zip(present, weights)}}
+                          "k_neighbors": int(cfg.get("balance.k_neighbors")),
+                          "neighbor_size": cfg.get("balance.neighbor_size"), "seed": int(cfg.get("balance.seed"))},
+               "class_weights": {dx: float(w) for dx, w in weights.items()}}
     log.info("balance %s/%s: before %s", name, method, before)
     out_uri = layout.balanced(name, method)
     with storage.AtomicDir(out_uri, run_id) as staging:
-        if method != "weights":
-            originals = train.select(*FIELD_NAMES).withColumn("synthetic", F.lit(False)) \
-                .withColumn("parents", F.lit(""))
-            grow = {dx: n for dx, n in targets.items() if n > before[dx]}
-            out = originals
-            if grow:
-                log.info("balance: adding %s", {dx: targets[dx] - before[dx] for dx in grow})
-                args = (method, targets, size, k, seed, cfg.get("balance.neighbor_size", None),
-                        int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
-                new = train.filter(F.col("dx").isin(list(grow))).select(*FIELD_NAMES) \
-                    .repartitionByRange(len(grow), "label") \
-                    .groupBy("label").applyInPandas(lambda pdf: synthesize_group(pdf, *args), _output_schema())
-                out = originals.unionByName(new)
-            n_total = sum(targets.values())
-            with timed(log, f"balance {method}: write train", "records") as step:
-                petastorm_write(spark, out.select(*BALANCED_FIELDS), f"{staging}/train", size,
-                                 int(cfg.get("ingest.rowgroup_size_mb")),
-                                 -(-n_total // int(cfg.get("ingest.rows_per_file"))), balanced_schema(size))
-                after = {r["dx"]: r["count"] for r in
-                         spark.read.parquet(f"{staging}/train").groupBy("dx").count().collect()}
-                step.count = sum(after.values())
-            if after != targets:
-                raise RuntimeError(f"balance: counts after {after} differ from targets {targets}; "
-                                   "the previous output was left in place")
-            summary["after"] = after
-        else:
-            summary["after"] = before
+        summary["after"] = before if method == "weights" else _write_train(
+            spark, _balanced_rows(train, method, before, targets, size, cfg), f"{staging}/train", method, size,
+            targets, cfg)
         summary["seconds"] = round(time.perf_counter() - t_start, 2)
         storage.write_json(f"{staging}/counts.json", summary)
         storage.write_json(f"{staging}/class_weights.json", summary["class_weights"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 LABEL_OF: dict[str, int] = {dx: i for i, dx in enumerate(CLASSES)}
 MALIGNANT: frozenset[str] = frozenset({"mel", "bcc", "akiec"})
-BENIGN: frozenset[str] = frozenset({"nv", "bkl", "df", "vasc"})
 
 # The Kaggle "Skin Cancer MNIST: HAM10000" pixel files (hmnist_<s>_<s>_{L,RGB}.csv) use their own
 # label order. Checked by class counts: label 4 has 6,705 rows, which only nv has.
@@ -25,8 +24,12 @@ def is_binary(classes) -> bool:
     return tuple(classes) == BINARY_CLASSES
 
 
-def is_malignant(dx: str) -> bool:
-    return dx in MALIGNANT
+def balanced_weights(counts: dict) -> dict:
+    """Class weights that give every present class the same total weight: ``n / (k * count)``,
+    scikit-learn's "balanced" rule; classes with no rows get none."""
+    present = {c: n for c, n in counts.items() if n}
+    total, k = sum(present.values()), len(present)
+    return {c: total / (k * n) for c, n in present.items()}
 
 
 def binary_label(dx: str) -> int:

@@ -29,7 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesionspark", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="stage", required=True)
+    for add in (_data_commands, _model_commands, _output_commands, _run_commands):
+        add(sub)
+    return parser
 
+
+def _data_commands(sub) -> None:
+    """synth, ingest, balance."""
     p = sub.add_parser("synth", help="generate a HAM10000-shaped dataset (genuine metadata, generated images)")
     _common(p)
     p.add_argument("--out", dest="synth.out", help="output folder (synth.out)")
@@ -53,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", dest="balance.target", choices=["majority", "ratio", "counts"])
     p.add_argument("--ratio", dest="balance.ratio", type=float)
 
+
+def _model_commands(sub) -> None:
+    """train, evaluate, explain."""
     p = sub.add_parser("train", help="train a model with Horovod workers on Spark")
     _common(p)
     p.add_argument("--name", dest="dataset.name", help="dataset name (dataset.name)")
@@ -61,15 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", dest="train.num_proc", type=int, help="Horovod workers (train.num_proc)")
     p.add_argument("--epochs", dest="train.epochs", type=int)
     p.add_argument("--run-id", dest="train.run_id", help="resume this run from its last checkpoint")
-
-    p = sub.add_parser("score", help="score an image archive into tables/predictions (incremental)")
-    _common(p)
-    p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
-    p.add_argument("--model", dest="score.model", help="name[:version|latest] (score.model)")
-    p.add_argument("--dry-run", dest="score.dry_run", action="store_const", const=True,
-                   help="print what would be listed, hashed, scored and skipped; write nothing (score.dry_run)")
-    p.add_argument("--wait", dest="score.lease_wait_s", type=float,
-                   help="seconds to wait for another run holding the root (score.lease_wait_s)")
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a model version on dataset splits")
     _common(p)
@@ -84,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", dest="explain.images", help="an image folder URI instead of a split (explain.images)")
     p.add_argument("--limit", dest="explain.limit", type=int, help="at most this many images, 0 = all (explain.limit)")
 
+
+def _output_commands(sub) -> None:
+    """score, compare, sql."""
+    p = sub.add_parser("score", help="score an image archive into tables/predictions (incremental)")
+    _common(p)
+    p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
+    p.add_argument("--model", dest="score.model", help="name[:version|latest] (score.model)")
+    p.add_argument("--dry-run", dest="score.dry_run", action="store_const", const=True,
+                   help="print what would be listed, hashed, scored and skipped; write nothing (score.dry_run)")
+    p.add_argument("--wait", dest="score.lease_wait_s", type=float,
+                   help="seconds to wait for another run holding the root (score.lease_wait_s)")
+
     p = sub.add_parser("compare", help="models side by side from the metrics table")
     _common(p)
     p.add_argument("--split", default="test", help="which split's metrics (default test)")
@@ -97,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-writes", action="store_true",
                    help="also run statements that write, change the catalog or read raw files (default: queries only)")
 
+
+def _run_commands(sub) -> None:
+    """pipeline, demo."""
     p = sub.add_parser("pipeline", help="ingest, balance, train, evaluate and score in order (pipeline.steps)")
     _common(p)
     p.add_argument("--steps", dest="pipeline.steps", nargs="+", help="a subset, in order (pipeline.steps)")
@@ -104,7 +119,6 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="every stage on a built-in default: no cluster, no downloads")
     _common(p)
     p.add_argument("--n-images", dest="demo.n_images", type=int, help="generated images (demo.n_images)")
-    return parser
 
 
 def load_config(args: argparse.Namespace) -> Config:

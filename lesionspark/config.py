@@ -86,7 +86,10 @@ class Config:
             elif not isinstance(node[part], dict):
                 raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
             node = node[part]
-        node[parts[-1]] = value
+        last = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+            value = _merge(node[last], value)  # a section is merged into, as --conf files are
+        node[last] = value
         return self
 
     def with_overrides(self, values: Mapping[str, Any]) -> "Config":
@@ -96,9 +99,6 @@ class Config:
             if value is not None:
                 out.set(key, value)
         return out
-
-    def as_dict(self) -> dict:
-        return copy.deepcopy(self._data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self._data, sort_keys=False)

@@ -14,18 +14,25 @@ import pandas as pd
 
 from . import __version__, storage
 from .classes import CLASSES
-from .config import Config
+from .config import Config, ConfigError
+from .metadata import REJECT_COLUMNS
 from .progress import timed
 from .schema import FIELD_NAMES, lesion_schema
 from .split import SPLITS, check_fractions
 
 log = logging.getLogger(__name__)
 
-REJECT_FIELDS = ["image_id", "source", "reason", "detail"]
 
 
 class IngestError(RuntimeError):
     """An ingest that cannot run or whose accounting does not add up (nothing is replaced)."""
+
+
+def require_manifest(layout: storage.Layout, name: str) -> dict:
+    """The manifest of the ingested dataset ``name``, or a ConfigError saying to run ingest."""
+    if not storage.exists(layout.manifest(name)):
+        raise ConfigError(f"no ingested dataset {name!r} under {layout.root}: run `lesionspark ingest` first")
+    return storage.read_json(layout.manifest(name))
 
 
 def decoded_schema():
@@ -47,6 +54,60 @@ def petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: i
         out.write.mode("overwrite").parquet(url)
 
 
+def _decode_once(spark, decoded, raw: str, rowgroup_mb: int, what: str):
+    """Compute ``decoded`` once into Parquet at ``raw`` (partitioned by outcome: a split or
+    ``rejected``); (that Parquet as a DataFrame, written per split and class, rows decoded, seconds)."""
+    from pyspark.sql import functions as F
+    with timed(log, what, spark=spark) as step:
+        decoded.withColumn("outcome", F.when(F.col("reason").isNull(), F.col("split")).otherwise("rejected")) \
+            .write.partitionBy("outcome").option("parquet.block.size", rowgroup_mb << 20).parquet(raw)
+        decoded = spark.read.parquet(raw)
+        stats = decoded.groupBy("split", "dx", "reason").count().collect()
+        step.count = sum(r["count"] for r in stats)
+    written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
+    for r in stats:
+        if r["reason"] is None:
+            written[r["split"]][r["dx"]] += r["count"]
+    return decoded, written, step.count, step.seconds
+
+
+def _write_rejects(spark, rejects: list, run_id: str, out: str) -> dict:
+    """Every reject row in one Parquet table at ``out``; {reason: count} as read back."""
+    from pyspark.sql import functions as F
+    all_rejects = rejects[0]
+    for r in rejects[1:]:
+        all_rejects = all_rejects.unionByName(r)
+    all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
+    all_rejects.coalesce(1).write.mode("overwrite").parquet(out)
+    return {r["reason"]: r["count"] for r in spark.read.parquet(out).groupBy("reason").count().collect()}
+
+
+def _manifest(cfg: Config, run_id: str, inputs: dict, written: dict, rej_counts: dict, records: pd.DataFrame,
+              decode: tuple[int, float], fingerprint: str, extra: dict | None) -> dict:
+    n_decoded, decode_seconds = decode
+    return {
+        "dataset": cfg.get("dataset.name"), "run_id": run_id,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "format": "petastorm", "image_size": int(cfg.get("dataset.image_size")), "resize": cfg.get("dataset.resize"),
+        "channels": 3, "classes": list(CLASSES), "fields": list(FIELD_NAMES),
+        "inputs": inputs,
+        "counts": {"written": sum(sum(v.values()) for v in written.values()), "rejected": sum(rej_counts.values()),
+                   "by_split": {s: {"total": sum(written[s].values()), "per_class": written[s]} for s in SPLITS},
+                   "lesions_by_split": records.groupby("split")["lesion_id"].nunique().to_dict(),
+                   "rejected_by_reason": rej_counts},
+        "split": {"fractions": check_fractions(cfg.get("ingest.split")), "seed": int(cfg.get("ingest.split.seed")),
+                  "grouped_by": "lesion_id", "stratified_by": "dx"},
+        "parameters": {"max_file_bytes": int(cfg.get("ingest.max_file_bytes")),
+                       "max_image_pixels": int(cfg.get("ingest.max_image_pixels")),
+                       "rowgroup_size_mb": int(cfg.get("ingest.rowgroup_size_mb")), "codec": "png"},
+        "timing": {"decode_seconds": round(decode_seconds, 2),
+                   "decode_images_per_s": round(n_decoded / max(decode_seconds, 1e-9), 1)},
+        "fingerprint": fingerprint,
+        "versions": _versions(),
+        **(extra or {}),
+    }
+
+
 def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, records: pd.DataFrame,
                   inputs: dict, source_digest: str, what: str, extra: dict | None = None) -> dict:
     """Write splits, rejects and manifest under a staging directory and swap it in, but only when
@@ -61,39 +122,19 @@ def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, recor
     name = cfg.get("dataset.name")
     size = int(cfg.get("dataset.image_size"))
     layout = storage.Layout(cfg.get("storage.root"))
-    fractions = check_fractions(cfg.get("ingest.split"))
-    seed = int(cfg.get("ingest.split.seed"))
     rowgroup_mb = int(cfg.get("ingest.rowgroup_size_mb"))
-    rows_per_file = int(cfg.get("ingest.rows_per_file"))
     with storage.AtomicDir(layout.dataset(name), run_id) as staging:
         raw = f"{staging}/_decoded"
-        with timed(log, what, spark=spark) as step:
-            decoded.withColumn("outcome", F.when(F.col("reason").isNull(), F.col("split")).otherwise("rejected")) \
-                .write.partitionBy("outcome").option("parquet.block.size", rowgroup_mb << 20).parquet(raw)
-            decoded = spark.read.parquet(raw)
-            stats = decoded.groupBy("split", "dx", "reason").count().collect()
-            step.count = sum(r["count"] for r in stats)
-        decode_seconds = step.seconds
-        written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
-        for r in stats:
-            if r["reason"] is None:
-                written[r["split"]][r["dx"]] += r["count"]
+        decoded, written, n_decoded, decode_seconds = _decode_once(spark, decoded, raw, rowgroup_mb, what)
         with timed(log, "write petastorm splits", "records", spark) as step:
             for s in SPLITS:
                 n = sum(written[s].values())
                 petastorm_write(spark, decoded.filter(F.col("outcome") == s), f"{staging}/{s}", size, rowgroup_mb,
-                                 -(-n // rows_per_file))
+                                -(-n // int(cfg.get("ingest.rows_per_file"))))
                 log.info("  %-5s %6d records %s", s, n, {k: v for k, v in written[s].items() if v})
-            step.count = sum(sum(v.values()) for v in written.values())
-        rejects = rejects + [decoded.filter(F.col("outcome") == "rejected").select(*REJECT_FIELDS)]
-        all_rejects = rejects[0]
-        for r in rejects[1:]:
-            all_rejects = all_rejects.unionByName(r)
-        all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
-        all_rejects.coalesce(1).write.mode("overwrite").parquet(f"{staging}/rejects")
-        rej_counts = {r["reason"]: r["count"] for r in
-                      spark.read.parquet(f"{staging}/rejects").groupBy("reason").count().collect()}
-        n_written = step.count
+            step.count = n_written = sum(sum(v.values()) for v in written.values())
+        rejects = rejects + [decoded.filter(F.col("outcome") == "rejected").select(*REJECT_COLUMNS)]
+        rej_counts = _write_rejects(spark, rejects, run_id, f"{staging}/rejects")
         n_rejected = sum(rej_counts.values())
         log.info("ingest %s: %d inputs -> %d written + %d rejected", name, inputs["total"], n_written, n_rejected)
         for reason, n in sorted(rej_counts.items(), key=lambda kv: -kv[1]):
@@ -101,28 +142,8 @@ def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, recor
         if n_written + n_rejected != inputs["total"]:
             raise IngestError(f"accounting failed: {n_written} written + {n_rejected} rejected != "
                               f"{inputs['total']} inputs; the previous dataset was left in place")
-        n_decoded = sum(r["count"] for r in stats)
-        manifest = {
-            "dataset": name, "run_id": run_id,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "format": "petastorm", "image_size": size, "resize": cfg.get("dataset.resize"), "channels": 3,
-            "classes": list(CLASSES), "fields": list(FIELD_NAMES),
-            "inputs": inputs,
-            "counts": {"written": n_written, "rejected": n_rejected,
-                       "by_split": {s: {"total": sum(written[s].values()), "per_class": written[s]}
-                                    for s in SPLITS},
-                       "lesions_by_split": records.groupby("split")["lesion_id"].nunique().to_dict(),
-                       "rejected_by_reason": rej_counts},
-            "split": {"fractions": fractions, "seed": seed, "grouped_by": "lesion_id", "stratified_by": "dx"},
-            "parameters": {"max_file_bytes": int(cfg.get("ingest.max_file_bytes")),
-                           "max_image_pixels": int(cfg.get("ingest.max_image_pixels")),
-                           "rowgroup_size_mb": rowgroup_mb, "codec": "png"},
-            "timing": {"decode_seconds": round(decode_seconds, 2),
-                       "decode_images_per_s": round(n_decoded / max(decode_seconds, 1e-9), 1)},
-            "fingerprint": _fingerprint(source_digest, decoded, cfg),
-            "versions": _versions(),
-            **(extra or {}),
-        }
+        manifest = _manifest(cfg, run_id, inputs, written, rej_counts, records, (n_decoded, decode_seconds),
+                             _fingerprint(source_digest, decoded, cfg), extra)
         storage.write_json(f"{staging}/manifest.json", manifest)
         storage.delete(raw)
     return manifest

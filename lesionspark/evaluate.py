@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import calibration, metrics, storage
 from .config import Config, ConfigError
+from .dataset import require_manifest
 from .progress import timed
 from .registry import resolve_model
 from .report import pick_examples, write_report
@@ -111,38 +112,64 @@ def metrics_file(root: str, model: str, version: str, dataset: str, split: str) 
 
 def write_metrics(root: str, rows: list[dict], model: str, version: str, dataset: str, split: str) -> str:
     import pyarrow as pa
-    import pyarrow.parquet as pq
     types = {"string": pa.string(), "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC")}
     schema = pa.schema([(name, types[t]) for name, t in METRICS_SCHEMA])
     table = pa.Table.from_pylist(rows, schema=schema)
     final = metrics_file(root, model, version, dataset, split)
-    tmp = final.rsplit("/", 1)[0] + "/_tmp-" + final.rsplit("/", 1)[1]  # Spark skips _-files
-    fs, tmp_path = storage.filesystem(tmp)
-    _, final_path = storage.filesystem(final)
-    fs.create_dir(tmp_path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(table, tmp_path, filesystem=fs)
-    fs.move(tmp_path, final_path)  # atomic replace on local filesystems and HDFS
+    storage.replace_file(final, storage.parquet_bytes(table))
     return final
 
 
+def _splits(cfg: Config, layout: storage.Layout, dataset: str) -> list[str]:
+    """The threshold split first, then the reported ones; each must exist."""
+    splits = list(dict.fromkeys([cfg.get("evaluate.threshold_split"), *cfg.get("evaluate.splits")]))
+    for split in splits:
+        if not storage.exists(layout.split(dataset, split)):
+            raise ConfigError(f"dataset {dataset!r} has no split {split!r}")
+    return splits
+
+
+def _temperature(cfg: Config, card: dict, frame: pd.DataFrame, own: bool) -> float:
+    """Fitted on the threshold split of the model's own dataset; on another dataset, the card's."""
+    if not own:
+        return calibration.temperature(card)
+    classes = list(card["classes"])
+    val_ok, val_probs, _ = scored(frame, classes)
+    return calibration.fit_temperature(truth(val_ok, classes), val_probs, cfg.get("evaluate.calibration_objective"),
+                                       int(cfg.get("evaluate.calibration_bins")))
+
+
+def _summary(run_id: str, card: dict, dataset: str, out: str, threshold_split: str, threshold: float,
+             cfg: Config, results: dict, temperature: float, start: float) -> dict:
+    """What ``evaluate`` returns (and the CLI prints)."""
+    def split_summary(r: dict) -> dict:
+        keys = ("n_images", "n_rejected", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc")
+        return {**{k: r["overall"][k] for k in keys}, "malignant_auc": r["malignant"]["malignant_auc"],
+                "ci": r["ci"], "ece": r["calibration"]["ece"], "ece_uncalibrated": r["calibration_uncalibrated"]["ece"],
+                "log_loss": r["calibration"]["nll"], "log_loss_uncalibrated": r["calibration_uncalibrated"]["nll"],
+                "warnings": r["warnings"]}
+    return {"run_id": run_id, "model": card["name"], "model_version": card["version"], "dataset": dataset,
+            "report": out + "/report.md", "threshold": {"split": threshold_split, "value": threshold,
+                                                       "target_sensitivity": cfg.get("evaluate.target_sensitivity")},
+            "splits": {s: split_summary(r) for s, r in results.items()},
+            "temperature": temperature, "seconds": round(time.perf_counter() - start, 1)}
+
+
 def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
+    """Score the splits, fit the temperature and the operating threshold on val, write the metrics
+    table and the report, and (own dataset) the card's calibration, threshold and reference."""
     start = time.perf_counter()
     run_id = run_id or storage.new_run_id()
     root = storage.normalize_uri(cfg.get("storage.root"))
     layout = storage.Layout(root)
     card, model_uri = resolve_model(root, cfg.get("evaluate.model"))
-    dataset = cfg.get("evaluate.dataset", None) or card.get("dataset") or cfg.get("dataset.name")
-    if not storage.exists(layout.manifest(dataset)):
-        raise ConfigError(f"no ingested dataset {dataset!r} under {root}: run `lesionspark ingest` first")
-    manifest = storage.read_json(layout.manifest(dataset))
+    dataset = cfg.get("evaluate.dataset") or card.get("dataset") or cfg.get("dataset.name")
+    manifest = require_manifest(layout, dataset)
     if int(manifest["image_size"]) != int(card["image_size"]):
         log.warning("evaluate: dataset %s is %d px, the model takes %d px: images are resized", dataset,
                     manifest["image_size"], card["image_size"])
     threshold_split = cfg.get("evaluate.threshold_split")
-    splits = list(dict.fromkeys([threshold_split, *cfg.get("evaluate.splits")]))
-    for split in splits:
-        if not storage.exists(layout.split(dataset, split)):
-            raise ConfigError(f"dataset {dataset!r} has no split {split!r}")
+    splits = _splits(cfg, layout, dataset)
     classes = list(card["classes"])
     log.info("evaluate %s:%s on %s %s (run %s)", card["name"], card["version"], dataset, splits, run_id)
 
@@ -153,13 +180,7 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
             raw[split] = predict_split(spark, layout.split(dataset, split), raw_card, model_uri, cfg)
             step.count = len(raw[split])
     own = dataset == card.get("dataset", dataset)
-    if own:  # fitted on the threshold split (val) of the model's own dataset
-        val_ok, val_probs, _ = scored(raw[threshold_split], classes)
-        temperature = calibration.fit_temperature(truth(val_ok, classes), val_probs,
-                                                  cfg.get("evaluate.calibration_objective"),
-                                                  int(cfg.get("evaluate.calibration_bins")))
-    else:  # another dataset: the card's calibration, as score applies it
-        temperature = calibration.temperature(card)
+    temperature = _temperature(cfg, card, raw[threshold_split], own)
     log.info("evaluate: temperature %.3f (%s)", temperature, f"fitted on {threshold_split}" if own else "the card's")
     card = {**raw_card, "calibration": {"method": "temperature", "temperature": temperature}}
     frames = {s: calibrate_frame(f, temperature) for s, f in raw.items()}
@@ -188,19 +209,7 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     if own:
         _card_for_scoring(model_uri.rsplit("/", 1)[0], frames[threshold_split], classes, threshold,
                           threshold_split, cfg, results[threshold_split])
-    summary = {"run_id": run_id, "model": card["name"], "model_version": card["version"], "dataset": dataset,
-               "report": out + "/report.md", "threshold": {"split": threshold_split, "value": threshold,
-                                                          "target_sensitivity": cfg.get("evaluate.target_sensitivity")},
-               "splits": {s: {**{k: r["overall"][k] for k in ("n_images", "n_rejected", "accuracy", "balanced_accuracy",
-                                                             "macro_f1", "weighted_f1", "macro_auc")},
-                              "malignant_auc": r["malignant"]["malignant_auc"],
-                              "ci": r["ci"], "ece": r["calibration"]["ece"],
-                              "ece_uncalibrated": r["calibration_uncalibrated"]["ece"],
-                              "log_loss": r["calibration"]["nll"], "log_loss_uncalibrated": r["calibration_uncalibrated"]["nll"],
-                              "warnings": r["warnings"]}
-                          for s, r in results.items()},
-               "temperature": temperature,
-               "seconds": round(time.perf_counter() - start, 1)}
+    summary = _summary(run_id, card, dataset, out, threshold_split, threshold, cfg, results, temperature, start)
     log.info("evaluate: %s", "; ".join(f"{s}: bal-acc {r['balanced_accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
                                       for s, r in summary["splits"].items()))
     return summary
@@ -225,10 +234,7 @@ def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], t
         "value": float(threshold), "split": split, "target_sensitivity": float(cfg.get("evaluate.target_sensitivity")),
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat()}
     card["reference"] = monitor.reference(probs, classes, float(cfg.get("score.low_confidence")), split)
-    tmp = model_dir + "/_tmp-model_card.json"
-    storage.write_json(tmp, card)
-    fs, src = storage.filesystem(tmp)
-    fs.move(src, storage.filesystem(uri)[1])
+    storage.replace_json(uri, card)
     log.info("evaluate: model card updated with temperature %.3f, the operating threshold (%s) and the %s "
              "reference distribution", card["calibration"]["temperature"],
              "none" if np.isnan(threshold) else f"{threshold:.4f}", split)

@@ -22,15 +22,12 @@ import pandas as pd
 from . import storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
-from .predict import load_model, tf_threads
+from .predict import load_model
+from .threads import limit_threads
 from .progress import timed
-from .registry import resolve_model
+from .registry import explanations_dir, resolve_model
 
 log = logging.getLogger(__name__)
-
-
-def explanations_dir(root: str, card: dict) -> str:
-    return storage.join(storage.normalize_uri(root), "explanations", card["name"], card["version"])
 
 
 def table_schema():
@@ -50,7 +47,7 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
     classes = list(card["classes"])
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        tf_threads(threads)
+        limit_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
             if reader is not None:
@@ -80,7 +77,7 @@ def _sources(spark, cfg: Config, card: dict, root: str):
     """(source name, rows DataFrame, reader or None) for ``explain.images`` or ``explain.split``."""
     from pyspark.sql import functions as F
     limit = int(cfg.get("explain.limit"))
-    folder = cfg.get("explain.images", None)
+    folder = cfg.get("explain.images")
     if folder:
         from .listing import Reader, list_files
         folder = storage.normalize_uri(folder)
@@ -96,7 +93,7 @@ def _sources(spark, cfg: Config, card: dict, root: str):
         reader = Reader([folder], follow)
     else:
         layout = storage.Layout(root)
-        dataset = cfg.get("evaluate.dataset", None) or card.get("dataset") or cfg.get("dataset.name")
+        dataset = cfg.get("evaluate.dataset") or card.get("dataset") or cfg.get("dataset.name")
         split = cfg.get("explain.split")
         url = layout.split(dataset, split)
         if not storage.exists(url):

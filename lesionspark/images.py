@@ -146,9 +146,3 @@ def decode_each(contents, size: int, mode: str = "squash", max_pixels: int = 40_
             out_reasons.append("corrupt_image")
             out_details.append(f"decoder error {type(exc).__name__}: {str(exc)[:200]}")
     return arrays, out_reasons, out_details
-
-
-def decode_resize_naive(data: bytes, size: int) -> np.ndarray:
-    """The baseline the benchmark compares against: full decode, then a bicubic resize."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8)

@@ -20,7 +20,7 @@ from .dataset import IngestError, decoded_schema, write_dataset
 from .hmnist import ingest_hmnist
 from .images import decode_each
 from .listing import Reader, list_files
-from .metadata import parse_metadata
+from .metadata import REJECT_SCHEMA, parse_metadata
 from .progress import PhaseClock, timed
 from .spark import sql_conf
 from .schema import FIELD_NAMES, encode_image, lesion_schema
@@ -67,56 +67,48 @@ def _read_text(spark, uri: str) -> str:
     return rows[0].value
 
 
-def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
-    """Run the ingest stage; returns the manifest (also written beside the dataset)."""
-    if cfg.get("ingest.hmnist", None):
-        return ingest_hmnist(spark, cfg, run_id)
-    from pyspark.sql import functions as F
-
-    t_start = time.perf_counter()
-    run_id = run_id or storage.new_run_id()
-    name = cfg.get("dataset.name")
-    size = int(cfg.get("dataset.image_size"))
-    mode = cfg.get("dataset.resize")
-    meta_uri = cfg.get("ingest.metadata", None)
-    image_uris = cfg.get("ingest.images", []) or []
+def _inputs(cfg: Config) -> tuple[str, list[str]]:
+    """(metadata URI, image folder URIs), normalised; an IngestError when either is missing."""
+    meta_uri = cfg.get("ingest.metadata")
+    image_uris = cfg.get("ingest.images") or []
     if isinstance(image_uris, str):
         image_uris = [u for u in image_uris.split(",") if u]
     if not meta_uri or not image_uris:
         raise IngestError("ingest needs ingest.metadata (the metadata CSV) and ingest.images "
                           "(one or more image folders), or ingest.hmnist (a pixel CSV)")
-    meta_uri = storage.normalize_uri(meta_uri)
-    image_uris = [storage.normalize_uri(u) for u in image_uris]
-    fractions = check_fractions(cfg.get("ingest.split"))
-    seed = int(cfg.get("ingest.split.seed"))
-    max_bytes = int(cfg.get("ingest.max_file_bytes"))
-    max_pixels = int(cfg.get("ingest.max_image_pixels"))
-    layout = storage.Layout(cfg.get("storage.root"))
-    log.info("ingest %s: metadata %s, images %s -> %s (run %s, %dpx %s)", name, meta_uri,
-             ", ".join(image_uris), layout.dataset(name), run_id, size, mode)
+    return storage.normalize_uri(meta_uri), [storage.normalize_uri(u) for u in image_uris]
 
-    # 1. Metadata: parsed and validated on the driver (about 100 bytes a row).
+
+def _metadata(spark, cfg: Config, meta_uri: str):
+    """The metadata parsed and validated on the driver (about 100 bytes a row), with splits:
+    (text, records, rejected rows, the records as a DataFrame, every image id the file names)."""
+    from pyspark.sql import functions as F
     with timed(log, "metadata", "rows", spark) as step:
         text = _read_text(spark, meta_uri)
         records, meta_rejects = parse_metadata(text, meta_uri)
         step.count = len(records) + len(meta_rejects)
     if records.empty:
         raise IngestError(f"{meta_uri}: no usable metadata rows ({len(meta_rejects)} rejected)")
-    records["split"] = assign_splits(records, fractions, seed)
+    records["split"] = assign_splits(records, check_fractions(cfg.get("ingest.split")), int(cfg.get("ingest.split.seed")))
     meta = spark.createDataFrame(records[META_FIELDS].astype({"age": "float64"}))
     meta = meta.withColumn("label", F.col("label").cast("int")) \
                .withColumn("malignant", F.col("malignant").cast("byte")) \
                .withColumn("age", F.col("age").cast("float"))
     known_ids = spark.createDataFrame(
         pd.DataFrame({"image_id": pd.concat([records["image_id"], meta_rejects["image_id"]]).dropna().unique()}))
+    return text, records, meta_rejects, meta, known_ids
 
-    # 2. Listing in executors (no file contents read): files match rows by name without extension.
-    #    The first path (sorted) of an image id is its file; other copies are duplicates.
+
+def _listing(spark, cfg: Config, image_uris: list[str], known_ids):
+    """The image folders listed in executors (no file contents read), persisted: files match rows by
+    name without extension; the first path (sorted) of an image id is its file, other copies are
+    duplicates. Returns (listing, files, non-chosen copies, chosen files without a metadata row)."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
+    from pyspark.sql import functions as F
     with timed(log, "listing", "files", spark) as step:
         by_id = Window.partitionBy("image_id").orderBy("path")
-        listing = list_files(spark, image_uris, cfg.get("ingest.image_glob", None),
+        listing = list_files(spark, image_uris, cfg.get("ingest.image_glob"),
                              follow_links=bool(cfg.get("ingest.follow_links"))) \
             .withColumnRenamed("stem", "image_id").select("path", "length", "image_id") \
             .withColumn("copy", F.row_number().over(by_id)) \
@@ -126,10 +118,15 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
         n_files, non_chosen, orphan_chosen = listing.agg(
             F.count("*"), F.sum((F.col("copy") > 1).cast("int")),
             F.sum(((F.col("copy") == 1) & ~F.col("known")).cast("int"))).collect()[0]
-        non_chosen, orphan_chosen = non_chosen or 0, orphan_chosen or 0
         step.count = n_files
+    return listing, n_files, non_chosen or 0, orphan_chosen or 0
 
-    rejects = [spark.createDataFrame(meta_rejects, "image_id string, source string, reason string, detail string")]
+
+def _listing_rejects(spark, meta_rejects: pd.DataFrame, listing, meta, meta_uri: str) -> list:
+    """Reject rows of the metadata and the listing: bad rows, files without a row, duplicate files,
+    rows without a file."""
+    from pyspark.sql import functions as F
+    rejects = [spark.createDataFrame(meta_rejects, REJECT_SCHEMA)]
     rejects.append(listing.filter(~F.col("known")).select(
         "image_id", F.col("path").alias("source"), F.lit("no_metadata_row").alias("reason"),
         F.lit("no row of the metadata file names this image").alias("detail")))
@@ -141,16 +138,36 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     rejects.append(meta.join(listing.filter("copy = 1").select("image_id"), "image_id", "left_anti").select(
         "image_id", F.lit(meta_uri).alias("source"), F.lit("image_missing").alias("reason"),
         F.lit("no image file named <image_id>.<ext> in the image folders").alias("detail")))
+    return rejects
 
-    # 3. Read, hash, decode, resize, encode in executors: each chosen file once, in its row's task.
+
+def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
+    """Run the ingest stage; returns the manifest (also written beside the dataset)."""
+    if cfg.get("ingest.hmnist"):
+        return ingest_hmnist(spark, cfg, run_id)
+    from pyspark.sql import functions as F
+
+    t_start = time.perf_counter()
+    run_id = run_id or storage.new_run_id()
+    name, size, mode = cfg.get("dataset.name"), int(cfg.get("dataset.image_size")), cfg.get("dataset.resize")
+    meta_uri, image_uris = _inputs(cfg)
+    layout = storage.Layout(cfg.get("storage.root"))
+    log.info("ingest %s: metadata %s, images %s -> %s (run %s, %dpx %s)", name, meta_uri,
+             ", ".join(image_uris), layout.dataset(name), run_id, size, mode)
+    text, records, meta_rejects, meta, known_ids = _metadata(spark, cfg, meta_uri)
+    listing, n_files, non_chosen, orphan_chosen = _listing(spark, cfg, image_uris, known_ids)
+    rejects = _listing_rejects(spark, meta_rejects, listing, meta, meta_uri)
+
+    # Read, hash, decode, resize, encode in executors: each chosen file once, in its row's task.
     to_read = listing.filter((F.col("copy") == 1) & F.col("known")).select("path", "length", "image_id") \
         .join(F.broadcast(meta), "image_id")
     n_chosen = n_files - non_chosen - orphan_chosen
     tasks = max(spark.sparkContext.defaultParallelism, -(-n_chosen // int(cfg.get("ingest.files_per_task"))))
     clock = PhaseClock(spark, ("files", "read_decode_encode"))
+    reader = Reader(image_uris, bool(cfg.get("ingest.follow_links")))
     decoded = to_read.repartition(tasks).mapInPandas(
-        _decode_partition(size, mode, max_pixels, Reader(image_uris, bool(cfg.get("ingest.follow_links"))),
-                          max_bytes, clock), decoded_schema())
+        _decode_partition(size, mode, int(cfg.get("ingest.max_image_pixels")), reader,
+                          int(cfg.get("ingest.max_file_bytes")), clock), decoded_schema())
     n_rows = len(records) + len(meta_rejects)
     inputs = {"metadata": meta_uri, "images": image_uris, "metadata_rows": n_rows, "image_files": n_files,
               "total": n_rows + non_chosen + orphan_chosen}
@@ -162,5 +179,3 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     listing.unpersist()
     log.info("ingest %s: done in %.1fs -> %s", name, time.perf_counter() - t_start, layout.dataset(name))
     return manifest
-
-

@@ -118,6 +118,19 @@ def confusion_scores(cm: np.ndarray) -> dict:
                 "macro_f1": f1.mean(axis=-1)}
 
 
+def confusion_summary(cm: np.ndarray) -> dict:
+    """The training summary of one confusion matrix: n, accuracy, balanced accuracy, macro and
+    weighted F1 (F1 per class weighted by its true count, as scikit-learn's ``average="weighted"``)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    n = float(cm.sum())
+    if n == 0:
+        return {"n": 0, "accuracy": None, "balanced_accuracy": None, "macro_f1": None, "weighted_f1": None}
+    tp, rows, cols = np.diagonal(cm), cm.sum(axis=1), cm.sum(axis=0)
+    f1 = np.where(rows + cols > 0, 2 * tp / np.maximum(rows + cols, 1), 0.0)
+    return {"n": int(n), **{k: float(v) for k, v in confusion_scores(cm).items()},
+            "weighted_f1": float((f1 * rows).sum() / n)}
+
+
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int,
                  n_boot: int, seed: int, level: float = 0.95) -> dict:
     """Percentile intervals for accuracy, balanced accuracy and macro F1, resampling whole lesions

@@ -5,8 +5,11 @@ the name is stored in the model card so scoring applies exactly the same functio
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+
+from . import storage
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +33,22 @@ def preprocess(name: str, images):
     raise ValueError(f"unknown preprocessing {name!r}")
 
 
-def _weights_arg(weights) -> tuple[str | None, bool]:
-    """(what Keras takes as ``weights``, whether it is a private temporary copy to delete after use)."""
-    if weights in (None, "none", "None"):
-        return None, False
-    if weights == "imagenet":
-        return "imagenet", False
+@contextlib.contextmanager
+def _weights_arg(weights):
+    """What Keras takes as ``weights``: None, "imagenet", or a local file (a URI is copied to a private
+    temporary file for the duration: Keras reads only local files)."""
+    if weights in (None, "none", "None") or weights == "imagenet":
+        yield None if weights != "imagenet" else "imagenet"
+        return
     weights = str(weights)
-    if "://" in weights:  # hdfs://, s3a://, file://: copied to a private local file (Keras reads local files)
-        from . import storage
-        import tempfile
-        if not storage.exists(weights):
-            raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, "
-                               "a path or a URI)")
-        fd, local = tempfile.mkstemp(prefix="lesionspark-weights-", suffix=".h5")  # mode 0600, a fresh name
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(storage.read_bytes(weights))
-        return local, True
-    if not os.path.exists(weights):
+    found = storage.exists(weights) if "://" in weights else os.path.exists(weights)
+    if not found:
         raise WeightsError(f"weights file {weights!r} not found (model.weights takes none, imagenet, a path or a URI)")
-    return weights, False
+    if "://" not in weights:
+        yield weights
+        return
+    with storage.local_copy(weights, suffix=".h5", prefix="lesionspark-weights-") as local:
+        yield local
 
 
 def _backbone(factory, name: str, size: int, weights):
@@ -58,18 +57,15 @@ def _backbone(factory, name: str, size: int, weights):
     x = inputs
     if size < 32:  # the Keras applications need at least 32x32
         x = tf.keras.layers.Resizing(32, 32, name="upsample_to_32")(x)
-    w, temporary = _weights_arg(weights)
-    try:
-        base = factory(include_top=False, weights=w, input_shape=(max(size, 32), max(size, 32), 3))
-    except Exception as exc:
-        if w == "imagenet":
-            raise WeightsError(
-                f"could not get ImageNet weights for {name} ({type(exc).__name__}: {exc}). Without internet, "
-                f"download {name}'s 'notop' .h5 file elsewhere and pass model.weights=/path/to/file.h5") from None
-        raise
-    finally:
-        if temporary:
-            os.remove(w)
+    with _weights_arg(weights) as w:
+        try:
+            base = factory(include_top=False, weights=w, input_shape=(max(size, 32), max(size, 32), 3))
+        except Exception as exc:
+            if w == "imagenet":
+                raise WeightsError(
+                    f"could not get ImageNet weights for {name} ({type(exc).__name__}: {exc}). Without internet, "
+                    f"download {name}'s 'notop' .h5 file elsewhere and pass model.weights=/path/to/file.h5") from None
+            raise
     return inputs, x, base
 
 

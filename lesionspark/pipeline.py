@@ -43,7 +43,7 @@ def pipeline(spark, cfg: Config, steps: list[str] | None = None) -> dict:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ConfigError(f"pipeline.steps: unknown {unknown}; the steps are {list(STEPS)}")
-    if "score" in steps and not cfg.get("score.archive", None):
+    if "score" in steps and not cfg.get("score.archive"):
         log.info("pipeline: no score.archive set, so the score step is skipped")
         steps.remove("score")
     cfg = cfg.with_overrides({"train.balance": cfg.get("balance.method")})

@@ -5,16 +5,15 @@ probabilities or a reject reason out, with exactly the preprocessing the model c
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from . import calibration
+from . import calibration, storage
 from .images import decode_each
 from .overlays import write_overlays
+from .threads import limit_threads
 
 _MODELS: dict[str, object] = {}
 
@@ -31,15 +30,9 @@ def load_model(model_uri: str):
     """The Keras model at ``model_uri`` (any pyarrow filesystem), loaded once per process."""
     if model_uri not in _MODELS:
         import tensorflow as tf
-        from . import storage
-        fd, local = tempfile.mkstemp(suffix=".keras")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(storage.read_bytes(model_uri))
-        try:
+        with storage.local_copy(model_uri, suffix=".keras") as local:
             # safe_mode: a Lambda layer in a planted model file is refused, not deserialised and run
             _MODELS[model_uri] = tf.keras.models.load_model(local, compile=False, safe_mode=True)
-        finally:
-            os.remove(local)
     return _MODELS[model_uri]
 
 
@@ -47,16 +40,6 @@ def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int) -> np
     from .models import preprocess
     x = preprocess(card["preprocessing"], images.astype(np.float32))
     return calibration.apply_card(card, model.predict(x, batch_size=batch_size, verbose=0))
-
-
-def tf_threads(threads: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # already initialised in this reused worker
 
 
 def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None,
@@ -134,7 +117,7 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
     import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        tf_threads(threads)
+        limit_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
             t0 = time.perf_counter()
@@ -161,7 +144,7 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
 def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int):
     """mapInPandas function: ``path, sha256, content`` in; probabilities or reject reasons out."""
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        tf_threads(threads)
+        limit_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
             rows, reasons, details, _, _ = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size)

@@ -35,3 +35,8 @@ def resolve_model(root: str, spec: str) -> tuple[dict, str]:
     if not storage.exists(model_dir + "/model.keras"):
         raise ModelError(f"{model_dir}/model.keras is missing")
     return card, model_dir + "/model.keras"
+
+
+def explanations_dir(root: str, card: dict) -> str:
+    """``explanations/<model>/<version>``: explain's overlays and table, and score's flagged overlays."""
+    return storage.join(storage.normalize_uri(root), "explanations", card["name"], card["version"])

@@ -204,6 +204,23 @@ def _calibration_note(results: dict, threshold_split: str) -> str:
             "below, the operating threshold and the drift reference are on the calibrated probabilities.")
 
 
+def _split_protocol(manifest: dict) -> list[str]:
+    """The report's split section: how the splits were made, and images, lesions and classes per split."""
+    split_cfg = manifest.get("split", {})
+    by_split = manifest.get("counts", {}).get("by_split", {})
+    out = ["", "## Split protocol", "",
+           f"Splits are grouped by `lesion_id` (every image of a lesion is in exactly one split; "
+           f"lesion-grouped: {manifest.get('lesion_grouped', True)}), stratified by class and seeded. "
+           f"Parameters: `{json.dumps(split_cfg)}`.", ""]
+    if by_split:
+        cols = sorted({c for v in by_split.values() for c in v.get("per_class", {})})
+        lesions = manifest.get("counts", {}).get("lesions_by_split", {})
+        out.append(_table(["split", "images", "lesions", *cols],
+                          [[s, v.get("total"), lesions.get(s, "n/a"), *(v.get("per_class", {}).get(c, 0) for c in cols)]
+                           for s, v in by_split.items()]))
+    return out
+
+
 def markdown(card: dict, manifest: dict, results: dict, classes: list[str], threshold_split: str, threshold: float,
              target: float, plots: dict, run_id: str) -> str:
     ci = {s: r.get("ci", {}) for s, r in results.items()}
@@ -252,18 +269,7 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
         out += ["", "## Where the model looked", "", HEATMAP_NOTE, ""]
         out += [f"![{name}]({file})" for name, file in plots["gradcam"]]
     out += ["", "## Training", ""] + [f"![{name}]({file})" for name, file in plots.get("training", [])]
-    split_cfg = manifest.get("split", {})
-    by_split = manifest.get("counts", {}).get("by_split", {})
-    out += ["", "## Split protocol", "",
-            f"Splits are grouped by `lesion_id` (every image of a lesion is in exactly one split; "
-            f"lesion-grouped: {manifest.get('lesion_grouped', True)}), stratified by class and seeded. "
-            f"Parameters: `{json.dumps(split_cfg)}`.", ""]
-    if by_split:
-        cols = sorted({c for v in by_split.values() for c in v.get("per_class", {})})
-        lesions = manifest.get("counts", {}).get("lesions_by_split", {})
-        out.append(_table(["split", "images", "lesions", *cols],
-                          [[s, v.get("total"), lesions.get(s, "n/a"), *(v.get("per_class", {}).get(c, 0) for c in cols)]
-                           for s, v in by_split.items()]))
+    out += _split_protocol(manifest)
     out += ["", "## Dataset manifest", "", "```json", json.dumps(manifest, indent=2, default=str), "```",
             "", "## Model card", "", "```json", json.dumps(card, indent=2, default=str), "```", ""]
     return "\n".join(out)

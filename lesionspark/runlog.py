@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -45,11 +44,7 @@ def write(root: str, run_id: str, row: dict) -> None:
     if data["predicted_by_class"][0] is not None:
         data["predicted_by_class"] = [list(data["predicted_by_class"][0].items())]
     table = pa.Table.from_pydict(data, schema=SCHEMA)
-    fs, base = storage.filesystem(f"{table_uri(root)}/run_id={run_id}")
-    fs.create_dir(base, recursive=True)
-    tmp = f"{base}/_tmp-{uuid.uuid4().hex}.parquet"  # Spark skips _-files
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, f"{base}/part-0.parquet")
+    storage.replace_file(f"{table_uri(root)}/run_id={run_id}/part-0.parquet", storage.parquet_bytes(table))
 
 
 def read(root: str) -> list[dict]:

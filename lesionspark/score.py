@@ -20,9 +20,11 @@ import time
 from . import storage
 from .classes import malignant_outputs
 from .config import Config, ConfigError
-from .listing import list_files
-from .progress import timed
-from .registry import resolve_model
+from .listing import Reader, list_files
+from .predict import score_files, score_files_schema
+from .progress import PhaseClock, timed
+from .registry import explanations_dir, resolve_model
+from .spark import sql_conf
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def plan(spark, cfg: Config, archive: str, model: str, version: str, tables: dic
     has no prediction or reject for this model version yet (a new model version rescoring an archive,
     or a run that died between committing its index and its predictions)."""
     from pyspark.sql import functions as F
-    salt = cfg.get("score.path_salt", None) if cfg.get("score.hash_paths") else None
+    salt = cfg.get("score.path_salt") if cfg.get("score.hash_paths") else None
     listing = list_files(spark, [archive], regex=cfg.get("score.path_regex"),
                          follow_links=bool(cfg.get("score.follow_links"))).withColumn("path_key", path_key(salt))
     index = _read_table(spark, tables["score_files"],
@@ -117,14 +119,14 @@ def plan(spark, cfg: Config, archive: str, model: str, version: str, tables: dic
 
 def _setup(cfg: Config) -> tuple[str, str, dict, str]:
     root = storage.normalize_uri(cfg.get("storage.root"))
-    archive = cfg.get("score.archive", None)
+    archive = cfg.get("score.archive")
     if not archive:
         raise ScoreError("score needs score.archive (--archive <uri>)")
     archive = storage.normalize_uri(archive)
     if not storage.exists(archive):
         raise ScoreError(f"archive {archive} does not exist")
     card, model_uri = resolve_model(root, cfg.get("score.model"))
-    if cfg.get("score.hash_paths") and not cfg.get("score.path_salt", None):
+    if cfg.get("score.hash_paths") and not cfg.get("score.path_salt"):
         raise ScoreError("score.hash_paths needs score.path_salt (keep it secret and the same across runs)")
     return root, archive, card, model_uri
 
@@ -209,15 +211,43 @@ def dry_run(spark, cfg: Config, root: str, archive: str, card: dict) -> dict:
     return out
 
 
-def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict, model_uri: str, lease) -> dict:
+def _plan_counts(spark, cfg: Config, archive: str, model: str, version: str, tables: dict):
+    """Step 1, small rows only, all in executors: list, match the index, find what is not done.
+    (files, to_read, done, listed, known to the index, to read, new), the first two persisted."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
-    from .explain import explanations_dir
-    from .listing import Reader
-    from .predict import score_files, score_files_schema
-    from .progress import PhaseClock
-    from .spark import sql_conf
+    with timed(log, "listing + index", "files", spark) as step:
+        files, to_read, done = plan(spark, cfg, archive, model, version, tables)
+        files = files.persist(StorageLevel.MEMORY_AND_DISK)
+        to_read = to_read.persist(StorageLevel.MEMORY_AND_DISK)
+        listed, known = files.agg(F.count("*"), F.count("image_sha256")).collect()[0]
+        n_read, n_new = to_read.agg(F.count("*"), F.sum(F.col("new").cast("int"))).collect()[0]
+        step.count = listed
+    log.info("score: %d listed: %d known to the index, %d new; %d files to read (hash%s)", listed, known, n_new or 0,
+             n_read, ", decode and predict" if n_read else "")
+    return files, to_read, done, listed, n_read, n_new or 0
 
+
+def _read_predict(spark, cfg: Config, to_read, n_read: int, archive: str, card: dict, model_uri: str,
+                  root: str, staging: str, threshold: float, clock: PhaseClock) -> None:
+    """Step 2: each file read once where its row is (hash, decode, predict), the raw results
+    written once under ``<staging>/raw``; flagged images' overlays staged beside them."""
+    tasks = max(spark.sparkContext.defaultParallelism, -(-n_read // int(cfg.get("score.files_per_task"))))
+    overlays = (threshold, f"{staging}/flagged", cfg.get("explain.method"),
+                f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None
+    fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card,
+                     int(cfg.get("score.batch_size")), int(cfg.get("ingest.max_image_pixels")),
+                     int(cfg.get("score.threads")), int(cfg.get("score.max_file_bytes")), list(PASSTHROUGH), clock,
+                     overlays)
+    schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
+    with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
+            timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
+        to_read.repartition(tasks).mapInPandas(fn, schema).write.parquet(f"{staging}/raw")
+        step.count = n_read
+    log.info("score: inside Python workers (seconds summed over tasks): %s", clock.summary())
+
+
+def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict, model_uri: str, lease) -> dict:
     t_start = time.perf_counter()
     model, version = card["name"], card["version"]
     tables = {t: _table(root, t) for t in TABLES}
@@ -226,44 +256,19 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
     threshold, threshold_source = review_threshold(card, cfg)
     log.info("score %s:%s on %s (run %s); review threshold %.4f (%s)", model, version, archive, run_id,
              threshold, threshold_source)
-
-    # 1. Plan: list, match the index, find what is not done. Small rows only, all in executors.
-    with timed(log, "listing + index", "files", spark) as step:
-        files, to_read, done = plan(spark, cfg, archive, model, version, tables)
-        files = files.persist(StorageLevel.MEMORY_AND_DISK)
-        to_read = to_read.persist(StorageLevel.MEMORY_AND_DISK)
-        listed, known = files.agg(F.count("*"), F.count("image_sha256")).collect()[0]
-        n_read, n_new = to_read.agg(F.count("*"), F.sum(F.col("new").cast("int"))).collect()[0]
-        n_new = n_new or 0
-        step.count = listed
-    log.info("score: %d listed: %d known to the index, %d new; %d files to read (hash%s)", listed, known, n_new,
-             n_read, ", decode and predict" if n_read else "")
-
-    # 2. Read each file once where its row is: hash, decode, predict; write the raw results once.
-    passthrough = list(PASSTHROUGH)
+    files, to_read, done, listed, n_read, n_new = _plan_counts(spark, cfg, archive, model, version, tables)
     clock = PhaseClock(spark, ("files", "read_hash", "decode", "predict"))
-    raw = f"{staging}/raw"
+    raw = f"{staging}/raw" if n_read else None
     if n_read:
-        tasks = max(spark.sparkContext.defaultParallelism, -(-n_read // int(cfg.get("score.files_per_task"))))
-        fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card, int(cfg.get("score.batch_size")),
-                         int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads")),
-                         int(cfg.get("score.max_file_bytes")), passthrough, clock,
-                         (threshold, f"{staging}/flagged", cfg.get("explain.method"),
-                          f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None)
-        schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
-        with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
-                timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
-            to_read.repartition(tasks).mapInPandas(fn, schema).write.parquet(raw)
-            step.count = n_read
-        log.info("score: inside Python workers (seconds summed over tasks): %s", clock.summary())
+        _read_predict(spark, cfg, to_read, n_read, archive, card, model_uri, root, staging, threshold, clock)
     to_read.unpersist()
 
     # 3. From the raw results (small rows): index rows, one prediction or reject per new content.
     now = dt.datetime.now(dt.timezone.utc)
     with timed(log, "write tables", "rows", spark) as step:
-        counts = _write_results(spark, raw if n_read else None, done, card, run_id, now, staging, threshold)
+        counts = _write_results(spark, raw, done, card, run_id, now, staging, threshold)
         step.count = sum(counts[t] for t in TABLES)
-    lost = _check_accounting(spark, files, raw if n_read else None, done, staging) if n_read else 0
+    lost = _check_accounting(spark, files, raw, done, staging) if n_read else 0
     if lost:
         raise ScoreError(f"accounting failed: {lost} listed files would have neither a prediction nor a reject; "
                          "nothing was committed")

@@ -32,7 +32,7 @@ def under_spark_submit() -> bool:
 def apply_umask(cfg: Config) -> str:
     """``storage.umask`` for this process and every process it starts (the environment carries it
     to Spark's local Python workers and, with ``spark.executorEnv``, to a cluster's): the octal string."""
-    value = cfg.get("storage.umask", "027")
+    value = cfg.get("storage.umask")
     try:  # "027" (a string, octal) or 23 (YAML reads an unquoted 027 as the octal number 0o27)
         number = value if isinstance(value, int) else int(str(value), 8)
     except ValueError:
@@ -61,8 +61,8 @@ def get_spark(cfg: Config):
         return active
     mask = apply_umask(cfg)
     defaults = {"spark.executorEnv.LESIONSPARK_UMASK": mask, "spark.hadoop.fs.permissions.umask-mode": mask,
-                **flatten_conf(cfg.get("spark.conf", {}) or {})}
-    builder = SparkSession.builder.appName(cfg.get("spark.app_name", "lesionspark"))
+                **flatten_conf(cfg.get("spark.conf") or {})}
+    builder = SparkSession.builder.appName(cfg.get("spark.app_name"))
     if under_spark_submit():
         present = dict(SparkConf().getAll())
         for key, value in defaults.items():
@@ -75,12 +75,12 @@ def get_spark(cfg: Config):
         # Local Python workers inherit this: Petastorm's pyarrow deprecation warnings stay out of the
         # progress output (progress.quiet_library_warnings does the same in this process).
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-        builder = builder.master(cfg.get("spark.master", "local[*]"))
-        builder = builder.config("spark.driver.memory", cfg.get("spark.driver_memory", "4g"))
+        builder = builder.master(cfg.get("spark.master"))
+        builder = builder.config("spark.driver.memory", cfg.get("spark.driver_memory"))
         for key, value in defaults.items():
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(cfg.get("spark.log_level", "WARN"))
+    spark.sparkContext.setLogLevel(cfg.get("spark.log_level"))
     log.info("spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
              spark.sparkContext.defaultParallelism)
     return spark

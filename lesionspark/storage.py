@@ -1,14 +1,18 @@
 """The storage root (DESIGN.md: One storage root): URIs, filesystems, atomic replacement."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+import tempfile
 import time
 import uuid
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 
 def normalize_uri(uri: str) -> str:
@@ -58,6 +62,48 @@ def write_json(uri: str, obj) -> None:
 
 def read_json(uri: str):
     return json.loads(read_bytes(uri))
+
+
+def replace_file(uri: str, data: bytes) -> None:
+    """Write ``data`` to a fresh sibling (``_tmp-...``: Spark and the readers skip ``_`` names), then
+    move it over ``uri``: a reader sees the old file or the new one, never a half-written one."""
+    fs, path = filesystem(uri)
+    parent, name = posixpath.split(path)
+    tmp = f"{parent}/_tmp-{uuid.uuid4().hex[:12]}-{name}"
+    fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(tmp) as fh:
+        fh.write(data)
+    fs.move(tmp, path)
+
+
+def replace_json(uri: str, obj) -> None:
+    replace_file(uri, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A (small) table as the bytes of one Parquet file, for ``replace_file``."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def upload_file(local: str, uri: str) -> None:
+    """A local file published at ``uri`` through ``replace_file``."""
+    with open(local, "rb") as fh:
+        replace_file(uri, fh.read())
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, suffix: str = "", prefix: str = "lesionspark-"):
+    """A private local copy of ``uri`` (mode 0600, a fresh name) for libraries that read only local
+    files (Keras); deleted on exit."""
+    fd, local = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(read_bytes(uri))
+        yield local
+    finally:
+        os.remove(local)
 
 
 def delete(uri: str) -> None:

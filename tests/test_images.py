@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lesionspark.images import ImageRejected, decode_resize, decode_resize_naive
+from lesionspark.images import ImageRejected, decode_resize
 
 
 def _jpeg(img: Image.Image, **kw) -> bytes:
@@ -25,6 +25,12 @@ def test_genuine_jpegs_decode_to_square_rgb(real_bytes, size):
         arr = decode_resize(data, size)
         assert arr.shape == (size, size, 3) and arr.dtype == np.uint8
         assert 20 < arr.mean() < 250  # a real picture, not a blank
+
+
+def decode_resize_naive(data: bytes, size: int) -> np.ndarray:
+    """Full decode, then a bicubic resize: what the draft-mode decoder must stay close to."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8)
 
 
 def test_draft_decodes_at_reduced_scale_and_matches_full_decode(real_bytes):

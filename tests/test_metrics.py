@@ -127,6 +127,10 @@ def test_confusion_scores_equal_scikit_learn_on_resamples(known):
         assert got["balanced_accuracy"] == pytest.approx(metrics._quiet(M.balanced_accuracy_score, t, p))
         assert got["macro_f1"] == pytest.approx(M.f1_score(t, p, labels=list(range(K)), average="macro",
                                                           zero_division=0))
+        summary = metrics.confusion_summary(cm)  # what the Horovod ranks allreduce and report
+        assert summary["n"] == size and summary["accuracy"] == pytest.approx(got["accuracy"])
+        assert summary["weighted_f1"] == pytest.approx(M.f1_score(t, p, average="weighted", zero_division=0))
+    assert metrics.confusion_summary(np.zeros((K, K)))["accuracy"] is None
 
 
 def test_bootstrap_resamples_whole_lesions():
