@@ -3,6 +3,8 @@
 Dermatoscopic images have no "up": every image of a batch gets its own random flip, quarter turn,
 small rotation (the three as one affine map), brightness and contrast. Input and output are float32 batches of RGB 0..255
 (before the model's preprocessing); the label is untouched.
+
+Runs in Horovod ranks (the training input pipeline).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from .config import Config, ConfigError
 from .dataset import petastorm_write, require_manifest
 from .images import sha256_hex
 from .progress import timed
-from .schema import FIELD_NAMES, encode_image, lesion_schema
+from .schema import FIELD_NAMES, encode_image, lesion_schema, record_struct
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,9 @@ def class_targets(counts: Mapping[str, int], target: str = "majority", ratio: fl
 
 
 def _output_schema():
-    from pyspark.sql.types import (BinaryType, BooleanType, ByteType, FloatType, IntegerType, StringType,
-                                   StructField, StructType)
-    types = {"label": IntegerType(), "malignant": ByteType(), "age": FloatType(), "image": BinaryType(),
-             "synthetic": BooleanType()}
-    return StructType([StructField(c, types.get(c, StringType()), c == "age") for c in BALANCED_FIELDS])
+    """A balanced training record: the lesion record, whether it is synthetic, and its parents."""
+    from pyspark.sql.types import BooleanType, StringType
+    return record_struct({"synthetic": BooleanType(), "parents": StringType()}, all_nullable=False)
 
 
 def synthesize_group(pdf: pd.DataFrame, method: str, targets: Mapping[str, int], size: int, k: int,

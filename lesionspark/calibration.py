@@ -10,6 +10,8 @@ accuracy and every per-class decision stay as they are, and a ranking metric lik
 ECE by default, or the log-loss), stores it in the model card (``calibration``),
 and computes the operating threshold and the drift reference on calibrated outputs; ``score``,
 ``explain`` and ``evaluate`` apply the card's T through ``apply_card``.
+
+Runs on the driver (evaluate fits T) and in executors (scoring and explain apply it).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The class map every stage shares (DESIGN.md: Classes)."""
+"""The class map every stage shares (DESIGN.md: Classes).
+
+Plain data and pure functions: imported wherever a stage runs (driver, executors, ranks).
+"""
 from __future__ import annotations
 
 # Canonical order: alphabetical, labels 0..6.

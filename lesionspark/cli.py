@@ -5,6 +5,8 @@ shortcuts for keys (``--size 64`` is ``dataset.image_size=64``). ``spark-submit 
 calls the same code with the same arguments.
 Exit codes: 0 done; 1 the stage failed; 2 bad arguments or configuration; score only: 3 drift with
 ``score.fail_on_drift`` (the run was committed), 75 the storage root is held by another run.
+
+Runs on the driver: parses arguments and calls one stage's library function.
 """
 from __future__ import annotations
 

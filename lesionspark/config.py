@@ -4,6 +4,8 @@ The defaults live in ``lesionspark/conf/default.yaml``. A user's YAML file (``--
 over them, then ``key.path=value`` overrides from the command line. The CLI, the spark-submit jobs
 and the library functions all take the resulting :class:`Config`, so a key means the same thing
 everywhere.
+
+Runs on the driver; executors and ranks get plain values taken from it, never the Config.
 """
 from __future__ import annotations
 

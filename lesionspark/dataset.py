@@ -17,7 +17,7 @@ from .classes import CLASSES
 from .config import Config, ConfigError
 from .metadata import REJECT_COLUMNS
 from .progress import timed
-from .schema import FIELD_NAMES, lesion_schema
+from .schema import FIELD_NAMES, lesion_schema, record_struct
 from .split import SPLITS, check_fractions
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,10 @@ def require_manifest(layout: storage.Layout, name: str) -> dict:
 
 
 def decoded_schema():
-    from pyspark.sql.types import (BinaryType, ByteType, FloatType, IntegerType, StringType,
-                                   StructField, StructType)
-    types = {"label": IntegerType(), "malignant": ByteType(), "age": FloatType(), "image": BinaryType()}
-    cols = list(FIELD_NAMES) + ["split", "reason", "detail"]
-    return StructType([StructField(c, types.get(c, StringType()), True) for c in cols])
+    """What a decode task yields: a lesion record (every field nullable: a reject has no image),
+    its split, and a reject reason and detail."""
+    from pyspark.sql.types import StringType
+    return record_struct({"split": StringType(), "reason": StringType(), "detail": StringType()})
 
 
 def petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int, schema=None) -> None:

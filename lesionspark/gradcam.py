@@ -21,6 +21,8 @@ so the model splits at its last spatial feature map: features = front(x), probab
 inside a backbone, the last map at least 4 wide is used (at 64 px ResNet50's own last map is 2x2).
 The class score is the pre-softmax logit of the predicted (or given) class; the map, upsampled to
 the input, is scaled to 0..1 per image.
+
+Runs in executors (explain, score's flagged overlays) and on the driver (the report's grid).
 """
 from __future__ import annotations
 

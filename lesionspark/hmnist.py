@@ -5,6 +5,8 @@ its own pseudo-lesion, and the manifest records ``lesion_grouped: false``: the i
 lesion may land in different splits, which inflates scores (use the metadata CSV + JPEGs where
 you can). Label codes: 0 akiec, 1 bcc, 2 bkl, 3 df, 4 nv, 5 vasc, 6 mel (checked by class
 counts: only nv has 6,705 rows).
+
+Driver side: a Spark job; the pixel rows are encoded in executors.
 """
 from __future__ import annotations
 

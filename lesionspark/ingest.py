@@ -1,7 +1,7 @@
 """Ingest: HAM10000 layout (metadata CSV + image folders) or hmnist pixel CSV -> Petastorm splits.
 
 Driver side: read and validate the metadata (small), assign lesion-grouped splits, plan the joins.
-Executors: list files, read bytes, decode/resize/encode (``decode_partition``), write Parquet.
+Executors: list files, read bytes, decode/resize/encode (``_decode_partition``), write Parquet.
 Every input ends up written or in ``rejects`` with a reason; the job checks
 ``written + rejected == inputs`` before it swaps the new dataset in.
 """

@@ -33,6 +33,8 @@ Atomic exclusive create, by filesystem (docs/architecture.md):
 - S3 / s3a and other object stores: pyarrow exposes no conditional put, so the create is
   write-then-read-back; two runs starting within the same second can both believe they hold the
   lease. Schedule one scorer per root there, or keep the root on HDFS or a POSIX filesystem.
+
+Runs on the driver of a scoring run (a renewal thread beside the job).
 """
 from __future__ import annotations
 

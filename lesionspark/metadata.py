@@ -1,4 +1,7 @@
-"""Parse and validate the HAM10000 metadata CSV (pure: text in, records and rejects out)."""
+"""Parse and validate the HAM10000 metadata CSV (pure: text in, records and rejects out).
+
+Runs on the driver (the file is small: about 100 bytes a row).
+"""
 from __future__ import annotations
 
 import csv

@@ -4,6 +4,8 @@ Everything scikit-learn computes is taken from scikit-learn. What it does not ha
 and kept small: the threshold for a target sensitivity, the lesion-level bootstrap and the
 top-label calibration bins. Undefined values (a class absent from the split, no malignant images)
 are NaN with a message in ``warnings``; they never raise.
+
+Runs on the driver (evaluate) and in Horovod ranks (``confusion_summary`` of the allreduced matrix).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Models take uint8-range RGB images (float32 tensors of 0..255) after ``preprocess(name, x)``;
 the name is stored in the model card so scoring applies exactly the same function.
+
+Runs in Horovod ranks (build) and in executors and on the driver (``preprocess`` before predict).
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """What scheduled scoring watches (pure functions, no Spark): the model's reference distribution of
-predicted classes and confidence, and the population stability index (PSI) of a run against it."""
+predicted classes and confidence, and the population stability index (PSI) of a run against it.
+
+Runs on the driver (evaluate writes the reference, score compares against it).
+"""
 from __future__ import annotations
 
 import math

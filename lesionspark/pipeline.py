@@ -2,6 +2,8 @@
 (the built-in default: generated HAM10000-shaped data, local Spark, no downloads).
 
 Each step is the stage's own library function; the chain only passes the trained model's version on.
+
+Runs on the driver.
 """
 from __future__ import annotations
 

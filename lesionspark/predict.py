@@ -60,13 +60,11 @@ def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int,
     return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
 
 
-def score_files_schema(passthrough: str):
-    """What ``score_files`` yields: the pass-through columns, then hash, probabilities or a reason."""
-    from pyspark.sql.types import StructType, _parse_datatype_string
-    out = _parse_datatype_string(passthrough) if passthrough else StructType([])
-    for f in score_schema().fields[1:]:
-        out = out.add(f.name if f.name != "sha256" else "image_sha256", f.dataType)
-    return out.add("explanation_path", "string")
+def score_files_schema(passthrough: str) -> str:
+    """What ``score_files`` yields, as a DDL string: the pass-through columns (DDL), then the hash,
+    the probabilities or a reason, and the flagged image's overlay."""
+    ours = "image_sha256 string, probabilities array<double>, reason string, detail string, explanation_path string"
+    return f"{passthrough}, {ours}" if passthrough else ours
 
 
 def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, staging_dir: str,

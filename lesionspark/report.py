@@ -2,6 +2,8 @@
 
 Plots are drawn with matplotlib's Agg backend into a local temporary folder and uploaded with the
 per-image predictions; the report folder is replaced atomically, so a rerun leaves one report.
+
+Runs on the driver.
 """
 from __future__ import annotations
 

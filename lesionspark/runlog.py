@@ -7,6 +7,8 @@ lost the lease and stopped. A run that could not start because another held the 
 ``locked`` row. The next run that holds the lease marks ``killed`` every row still ``running`` (no
 other run can be) and every ``waiting`` row whose process is gone from this host; a ``running`` row
 whose run had already moved rows into the tables becomes ``committed``.
+
+Runs on the driver of a scoring run.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Petastorm Unischema of lesion records (DESIGN.md: Lesion records) and record encoding."""
+"""Petastorm Unischema of lesion records (DESIGN.md: Lesion records) and record encoding.
+
+Imported on the driver (Petastorm writes) and in executors (records encoded in decode tasks).
+"""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 from petastorm.codecs import CompressedImageCodec, ScalarCodec
 from petastorm.unischema import Unischema, UnischemaField
-from pyspark.sql.types import ByteType, FloatType, IntegerType, StringType
+from pyspark.sql.types import BinaryType, ByteType, DataType, FloatType, IntegerType, StringType, StructField, StructType
 
 # Scalar fields in DESIGN.md order; the image field is inserted after them by size.
 SCALAR_FIELDS = (
@@ -23,6 +26,17 @@ SCALAR_FIELDS = (
     ("source", np.str_, StringType(), False),
 )
 FIELD_NAMES = tuple(f[0] for f in SCALAR_FIELDS[:5]) + ("image",) + tuple(f[0] for f in SCALAR_FIELDS[5:])
+
+
+def record_struct(extra: dict[str, DataType] | None = None, all_nullable: bool = True) -> StructType:
+    """The Spark schema of a lesion record as the stages pass it around before Petastorm encodes it:
+    ``FIELD_NAMES`` typed as ``SCALAR_FIELDS`` says, the image as its PNG bytes, then ``extra``
+    columns. ``all_nullable`` False: only the fields DESIGN.md lets be null (and the extra ones)."""
+    types = {name: spark_type for name, _, spark_type, _ in SCALAR_FIELDS}
+    nullable = {name: null for name, _, _, null in SCALAR_FIELDS}
+    fields = [StructField(n, BinaryType() if n == "image" else types[n], all_nullable or nullable.get(n, False))
+              for n in FIELD_NAMES]
+    return StructType(fields + [StructField(n, t, True) for n, t in (extra or {}).items()])
 
 
 @lru_cache(maxsize=None)

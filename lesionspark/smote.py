@@ -8,6 +8,8 @@ its working memory is bounded; splitting does not change which neighbours are fo
 
 Memory per call: the class matrix as int16 (rows x H x W x 3 x 2 bytes), the synthetic chunk as
 float64 (chunk x H x W x 3 x 8 bytes) and one distance block (chunk_rows x rows x 8 bytes).
+
+Runs in executors: one Spark task per class being grown (``balance``).
 """
 from __future__ import annotations
 

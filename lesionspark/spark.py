@@ -1,4 +1,7 @@
-"""SparkSession factory: local mode by default, a cluster's settings untouched under spark-submit."""
+"""SparkSession factory: local mode by default, a cluster's settings untouched under spark-submit.
+
+Runs on the driver.
+"""
 from __future__ import annotations
 
 import logging

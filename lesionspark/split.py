@@ -1,4 +1,7 @@
-"""Lesion-grouped, class-stratified, seeded train/val/test assignment (pure pandas/numpy)."""
+"""Lesion-grouped, class-stratified, seeded train/val/test assignment (pure pandas/numpy).
+
+Runs on the driver.
+"""
 from __future__ import annotations
 
 from typing import Mapping

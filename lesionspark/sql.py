@@ -1,4 +1,7 @@
-"""Spark SQL over the storage root: every table registered by name, no set-up beyond the root."""
+"""Spark SQL over the storage root: every table registered by name, no set-up beyond the root.
+
+Runs on the driver.
+"""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,7 @@
-"""The storage root (DESIGN.md: One storage root): URIs, filesystems, atomic replacement."""
+"""The storage root (DESIGN.md: One storage root): URIs, filesystems, atomic replacement.
+
+Imported everywhere (driver, executors, ranks): every read and write of the storage root goes through it.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -6,6 +6,8 @@ parameters that depend on the class (colour, size, border irregularity, texture,
 wide per-lesion noise, so the classes overlap and a CNN has something to learn but not trivially.
 Images of one lesion share the lesion's parameters and differ by pose, lighting and noise, so a
 split that leaks lesions across train and test inflates scores, as it does on the real data.
+
+Runs on the driver's machine only (a local process pool, no Spark executors): it makes test and demo inputs.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lesionspark import storage
 
@@ -68,16 +69,16 @@ def cluster(tmp_path_factory):
             f.close()
 
 
-def _submit(cluster, pyfiles, job, *args):
+def _submit(cluster, pyfiles, job, *args) -> tuple[str, str]:
+    """spark-submit ``jobs/<job>.py`` to the standalone master; (stdout, stderr)."""
     cmd = [str(BIN / "spark-submit"), "--master", cluster["master"], "--py-files", str(pyfiles),
            "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=4g",
            "--conf", "spark.driver.memory=2g", "--conf", "spark.ui.enabled=false",
            str(REPO / "jobs" / f"{job}.py"), *args, "spark.conf.spark.ui.showConsoleProgress=false"]
     # Run from elsewhere than the repository, so that nothing is imported from the working tree.
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cluster["env"], timeout=900, cwd=cluster["work"])
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{job}: exit {proc.returncode}\n{output[-4000:]}"
-    return output
+    assert proc.returncode == 0, f"{job}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-4000:]}"
+    return proc.stdout, proc.stderr
 
 
 def test_packaged_library_is_self_contained(tmp_path):
@@ -95,38 +96,46 @@ def test_packaged_library_is_self_contained(tmp_path):
 
 
 def test_every_job_on_a_standalone_cluster(cluster, synth_small, genuine_dir, tmp_path):
+    """The README's ``pipeline --conf FILE`` as a spark-submit job (ingest, balance, train, evaluate,
+    score in one application), then the sql and compare jobs: each an application of the master.
+    The conf sets ``balance.method: smote`` and not ``train.balance``: train must use the SMOTE data."""
     sys.path.insert(0, str(REPO / "scripts"))
     from package_pyfiles import package
     pyfiles = package(tmp_path / "dist")
     root = tmp_path / "root"
-    common = ["--root", str(root)]
+    conf = tmp_path / "mine.yaml"
+    conf.write_text(yaml.safe_dump({
+        "storage": {"root": str(root)}, "dataset": {"image_size": 32},
+        "ingest": {"metadata": synth_small["metadata"], "images": synth_small["images"]},
+        "balance": {"method": "smote"},
+        "train": {"num_proc": 2, "epochs": 2, "samples_per_epoch": 256, "warmup_epochs": 0, "horovod_verbose": 0},
+        "evaluate": {"bootstrap": 20},
+        "score": {"archive": str(genuine_dir / "images")}}))
 
-    out = _submit(cluster, pyfiles, "ingest", *common, "--metadata", synth_small["metadata"],
-                  "--images", *synth_small["images"], "--size", "32")
+    stdout, _ = _submit(cluster, pyfiles, "pipeline", "--conf", str(conf))
+    lines = stdout.splitlines()
+    start = len(lines) - 1 - lines[::-1].index("{")  # the job prints its result as indented JSON last
+    out = json.loads("\n".join(lines[start:]))
+    assert list(out) == ["ingest", "balance", "train", "evaluate", "score"]
     manifest = storage.read_json(str(root / "datasets" / "ham10000" / "manifest.json"))
     assert manifest["counts"]["written"] + manifest["counts"]["rejected"] == manifest["inputs"]["total"]
     assert manifest["counts"]["written"] == synth_small["generated"] + synth_small["genuine"]
-
-    _submit(cluster, pyfiles, "balance", *common, "--method", "smote")
     counts = storage.read_json(str(root / "balanced" / "ham10000" / "smote" / "counts.json"))
     assert len(set(counts["after"].values())) == 1
-
-    out = _submit(cluster, pyfiles, "train", *common, "--balance", "smote", "--epochs", "2", "--num-proc", "2",
-                  "train.samples_per_epoch=256", "train.warmup_epochs=0", "train.horovod_verbose=0")
     version = (root / "models" / "cnn" / "latest").read_text().strip()
     card = json.loads((root / "models" / "cnn" / version / "model_card.json").read_text())
+    assert card["balance"] == "smote" and card["train_counts"] == counts["after"]
     assert card["workers"] == 2 and card["epochs_run"] == 2 and {r["rank"] for r in card["ranks"]} == {0, 1}
-
-    _submit(cluster, pyfiles, "evaluate", *common, "--model", "cnn:latest")
+    assert out["evaluate"]["model_version"] == version and out["score"]["model_version"] == version
     assert (root / "reports" / "cnn" / version / "report.md").exists()
+    assert out["score"]["scored"] == 56
 
-    _submit(cluster, pyfiles, "score", *common, "--archive", str(genuine_dir / "images"), "--model", "cnn:latest")
-    out = _submit(cluster, pyfiles, "sql", *common, "-q",
-                  "SELECT count(*) AS n, count(DISTINCT model_version) AS versions FROM predictions")
-    assert "56" in out.split("versions")[-1]
-    out = _submit(cluster, pyfiles, "compare", *common)
-    assert version in out
+    stdout, _ = _submit(cluster, pyfiles, "sql", "--root", str(root), "-q",
+                        "SELECT count(*) AS n, count(DISTINCT model_version) AS versions FROM predictions")
+    assert "56" in stdout.split("versions")[-1]
+    stdout, _ = _submit(cluster, pyfiles, "compare", "--root", str(root))
+    assert version in stdout
 
     # Every one of them ran as an application of the standalone master, not in local mode.
     apps = _state(cluster["ui"])["completedapps"]
-    assert len(apps) >= 7, apps
+    assert len(apps) >= 3, apps

@@ -66,3 +66,17 @@ def test_documented_command_parses(doc, line):
 def test_the_docs_show_every_stage():
     shown = {(_args(line) or ("?",))[0] for _, line in _all()}
     assert {"ingest", "balance", "train", "evaluate", "compare", "score", "sql", "pipeline", "demo"} <= shown
+
+
+@pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
+def test_each_job_file_runs_its_own_stage(job):
+    """A job is ``main([<its stage>, *sys.argv[1:]])`` and nothing else: the cluster test submits the
+    pipeline, sql and compare jobs; the others are the same two lines with another stage name."""
+    import ast
+    tree = ast.parse((REPO / "jobs" / f"{job}.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "main"]
+    assert len(calls) == 1, job
+    first = calls[0].args[0].elts[0]
+    assert isinstance(first, ast.Constant) and first.value == job
+    assert job in _parser()._subparsers._group_actions[0].choices
+    assert [type(n).__name__ for n in tree.body] == ["Expr", "Import", "ImportFrom", "If"], job

@@ -22,26 +22,28 @@ print("released", flush=True)
 """
 
 
-def _contend(directory, run_id, start_at, out):
-    time.sleep(max(0.0, start_at - time.time()))
+def _contend(directory, run_id, ready, done, out):
+    ready.wait()  # every process imported and released at the same instant, however slow its start
     try:
         with Lease(directory, run_id, ttl_s=30, wait_s=0) as lease:
             out.put((run_id, "held", lease.generation))
-            time.sleep(1.0)  # hold it while the others try
+            done.wait(60)  # hold it until every other contender has been answered
     except LeaseHeld as exc:
         out.put((run_id, "refused", exc.holder["run_id"]))
 
 
 def test_racing_processes_get_exactly_one_holder(tmp_path):
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    start_at = time.time() + 3.0  # every process released at the same instant
-    procs = [ctx.Process(target=_contend, args=(str(tmp_path), f"run{i}", start_at, out)) for i in range(8)]
+    out, ready, done = ctx.Queue(), ctx.Barrier(8), ctx.Event()
+    procs = [ctx.Process(target=_contend, args=(str(tmp_path), f"run{i}", ready, done, out)) for i in range(8)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
+    try:
+        results = [out.get(timeout=120) for _ in procs]
+    finally:
+        done.set()
+        for p in procs:
+            p.join(timeout=30)
     held = [r for r in results if r[1] == "held"]
     assert len(held) == 1, results
     winner = held[0][0]

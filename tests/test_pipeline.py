@@ -42,27 +42,3 @@ def test_pipeline_checks_its_steps(spark, tmp_path):
         pipeline(spark, cfg, ["ingest", "deploy"])
     with pytest.raises(ConfigError, match="no model 'cnn'"):
         pipeline(spark, cfg, ["evaluate", "score"])  # score is dropped (no archive); evaluate has no model
-
-
-@pytest.mark.slow
-def test_pipeline_command_on_a_conf_file(synth_small, genuine_dir, tmp_path):
-    """`lesionspark pipeline --conf FILE`, as the README shows it, with every step including score."""
-    import yaml
-    conf = tmp_path / "mine.yaml"
-    conf.write_text(yaml.safe_dump({
-        "storage": {"root": str(tmp_path / "root")}, "spark": {"master": "local[2]"},
-        "dataset": {"name": "mine", "image_size": 32},
-        "ingest": {"metadata": synth_small["metadata"], "images": synth_small["images"]},
-        "balance": {"method": "oversample"},
-        "train": {"num_proc": 2, "epochs": 1, "samples_per_epoch": 64, "horovod_verbose": 0},
-        "evaluate": {"bootstrap": 20},
-        "score": {"archive": str(genuine_dir / "images")}}))
-    proc = subprocess.run([sys.executable, "-m", "lesionspark.cli", "pipeline", "--conf", str(conf)],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout)
-    assert list(out) == ["ingest", "balance", "train", "evaluate", "score"]
-    version = out["train"]["version"]
-    assert out["evaluate"]["model_version"] == version and out["score"]["model_version"] == version
-    assert out["score"]["scored"] == 56 and out["balance"]["method"] == "oversample"
-    assert (tmp_path / "root" / "reports" / "cnn" / version / "report.md").exists()

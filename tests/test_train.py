@@ -137,7 +137,8 @@ def test_backbones_train_from_random_init_on_two_workers(spark, ingested_small, 
     cfg, manifest, layout = ingested_small
     card = train(spark, cfg.with_overrides({
         **FAST, "model.arch": arch, "model.params": params, "train.epochs": 1, "train.samples_per_epoch": 64,
-        "train.augment": {"enabled": False}, "model.name": f"{arch}-scratch"}), run_id=f"t-{arch}")
+        "train.augment": {"enabled": False}, "train.bn_batches": 2, "model.name": f"{arch}-scratch"}),
+        run_id=f"t-{arch}")
     assert card["architecture"] == arch
     assert card["ranks"][0]["trainable_sha256"] == card["ranks"][1]["trainable_sha256"]
     assert card["ranks"][0]["non_trainable_sha256"] == card["ranks"][1]["non_trainable_sha256"]
