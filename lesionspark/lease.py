@@ -2,8 +2,11 @@
 
 Lease files are ``<dir>/lease-<generation>.json`` (generation zero-padded, so names sort). A run
 takes the lease by *creating* the next generation's file exclusively; whoever creates it holds the
-lease, and every other contender sees that the file exists. Nothing is ever deleted or overwritten
-to take a lease, so taking over an expired one cannot remove a live one:
+lease, and every other contender sees that the file exists. A generation file is written once and
+never replaced: the holder's renewals go to ``beat-<generation>.json`` beside it, so a filesystem
+whose file move deletes the destination first (Arrow on HDFS) can hide a heartbeat for an instant
+but never the ownership. Nothing is ever deleted or overwritten to take a lease, so taking over an
+expired one cannot remove a live one:
 
 - free (no file): create generation 1;
 - held (the newest generation is live): wait up to ``wait_s``, then give up (``LeaseHeld``);
@@ -14,8 +17,8 @@ It fails closed: any doubt counts as held. A name in the folder that is not a le
 expires, named in ``LeaseHeld`` so that an operator can look; nothing falls back to an older
 generation.
 
-Expiry never compares clocks of different hosts. The holder rewrites its file every ``ttl_s / 3``
-seconds; a taker judges a lease expired only when the file has stood unchanged for a full ``ttl_s``
+Expiry never compares clocks of different hosts. The holder rewrites its heartbeat every ``ttl_s / 3``
+seconds; a taker judges a lease expired only when it has stood unchanged for a full ``ttl_s``
 on the taker's own monotonic clock (or the holder released it). So a run that finds a killed run's
 lease takes over after watching it for ``ttl_s``. The holder's wall-clock ``expires`` is used only in
 the safe direction: a lease that says it is live is treated as live, so a run with ``wait_s`` 0
@@ -27,12 +30,14 @@ monotonic clock (paused by SIGSTOP, a VM freeze or a long GC): a taker cannot ha
 before ``ttl_s`` after that renewal, so what the holder does within the remaining third is still its
 own. A pause between a passed check and the step itself is not covered; each step is one rename.
 
-Atomic exclusive create, by filesystem (docs/architecture.md):
-- local and NFSv3+: ``link(2)`` of a temporary file to the lease name fails if the name exists;
-- HDFS: ``rename`` fails if the destination exists (a NameNode operation);
-- S3 / s3a and other object stores: pyarrow exposes no conditional put, so the create is
-  write-then-read-back; two runs starting within the same second can both believe they hold the
-  lease. Schedule one scorer per root there, or keep the root on HDFS or a POSIX filesystem.
+Atomic exclusive create, by filesystem (``storage.create_exclusive``, docs/cluster.md):
+- local and NFSv3+: ``link(2)`` of a temporary file to the lease name fails if the name exists
+  (on NFS a retransmitted link that succeeded is told apart by the link count);
+- HDFS: Hadoop's ``FileSystem.create(path, overwrite=false)`` through the driver's JVM, atomic on
+  the NameNode (Arrow's move would clobber a file destination, so it is not used);
+- S3 and other object stores: pyarrow exposes no conditional put, so the lease is refused
+  (``storage.StorageRefused``) unless ``storage.single_writer: true`` says one scheduler alone scores
+  the root; then the create is write-if-absent and read back, which two racing runs could both pass.
 
 Runs on the driver of a scoring run (a renewal thread beside the job).
 """
@@ -45,7 +50,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 
 import pyarrow.fs as pafs
 
@@ -54,6 +58,7 @@ from . import storage
 log = logging.getLogger(__name__)
 
 LEASE_FILE = re.compile(r"^lease-(\d{12})\.json$")
+BEAT_FILE = re.compile(r"^beat-(\d{12})\.json$")
 TMP_PREFIX = ".tmp-"  # this module's own files while a generation is written
 
 
@@ -79,8 +84,9 @@ class LeaseLost(RuntimeError):
 
 class Lease:
     def __init__(self, directory: str, run_id: str, ttl_s: float = 60.0, wait_s: float = 0.0,
-                 poll_s: float = 1.0, info: dict | None = None):
+                 poll_s: float = 1.0, info: dict | None = None, single_writer: bool = False):
         self.dir = storage.normalize_uri(directory)
+        storage.require(self.dir, "lease", single_writer)  # refused before any work where it cannot hold
         self.fs, self.path = storage.filesystem(self.dir)
         self.run_id, self.ttl, self.wait, self.poll = run_id, float(ttl_s), float(wait_s), float(poll_s)
         self.info = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -98,6 +104,16 @@ class Lease:
     def _name(self, gen: int) -> str:
         return f"{self.path}/lease-{gen:012d}.json"
 
+    def _beat(self, gen: int) -> str:
+        return f"{self.path}/beat-{gen:012d}.json"
+
+    def _read(self, path: str) -> dict:
+        with self.fs.open_input_stream(path) as fh:
+            content = json.loads(fh.read())
+        if not isinstance(content, dict) or not content.get("run_id"):
+            raise ValueError("no run_id")
+        return content
+
     def newest(self) -> tuple[int, dict | None]:
         """(generation, content) of the newest lease file; (0, None) if there is none. Fails closed:
         a stray name, or a newest generation that cannot be read or parsed, comes back as a holder
@@ -107,21 +123,23 @@ class Lease:
             if info.base_name.startswith(TMP_PREFIX):
                 continue
             m = LEASE_FILE.match(info.base_name)
-            if m is None:
+            if m is None and not BEAT_FILE.match(info.base_name) and not info.base_name.startswith("_tmp-"):
                 return 0, {"doubt": f"unexpected entry {info.base_name!r} in the lease folder {self.dir} "
                                     "(remove it when no scoring run is active)"}
-            gens.append(int(m.group(1)))
+            if m is not None:
+                gens.append(int(m.group(1)))
         if not gens:
             return 0, None
         gen = max(gens)
         try:
-            with self.fs.open_input_stream(self._name(gen)) as fh:
-                content = json.loads(fh.read())
-            if not isinstance(content, dict) or not content.get("run_id"):
-                raise ValueError("no run_id")
-            return gen, content
-        except (OSError, ValueError) as exc:  # lease files are published whole: this is not a write in flight
+            content = self._read(self._name(gen))
+        except (OSError, ValueError) as exc:  # lease files are created whole: this is not a write in flight
             return gen, {"doubt": f"generation {gen} in {self.dir} cannot be read ({type(exc).__name__}: {exc})"}
+        try:  # the heartbeat: absent before the first renewal, or for an instant while it is replaced
+            beat = self._read(self._beat(gen))
+        except (OSError, ValueError):
+            return gen, content
+        return gen, ({**content, **beat} if beat.get("run_id") == content["run_id"] else content)
 
     def _unchanged_for(self, gen: int, holder: dict) -> float:
         """How long (monotonic seconds, as this process saw it) the newest generation has stood unchanged."""
@@ -151,35 +169,15 @@ class Lease:
         """Create generation ``gen`` exclusively; True if this call created it."""
         body = json.dumps({**self.info, "generation": gen, "expires": time.time() + self.ttl,
                            "ttl_s": self.ttl}).encode()
-        target = self._name(gen)
-        tmp = f"{self.path}/{TMP_PREFIX}{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as fh:
+        if storage.contract(self.dir).exclusive_create is not None:
+            return storage.create_exclusive(self._name(gen), body)
+        # storage.single_writer on an object store: write if absent, then read back who won
+        if self.fs.get_file_info(self._name(gen)).type != pafs.FileType.NotFound:
+            return False
+        with self.fs.open_output_stream(self._name(gen)) as fh:
             fh.write(body)
-        try:
-            if isinstance(self.fs, pafs.LocalFileSystem):
-                try:
-                    os.link(tmp, target)
-                    return True
-                except FileExistsError:
-                    return False
-            if type(self.fs).__name__ == "HadoopFileSystem":
-                try:
-                    self.fs.move(tmp, target)  # HDFS rename refuses an existing destination
-                    return True
-                except OSError:
-                    return False
-            # Object stores: no conditional create through pyarrow; write, then read back who won.
-            if self.fs.get_file_info(target).type != pafs.FileType.NotFound:
-                return False
-            self.fs.copy_file(tmp, target)
-            time.sleep(0.5)
-            with self.fs.open_input_stream(target) as fh:
-                return json.loads(fh.read()).get("run_id") == self.run_id
-        finally:
-            try:
-                self.fs.delete_file(tmp)
-            except OSError:
-                pass
+        time.sleep(0.5)
+        return self._read(self._name(gen)).get("run_id") == self.run_id
 
     def acquire(self) -> "Lease":
         self.fs.create_dir(self.path, recursive=True)
@@ -192,8 +190,8 @@ class Lease:
                 if self._create(gen + 1):
                     self._took(gen, holder)
                     return self
-                continue  # someone else created it first: judge the new generation at once (it exists
-                #           now, so this cannot spin: it is live, in doubt, or watched for a full ttl)
+                time.sleep(0.05)  # someone else created it first: judge the new generation (a cached
+                continue          # listing, as on NFS, may show it a moment later)
             waited = time.monotonic() - start
             if state == "live" and waited >= self.wait:
                 raise LeaseHeld(holder, waited)
@@ -218,13 +216,11 @@ class Lease:
 
     # -- holding -------------------------------------------------------------------------------
     def _write_own(self, **extra) -> None:
+        """The heartbeat of this run's generation (never the generation file itself)."""
         written = time.monotonic()
-        body = json.dumps({**self.info, "generation": self.generation, "expires": time.time() + self.ttl,
+        body = json.dumps({"run_id": self.run_id, "generation": self.generation, "expires": time.time() + self.ttl,
                            "ttl_s": self.ttl, "renewed": written, **extra}).encode()
-        tmp = f"{self.path}/{TMP_PREFIX}{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as fh:
-            fh.write(body)
-        self.fs.move(tmp, self._name(self.generation))  # replaces our own file only
+        storage.replace_file(f"{self.dir}/beat-{self.generation:012d}.json", body)
         self._renewed_at = written
 
     def _renew_loop(self) -> None:
@@ -266,7 +262,7 @@ class Lease:
     def _cleanup(self, below: int) -> None:
         """Delete generations older than ``below`` (never the one just read or anything newer)."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
-            m = LEASE_FILE.match(info.base_name)
+            m = LEASE_FILE.match(info.base_name) or BEAT_FILE.match(info.base_name)
             if m is not None:
                 if int(m.group(1)) < below:
                     try:

@@ -158,9 +158,11 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         return dry_run(spark() if callable(spark) else spark, cfg, root, archive, card)
     row = {"model": card["name"], "model_version": card["version"], "archive": archive, "started_at": started,
            "host": socket.gethostname(), "pid": os.getpid()}
+    storage.require(root, "commit")  # refused before any work where partitions cannot be moved in
     lease = Lease(storage.join(root, "tables", "_lease"), run_id, float(cfg.get("score.lease_ttl_s")),
                   float(cfg.get("score.lease_wait_s")), info={"model": f"{card['name']}:{card['version']}",
-                                                             "archive": archive})
+                                                             "archive": archive},
+                  single_writer=bool(cfg.get("storage.single_writer")))
     runlog.write(root, run_id, {**row, "status": "waiting"})
     try:
         lease.acquire()

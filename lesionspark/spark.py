@@ -4,11 +4,13 @@ Runs on the driver.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from contextlib import contextmanager
 
+from . import storage
 from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,16 @@ def apply_umask(cfg: Config) -> str:
     return mask
 
 
+def check_root(cfg: Config, master: str) -> None:
+    """Refuse a storage root on the driver's own disk (``file://`` or a plain path) with a master
+    that runs executors elsewhere, unless ``storage.shared_filesystem`` says it is a shared mount."""
+    root = storage.normalize_uri(cfg.get("storage.root"))
+    if root.startswith("file://") and not master.startswith("local") and not cfg.get("storage.shared_filesystem"):
+        raise ConfigError(f"storage.root {root} is a local path but the master is {master}: each executor would "
+                          "write to its own disk. Use an hdfs:// or s3a:// root, or set "
+                          "storage.shared_filesystem: true if this path is a mount every node shares (NFS)")
+
+
 def get_spark(cfg: Config):
     """Return the active SparkSession, creating one if needed.
 
@@ -61,13 +73,19 @@ def get_spark(cfg: Config):
 
     active = SparkSession.getActiveSession()
     if active is not None:
+        check_root(cfg, active.sparkContext.master)
         return active
     mask = apply_umask(cfg)
     defaults = {"spark.executorEnv.LESIONSPARK_UMASK": mask, "spark.hadoop.fs.permissions.umask-mode": mask,
                 **flatten_conf(cfg.get("spark.conf") or {})}
+    present = dict(SparkConf().getAll()) if under_spark_submit() else {}
+    s3 = storage.s3_options({**defaults, **present})  # the s3a settings Spark uses, for pyarrow too
+    if s3:
+        storage.configure_s3(s3)
+        # executors and Horovod ranks: through their environment ("SECRET": Spark's UI redacts it)
+        defaults["spark.executorEnv.LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
     builder = SparkSession.builder.appName(cfg.get("spark.app_name"))
     if under_spark_submit():
-        present = dict(SparkConf().getAll())
         for key, value in defaults.items():
             if key not in present:
                 builder = builder.config(key, value)
@@ -84,6 +102,7 @@ def get_spark(cfg: Config):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.get("spark.log_level"))
+    check_root(cfg, spark.sparkContext.master)
     log.info("spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
              spark.sparkContext.defaultParallelism)
     return spark

@@ -1,4 +1,11 @@
-"""The storage root (DESIGN.md: One storage root): URIs, filesystems, atomic replacement.
+"""The storage root (DESIGN.md: One storage root): URIs, filesystems, atomic replacement, and what
+each filesystem promises (``Contract``): every publish, commit and lease uses only that.
+
+| filesystem | replace a file | move a directory | exclusive create | listing |
+| --- | --- | --- | --- | --- |
+| local POSIX (and NFS) | rename(2) | rename(2) | link(2) (NFS: link count checked) | consistent (NFS: cached) |
+| HDFS | delete + rename (pyarrow) | rename (NameNode) | ``FileSystem.create(overwrite=false)`` via the JVM | consistent |
+| S3-compatible | one PUT (atomic per object) | refused | none through pyarrow | consistent (AWS since 2020) |
 
 Imported everywhere (driver, executors, ranks): every read and write of the storage root goes through it.
 """
@@ -11,6 +18,8 @@ import posixpath
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -31,14 +40,163 @@ def join(uri: str, *parts: str) -> str:
     return uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts) if parsed.scheme else posixpath.join(uri, *parts)
 
 
+class StorageRefused(RuntimeError):
+    """The storage root's filesystem cannot give what this step needs to be safe (exit code 2)."""
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a filesystem promises, and so which primitive each step uses there."""
+    kind: str  # local | hdfs | object
+    dir_rename: bool  # a directory moves to a free name in one step (publish, score's commit)
+    file_put_atomic: bool  # a file written in one call appears whole (no temporary name needed)
+    exclusive_create: str | None  # link | hadoop | plugin | None (the lease needs one)
+    create_exclusive: Callable[[str, bytes], bool] | None = None  # plugin filesystems: their own primitive
+
+
+LOCAL = Contract("local", dir_rename=True, file_put_atomic=False, exclusive_create="link")
+HDFS = Contract("hdfs", dir_rename=True, file_put_atomic=False, exclusive_create="hadoop")
+OBJECT = Contract("object", dir_rename=False, file_put_atomic=True, exclusive_create=None)
+_SCHEMES = {"file": LOCAL, "hdfs": HDFS, "viewfs": HDFS, "s3": OBJECT, "s3a": OBJECT, "s3n": OBJECT,
+            "gs": OBJECT, "gcs": OBJECT, "abfs": OBJECT, "abfss": OBJECT, "wasb": OBJECT, "wasbs": OBJECT}
+_PLUGINS: dict[str, tuple[Callable[[str], tuple[pafs.FileSystem, str]], Contract]] = {}
+_S3_OPTIONS: dict = {}
+
+
+def register(scheme: str, factory: Callable[[str], tuple[pafs.FileSystem, str]], contract_: Contract) -> None:
+    """A filesystem for ``scheme://`` URIs (``factory(uri) -> (filesystem, path)``) with its contract."""
+    _PLUGINS[scheme] = (factory, contract_)
+
+
+def contract(uri: str) -> Contract:
+    scheme = urlparse(normalize_uri(uri)).scheme
+    if scheme in _PLUGINS:
+        return _PLUGINS[scheme][1]
+    return _SCHEMES.get(scheme, OBJECT)  # unknown: promise the least
+
+
+def require(uri: str, what: str, single_writer: bool = False) -> None:
+    """Refuse, before any work, a step the root's filesystem cannot make safe. ``what``:
+    ``publish`` and ``commit`` need directory moves; ``lease`` needs an exclusive create
+    (or ``storage.single_writer: true``: the user promises one writer per root)."""
+    c = contract(uri)
+    if what in ("publish", "commit") and not c.dir_rename:
+        raise StorageRefused(f"{uri}: this filesystem ({c.kind}) cannot move a directory in one step, which "
+                             f"{what} needs so that readers never see a half-written output; use an HDFS or "
+                             "POSIX (local, NFS) storage root (docs/cluster.md: storage contract)")
+    if what == "lease" and c.exclusive_create is None and not single_writer:
+        raise StorageRefused(f"{uri}: this filesystem ({c.kind}) has no exclusive create through pyarrow, so two "
+                             "scoring runs could both take the lease; set storage.single_writer: true if one "
+                             "scheduler alone ever scores this root, or use an HDFS or POSIX root")
+
+
+def s3_options(settings: dict) -> dict:
+    """pyarrow ``S3FileSystem`` keyword arguments from the Hadoop s3a settings Spark uses
+    (``spark.hadoop.fs.s3a.*`` or ``fs.s3a.*``): endpoint and scheme, keys, session token, region,
+    anonymous access. Path-style addressing is what pyarrow uses with an endpoint (MinIO, ECS,
+    StorageGRID); virtual-host style with a custom endpoint is refused (pyarrow 10 cannot do it)."""
+    def get(key: str):
+        value = settings.get(f"spark.hadoop.fs.s3a.{key}", settings.get(f"fs.s3a.{key}"))
+        return None if value in (None, "") else str(value)
+    opts: dict = {}
+    endpoint = get("endpoint")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
+        ssl = (get("connection.ssl.enabled") or "true").lower() == "true"
+        opts["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+        opts["scheme"] = parsed.scheme or ("https" if ssl else "http")
+        if (get("path.style.access") or "false").lower() != "true":
+            raise StorageRefused("fs.s3a.endpoint is set without fs.s3a.path.style.access=true: with a custom "
+                                 "endpoint pyarrow addresses buckets by path, so set path style for Spark too "
+                                 "(one configuration for both)")
+    for key, arg in (("access.key", "access_key"), ("secret.key", "secret_key"), ("session.token", "session_token")):
+        if get(key):
+            opts[arg] = get(key)
+    region = get("endpoint.region") or get("region")
+    if region:
+        opts["region"] = region
+    if "Anonymous" in (get("aws.credentials.provider") or ""):
+        opts["anonymous"] = True
+    return opts
+
+
+def configure_s3(options: dict) -> None:
+    """pyarrow ``S3FileSystem`` options for this process (``spark.s3_options`` derives them from the
+    ``fs.s3a.*`` settings Spark uses, so one configuration serves both)."""
+    _S3_OPTIONS.clear()
+    _S3_OPTIONS.update(options)
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for any URI pyarrow reaches (file, hdfs, s3, gs...)."""
     uri = normalize_uri(uri)
+    scheme = urlparse(uri).scheme
+    if scheme in _PLUGINS:
+        return _PLUGINS[scheme][0](uri)
     if uri.startswith("file://"):  # as written: from_uri refuses a local path with a space in it
         return pafs.LocalFileSystem(), uri[len("file://"):]
-    if uri.startswith("s3a://") or uri.startswith("s3n://"):
-        uri = "s3://" + uri.split("://", 1)[1]
+    if scheme in ("s3", "s3a", "s3n"):
+        rest = uri.split("://", 1)[1]
+        opts = _S3_OPTIONS or json.loads(os.environ.get("LESIONSPARK_S3_OPTIONS_SECRET", "{}"))
+        if opts:
+            return pafs.S3FileSystem(**opts), rest.rstrip("/") or rest
+        uri = "s3://" + rest
     return pafs.FileSystem.from_uri(uri)
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create ``uri`` with ``data`` only if no file has that name; True if this call created it.
+    Uses the filesystem's own atomic primitive (``Contract.exclusive_create``); StorageRefused
+    where it has none (see ``require``)."""
+    c = contract(uri)
+    if c.exclusive_create == "plugin":
+        return c.create_exclusive(uri, data)
+    fs, path = filesystem(uri)
+    if c.exclusive_create == "link":
+        return _link_exclusive(path, data)
+    if c.exclusive_create == "hadoop":
+        return _hadoop_create_exclusive(uri, data)
+    raise StorageRefused(f"{uri}: no exclusive create on this filesystem ({c.kind})")
+
+
+def _link_exclusive(path: str, data: bytes) -> bool:
+    """link(2) of a private temporary file: fails if the name exists, on local disks and NFSv3+.
+    NFS can answer EEXIST to a retransmitted link that did succeed; the temporary file's link
+    count (2 when the link is ours) tells the two apart."""
+    tmp = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return os.stat(tmp).st_nlink == 2
+    finally:
+        os.remove(tmp)
+
+
+def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
+    """Through this driver's JVM: the data written whole under a temporary name, then Hadoop's
+    ``FileSystem.rename``, which on HDFS is one NameNode operation that returns false when the
+    destination exists (Arrow's move deletes it first, so it is not used for this)."""
+    from pyspark import SparkContext
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        raise StorageRefused(f"{uri}: an exclusive create on HDFS goes through Spark's JVM; none is running here")
+    jvm = sc._jvm
+    target = jvm.org.apache.hadoop.fs.Path(uri)
+    tmp = jvm.org.apache.hadoop.fs.Path(f"{uri.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}")
+    fs = target.getFileSystem(sc._jsc.hadoopConfiguration())
+    out = fs.create(tmp, False)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    try:
+        return bool(fs.rename(tmp, target))
+    finally:
+        fs.delete(tmp, False)
 
 
 def exists(uri: str) -> bool:
@@ -72,11 +230,15 @@ def replace_file(uri: str, data: bytes) -> None:
     move it over ``uri``: a reader sees the old file or the new one, never a half-written one."""
     fs, path = filesystem(uri)
     parent, name = posixpath.split(path)
-    tmp = f"{parent}/_tmp-{uuid.uuid4().hex[:12]}-{name}"
     fs.create_dir(parent, recursive=True)
+    if contract(uri).file_put_atomic:  # an object store: one PUT replaces the object whole
+        with fs.open_output_stream(path) as fh:
+            fh.write(data)
+        return
+    tmp = f"{parent}/_tmp-{uuid.uuid4().hex[:12]}-{name}"
     with fs.open_output_stream(tmp) as fh:
         fh.write(data)
-    fs.move(tmp, path)
+    fs.move(tmp, path)  # rename(2) on POSIX; on HDFS pyarrow deletes then renames (a reader may miss it briefly)
 
 
 def replace_json(uri: str, obj) -> None:
@@ -129,8 +291,9 @@ class AtomicDir:
     directory (if any) is renamed aside, the staging one renamed into place, and the old one
     deleted; on an exception the staging directory is deleted and the previous output is left
     untouched. Leftovers of a crashed run (``.staging-*``/``.old-*`` siblings) are cleaned by the
-    next run. Renames are atomic on local filesystems and HDFS; on object stores (s3a) a rename
-    is a copy, so readers may briefly see no directory, but never a half-written one.
+    next run. Directory renames are atomic on local filesystems and HDFS; object stores have none
+    (Arrow's S3 filesystem refuses to move a directory), so there it is refused before any work
+    (``require``). Between the two renames a reader finds no directory, never a half-written one.
     """
 
     def __init__(self, uri: str, run_id: str | None = None):
@@ -142,14 +305,24 @@ class AtomicDir:
         self.old = f"{parent}/.{name}.old-{self.run_id}"
 
     def _cleanup_leftovers(self) -> None:
+        """Finish what a crashed run left half done: with no final directory, the newest ``.old-*``
+        (a run killed between its two renames) goes back into place; then every staging and old
+        sibling is deleted."""
         fs, parent = filesystem(self.parent)
         fs.create_dir(parent, recursive=True)
-        for info in fs.get_file_info(pafs.FileSelector(parent)):
-            base = posixpath.basename(info.path)
-            if base.startswith(f".{self.name}.staging-") or base.startswith(f".{self.name}.old-"):
-                fs.delete_dir(info.path) if info.type == pafs.FileType.Directory else fs.delete_file(info.path)
+        leftovers = [info for info in fs.get_file_info(pafs.FileSelector(parent))
+                     if info.base_name.startswith((f".{self.name}.staging-", f".{self.name}.old-"))]
+        final = f"{parent}/{self.name}"
+        olds = sorted(i.path for i in leftovers if i.base_name.startswith(f".{self.name}.old-")
+                      and i.type == pafs.FileType.Directory)
+        if olds and fs.get_file_info(final).type == pafs.FileType.NotFound:
+            fs.move(olds[-1], final)  # the previous good output, as it was
+            leftovers = [i for i in leftovers if i.path != olds[-1]]
+        for info in leftovers:
+            fs.delete_dir(info.path) if info.type == pafs.FileType.Directory else fs.delete_file(info.path)
 
     def __enter__(self) -> str:
+        require(self.uri, "publish")  # before any work, not after it
         self._cleanup_leftovers()
         return self.staging
 

@@ -69,15 +69,15 @@ def cluster(tmp_path_factory):
             f.close()
 
 
-def _submit(cluster, pyfiles, job, *args) -> tuple[str, str]:
-    """spark-submit ``jobs/<job>.py`` to the standalone master; (stdout, stderr)."""
+def _submit(cluster, pyfiles, job, *args, expect: int = 0) -> tuple[str, str]:
+    """spark-submit ``jobs/<job>.py`` to the standalone master; (stdout, stderr) once it exited ``expect``."""
     cmd = [str(BIN / "spark-submit"), "--master", cluster["master"], "--py-files", str(pyfiles),
            "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=4g",
            "--conf", "spark.driver.memory=2g", "--conf", "spark.ui.enabled=false",
            str(REPO / "jobs" / f"{job}.py"), *args, "spark.conf.spark.ui.showConsoleProgress=false"]
     # Run from elsewhere than the repository, so that nothing is imported from the working tree.
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cluster["env"], timeout=900, cwd=cluster["work"])
-    assert proc.returncode == 0, f"{job}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-4000:]}"
+    assert proc.returncode == expect, f"{job}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-4000:]}"
     return proc.stdout, proc.stderr
 
 
@@ -105,7 +105,8 @@ def test_every_job_on_a_standalone_cluster(cluster, synth_small, genuine_dir, tm
     root = tmp_path / "root"
     conf = tmp_path / "mine.yaml"
     conf.write_text(yaml.safe_dump({
-        "storage": {"root": str(root)}, "dataset": {"image_size": 32},
+        # one machine: the local root is shared by the driver, executors and ranks, as an NFS mount would be
+        "storage": {"root": str(root), "shared_filesystem": True}, "dataset": {"image_size": 32},
         "ingest": {"metadata": synth_small["metadata"], "images": synth_small["images"]},
         "balance": {"method": "smote"},
         "train": {"num_proc": 2, "epochs": 2, "samples_per_epoch": 256, "warmup_epochs": 0, "horovod_verbose": 0},
@@ -130,12 +131,15 @@ def test_every_job_on_a_standalone_cluster(cluster, synth_small, genuine_dir, tm
     assert (root / "reports" / "cnn" / version / "report.md").exists()
     assert out["score"]["scored"] == 56
 
-    stdout, _ = _submit(cluster, pyfiles, "sql", "--root", str(root), "-q",
+    shared = "storage.shared_filesystem=true"
+    _, err = _submit(cluster, pyfiles, "compare", "--root", str(root), expect=2)  # a local root must be said shared
+    assert "each executor would write to its own disk" in err
+    stdout, _ = _submit(cluster, pyfiles, "sql", "--root", str(root), shared, "-q",
                         "SELECT count(*) AS n, count(DISTINCT model_version) AS versions FROM predictions")
     assert "56" in stdout.split("versions")[-1]
-    stdout, _ = _submit(cluster, pyfiles, "compare", "--root", str(root))
+    stdout, _ = _submit(cluster, pyfiles, "compare", "--root", str(root), shared)
     assert version in stdout
 
     # Every one of them ran as an application of the standalone master, not in local mode.
     apps = _state(cluster["ui"])["completedapps"]
-    assert len(apps) >= 3, apps
+    assert len(apps) >= 4, apps

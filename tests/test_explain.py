@@ -82,6 +82,7 @@ def test_missing_model_or_folder_is_a_clear_error(tmp_path):
                  "spark.master=local[1]"]) == 2
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_score_writes_overlays_for_flagged_images(spark, folder, tmp_path):
     publish_untrained_model(tmp_path, name="m", size=32)
     # threshold 0: every scored image is flagged for review; a second model version does not explain

@@ -188,6 +188,7 @@ def test_a_failing_run_leaves_the_previous_dataset(tmp_path):
     assert (target / "manifest.json").read_text() == "new"
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_spark_submit_job_on_the_genuine_metadata(genuine_dir, tmp_path):
     """spark-submit jobs/ingest.py as a user runs it: the full genuine metadata (10,015 rows) with
     the 56 genuine JPEGs: 56 written, 9,959 rejected as image_missing, at 224 px."""

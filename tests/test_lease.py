@@ -88,8 +88,10 @@ def test_a_fenced_off_holder_cannot_pass_its_commit_check(tmp_path):
         with pytest.raises(LeaseLost, match="took over"):
             stale.check()
         fresh.check()
-    names = sorted(os.listdir(tmp_path))
-    assert names[-1].startswith("lease-") and json.loads((tmp_path / names[-1]).read_text())["released"]
+    names = sorted(os.listdir(tmp_path))  # the newest generation, written once, and its released heartbeat
+    assert names == ["beat-000000000002.json", "lease-000000000001.json", "lease-000000000002.json"], names
+    assert json.loads((tmp_path / names[0]).read_text())["released"]
+    assert json.loads((tmp_path / names[2]).read_text())["run_id"] == "new"
 
 
 # -- failing closed (issue 18) ------------------------------------------------------------------

@@ -107,6 +107,7 @@ def test_following_links_stays_inside_the_archive_and_cuts_loops(spark, poisoned
     assert summary["listed"] < 200  # the loops were entered once, not until the listing depth ran out
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_an_unreadable_path_falls_back_to_another_path_of_the_same_content(spark, genuine_dir, tmp_path):
     """A new model version rescoring known contents: the chosen (first) path of a content fails to
     read (an I/O error, by fault injection), so another path of the same content is read; a content

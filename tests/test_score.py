@@ -136,6 +136,7 @@ def test_rerun_scores_nothing_and_new_files_are_picked_up(spark, scored, archive
     (a / "2026-11-04").rmdir()
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_path):
     a, n_images = archive
     model, card = publish_untrained_model(tmp_path)
@@ -225,6 +226,7 @@ def test_run_rows_and_review_flags_with_the_default_threshold(scored):
     assert run["flagged"] == preds["review_flag"].sum() and run["drift_psi"] is None  # card has no reference
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_card_threshold_drift_exit_3_and_dry_run(spark, archive, tmp_path):
     from lesionspark.cli import main
     from lesionspark.monitor import psi, shares
@@ -247,6 +249,7 @@ def test_card_threshold_drift_exit_3_and_dry_run(spark, archive, tmp_path):
     assert run["drift_psi"] == pytest.approx(expected) and run["drift_psi"] > 0.2
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_overlapping_runs_leave_one_prediction_per_key(archive, tmp_path):
     """Three `lesionspark score` processes on one root at once. While the root is held, the one
     with no patience exits 75 naming the holder; the two that wait race for it when it is released."""
@@ -286,6 +289,7 @@ def test_readme_morning_queries_run(spark, scored):
     assert {r.run_id for r in results[0]} >= {"r1"} and all(r.status == "succeeded" for r in results[0])
 
 
+@pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archive, tmp_path, monkeypatch):
     """The commit is fenced: the lease is checked before every move, and a run that lost it moves
     nothing more, records ``fenced`` and exits 4; the next run scores everything once."""

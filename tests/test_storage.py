@@ -1,0 +1,202 @@
+"""The storage contract (``storage.Contract``) held on three filesystems: the local one, and the
+strict wrappers of ``strictfs`` that move and refuse the way Arrow's HDFS and S3 filesystems do.
+Publish and lease are killed between storage operations (``LESIONSPARK_CRASH_AT``); contenders
+race for the lease over many trials."""
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import strictfs
+from lesionspark import storage
+from lesionspark.config import Config
+from lesionspark.lease import Lease, LeaseHeld
+from lesionspark.spark import check_root
+
+strictfs.register()
+HERE = Path(__file__).parent
+
+
+def uri(tmp_path: Path, scheme: str, name: str) -> str:
+    path = tmp_path / scheme / name
+    return str(path) if scheme == "local" else f"{scheme}://{path}"
+
+
+def files(u: str) -> dict[str, str]:
+    fs, path = storage.filesystem(u)
+    import pyarrow.fs as pafs
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    return {i.base_name: storage.read_bytes(f"{u}/{i.base_name}").decode()
+            for i in fs.get_file_info(pafs.FileSelector(path))}
+
+
+def names(u: str) -> list[str]:
+    import pyarrow.fs as pafs
+    fs, path = storage.filesystem(u)
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
+def test_s3_options_come_from_the_s3a_settings_spark_uses():
+    opts = storage.s3_options({"spark.hadoop.fs.s3a.endpoint": "http://minio.local:9000",
+                               "spark.hadoop.fs.s3a.path.style.access": "true",
+                               "spark.hadoop.fs.s3a.access.key": "AK", "spark.hadoop.fs.s3a.secret.key": "SK",
+                               "spark.hadoop.fs.s3a.endpoint.region": "eu-1"})
+    assert opts == {"endpoint_override": "minio.local:9000", "scheme": "http", "access_key": "AK",
+                    "secret_key": "SK", "region": "eu-1"}
+    assert storage.s3_options({"fs.s3a.endpoint": "s3.example.org", "fs.s3a.path.style.access": "true",
+                               "fs.s3a.connection.ssl.enabled": "false"})["scheme"] == "http"
+    assert storage.s3_options({}) == {}
+    with pytest.raises(storage.StorageRefused, match="path.style"):
+        storage.s3_options({"fs.s3a.endpoint": "https://ecs.example.org"})
+
+
+def test_each_filesystem_has_its_contract():
+    assert storage.contract("/x").kind == "local" and storage.contract("hdfs://nn/x").exclusive_create == "hadoop"
+    for u in ("s3a://b/x", "s3://b/x", "gs://b/x", "weird://b/x"):
+        assert not storage.contract(u).dir_rename and storage.contract(u).exclusive_create is None
+
+
+def test_a_local_root_with_a_cluster_master_is_refused_unless_shared():
+    cfg = Config.load(overrides=["storage.root=/data/root"])
+    check_root(cfg, "local[4]")
+    check_root(cfg.with_overrides({"storage.root": "hdfs://nn/root"}), "yarn")
+    with pytest.raises(Exception, match="each executor would write to its own disk"):
+        check_root(cfg, "spark://master:7077")
+    check_root(cfg.with_overrides({"storage.shared_filesystem": True}), "spark://master:7077")
+
+
+@pytest.mark.parametrize("scheme", ["local", "hdfslike", "s3like"])
+def test_replacing_a_file_leaves_the_new_content_and_nothing_else(tmp_path, scheme):
+    d = uri(tmp_path, scheme, "d")
+    for i in range(3):
+        storage.replace_file(f"{d}/latest", f"v{i}".encode())
+    assert files(d) == {"latest": "v2"}
+
+
+@pytest.mark.parametrize("scheme", ["local", "hdfslike"])
+def test_publish_replaces_a_directory_whole(tmp_path, scheme):
+    out = uri(tmp_path, scheme, "out")
+    for version in ("v1", "v2"):
+        with storage.AtomicDir(out, f"2026-{version}") as staging:
+            for i in range(3):
+                storage.write_bytes(f"{staging}/part-{i}", version.encode())
+    assert files(out) == {f"part-{i}": "v2" for i in range(3)}
+    assert names(out.rsplit("/", 1)[0]) == ["out"]  # no leftovers
+
+
+def test_publish_and_commit_are_refused_before_any_work_on_an_object_store(tmp_path):
+    out = uri(tmp_path, "s3like", "out")
+    with pytest.raises(storage.StorageRefused, match="cannot move a directory"):
+        with storage.AtomicDir(out, "r1"):
+            raise AssertionError("no work may start")
+    assert names(out.rsplit("/", 1)[0]) == []
+    with pytest.raises(storage.StorageRefused, match="commit"):
+        storage.require(out, "commit")
+
+
+PUBLISH = """
+import sys
+sys.path.insert(0, {here!r})
+import strictfs
+strictfs.register()
+from lesionspark import storage
+with storage.AtomicDir(sys.argv[1], sys.argv[2]) as staging:
+    for i in range(4):
+        storage.write_bytes(f"{{staging}}/part-{{i}}", sys.argv[2].encode())
+"""
+
+
+def _publish(out: str, version: str, crash_at: int | None = None) -> int:
+    env = {"LESIONSPARK_CRASH_AT": str(crash_at)} if crash_at else {}
+    import os
+    return subprocess.run([sys.executable, "-c", PUBLISH.format(here=str(HERE)), out, version],
+                          env={**os.environ, **env}, timeout=120).returncode
+
+
+def test_a_publish_killed_between_any_two_storage_operations_leaves_the_old_or_the_new(tmp_path):
+    """Killed at every step of a publish over a good output, then recovered by the next run's start:
+    readers find the old output whole or the new one whole, never a mix and never nothing."""
+    out = uri(tmp_path, "hdfslike", "out")
+    assert _publish(out, "2026-a") == 0
+    old = files(out)
+    outcomes = set()
+    for k in range(1, 60):
+        code = _publish(out, "2026-b", crash_at=k)
+        storage.AtomicDir(out, "2026-recover")._cleanup_leftovers()  # what the next run does first
+        now = files(out)
+        assert now in (old, {f"part-{i}": "2026-b" for i in range(4)}), (k, now)
+        outcomes.add("new" if now != old else "old")
+        if code == 0:
+            break
+        assert code == 77
+        assert _publish(out, "2026-a") == 0  # back to the old output for the next crash point
+        old = files(out)
+    else:
+        raise AssertionError("the publish never completed")
+    assert outcomes == {"old", "new"} and k >= 7  # 4 writes, 2 renames, 1 delete: every step was a crash point, and the run then finished
+
+
+def _race(directory: str, n: int) -> list:
+    results, barrier, done = [], threading.Barrier(n), threading.Event()
+
+    def contend(i):
+        barrier.wait()
+        try:
+            with Lease(directory, f"run{i}", ttl_s=30, wait_s=0) as lease:
+                results.append(("held", lease.generation))
+                done.wait(10)
+        except LeaseHeld as exc:
+            results.append(("refused", exc.holder["run_id"]))
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    while len(results) < n:  # the holder answers, then holds until every other contender has
+        threading.Event().wait(0.01)
+    done.set()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("scheme", ["local", "hdfslike"])
+def test_contenders_racing_for_a_lease_get_exactly_one_holder_every_time(tmp_path, scheme):
+    for trial in range(25):
+        results = _race(uri(tmp_path, scheme, f"lease-{trial}"), 6)
+        assert [r for r in results if r[0] == "held"] == [("held", 1)], (trial, results)
+
+
+def test_renewals_never_hide_the_holders_generation_on_a_clobbering_filesystem(tmp_path):
+    """hdfslike moves delete the destination first: a renewal that rewrote the generation file
+    would leave it missing for a moment, and a taker could create the same generation."""
+    d = uri(tmp_path, "hdfslike", "lease")
+    with Lease(d, "holder", ttl_s=0.3) as lease:  # renews every 0.1 s
+        watcher = Lease(d, "watcher", wait_s=0)
+        seen = set()
+        for _ in range(200):
+            gen, holder = watcher.newest()
+            seen.add((gen, holder and holder.get("run_id")))
+            with pytest.raises(LeaseHeld):
+                watcher.acquire()
+        assert seen == {(lease.generation, "holder")}
+        lease.check()
+
+
+def test_a_lease_on_an_object_store_is_refused_unless_single_writer(tmp_path):
+    d = uri(tmp_path, "s3like", "lease")
+    with pytest.raises(storage.StorageRefused, match="single_writer"):
+        Lease(d, "r1")
+    with Lease(d, "r1", single_writer=True) as lease:
+        assert lease.generation == 1
+
+
+def test_the_hdfs_exclusive_create_goes_through_spark_s_jvm(spark, tmp_path):
+    """The py4j path used for hdfs:// roots, exercised on the JVM's local filesystem (whose rename,
+    unlike HDFS's, may replace: only HDFS's "false when the destination exists" makes it exclusive)."""
+    target = f"file://{tmp_path}/lease-000000000001.json"
+    assert storage._hadoop_create_exclusive(target, b'{"run_id": "r1"}') is True
+    assert (tmp_path / "lease-000000000001.json").read_bytes() == b'{"run_id": "r1"}'
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".") or "tmp" in p.name) == \
+        ["lease-000000000001.json"]  # the temporary name is gone
