@@ -27,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="configuration overrides")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesionspark", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -131,7 +131,7 @@ def load_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     from .progress import setup_logging
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
         cfg = load_config(args)

@@ -56,8 +56,8 @@ def check_root(cfg: Config, master: str) -> None:
     root = storage.normalize_uri(cfg.get("storage.root"))
     if root.startswith("file://") and not master.startswith("local") and not cfg.get("storage.shared_filesystem"):
         raise ConfigError(f"storage.root {root} is a local path but the master is {master}: each executor would "
-                          "write to its own disk. Use an hdfs:// or s3a:// root, or set "
-                          "storage.shared_filesystem: true if this path is a mount every node shares (NFS)")
+                          "write to its own disk. Use an hdfs:// root, or set storage.shared_filesystem: true "
+                          "if this path is a mount every node shares (NFS)")
 
 
 def get_spark(cfg: Config):

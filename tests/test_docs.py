@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lesionspark.cli import _parser
+from lesionspark.cli import build_parser
 from lesionspark.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_documented_command_parses(doc, line):
     assert parsed, f"{doc}: cannot find the stage in {line!r}"
     stage, args = parsed
     assert stage == "demo" or (REPO / "jobs" / f"{stage}.py").exists(), f"{doc}: no jobs/{stage}.py for {line!r}"
-    ns = _parser().parse_args([stage, *args])
+    ns = build_parser().parse_args([stage, *args])
     assert ns.stage == stage
     for override in getattr(ns, "overrides", []):
         key = override.split("=", 1)[0]
@@ -78,5 +78,5 @@ def test_each_job_file_runs_its_own_stage(job):
     assert len(calls) == 1, job
     first = calls[0].args[0].elts[0]
     assert isinstance(first, ast.Constant) and first.value == job
-    assert job in _parser()._subparsers._group_actions[0].choices
+    assert job in build_parser()._subparsers._group_actions[0].choices
     assert [type(n).__name__ for n in tree.body] == ["Expr", "Import", "ImportFrom", "If"], job
