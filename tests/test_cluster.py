@@ -110,7 +110,7 @@ def test_every_job_on_a_standalone_cluster(cluster, synth_small, genuine_dir, tm
         "storage": {"root": str(root), "shared_filesystem": True}, "dataset": {"image_size": 32},
         "ingest": {"metadata": synth_small["metadata"], "images": synth_small["images"]},
         "balance": {"method": "smote"},
-        "train": {"num_proc": 2, "epochs": 2, "samples_per_epoch": 256, "warmup_epochs": 0, "horovod_verbose": 0},
+        "train": {"num_proc": 2, "epochs": 2, "samples_per_epoch": 128, "warmup_epochs": 0, "horovod_verbose": 0},
         "evaluate": {"bootstrap": 20},
         "score": {"archive": str(genuine_dir / "images")}}))
 

@@ -19,25 +19,62 @@ FAST = {"model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size
         "train.learning_rate": 0.003, "train.horovod_verbose": 0}
 
 
+def _kill_mid_run(cfg, run_id: str, run_dir: Path, tmp_path: Path) -> int:
+    """``lesionspark train`` in its own process, killed (SIGKILL, Horovod ranks included) once its
+    checkpoint says 2 epochs are done; the epoch the checkpoint holds."""
+    conf = tmp_path / "run.yaml"
+    conf.write_text(cfg.with_overrides({**FAST, "train.epochs": 4, "train.sleep_after_epoch": 3,
+                                        "spark.master": "local[2]"}).to_yaml())
+    cmd = [str(Path(sys.executable).parent / "lesionspark"), "train", "--conf", str(conf), "--run-id", run_id,
+           "spark.conf.spark.ui.showConsoleProgress=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            state = run_dir / "state.json"
+            if state.exists() and storage.read_json(str(state))["epoch"] >= 2:
+                break
+            assert proc.poll() is None, "the training run ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint after 300 s")
+    finally:
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        for pid in family:  # the whole tree, Horovod ranks included, as a crash would
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    return storage.read_json(str(run_dir / "state.json"))["epoch"]
+
+
 @pytest.fixture(scope="module")
-def trained(spark, ingested_small):
+def trained(spark, ingested_small, tmp_path_factory):
+    """One 4-epoch run on 2 ranks, killed after its second checkpoint and resumed: the lockstep,
+    history and card tests read the finished run, the resume test what happened in between."""
     cfg, manifest, layout = ingested_small
-    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 4}), run_id="t-two-ranks")
-    return cfg, layout, card
+    run_id = "t-two-ranks"
+    run_dir = Path(layout.root.replace("file://", "")) / "runs" / run_id
+    epoch_at_kill = _kill_mid_run(cfg, run_id, run_dir, tmp_path_factory.mktemp("killed"))
+    published_before = (run_dir.parent.parent / "models" / "cnn" / run_id).exists()
+    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 4}), run_id=run_id)
+    return cfg, layout, card, epoch_at_kill, published_before
 
 
 def test_two_ranks_train_in_lockstep(trained):
-    cfg, layout, card = trained
+    cfg, layout, card, epoch_at_kill, _ = trained
     ranks = card["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and card["workers"] == 2
-    assert all(r["epochs_run"] == 4 and r["steps_per_epoch"] > 0 for r in ranks)
+    assert all(r["epochs_run"] == 4 - epoch_at_kill and r["steps_per_epoch"] > 0 for r in ranks)
     assert ranks[0]["trainable_sha256"] == ranks[1]["trainable_sha256"]  # allreduce kept them identical
     assert ranks[0]["non_trainable_sha256"] == ranks[1]["non_trainable_sha256"]  # batch-norm stats synced
     assert card["threads_per_worker"] == 1  # 2 workers on 2 cores: no oversubscription
 
 
 def test_loss_goes_down_and_history_is_complete(trained):
-    cfg, layout, card = trained
+    """The history spans the run before the kill and after the resume."""
+    cfg, layout, card, _, _ = trained
     model_dir = Path(layout.root.replace("file://", "")) / "models" / "cnn" / card["version"]
     history = storage.read_json(str(model_dir / "history.json"))
     for key in ("loss", "accuracy", "macro_recall", "val_loss", "val_accuracy", "val_macro_recall"):
@@ -62,7 +99,7 @@ def test_learning_rate_rules():
 
 def test_model_and_card_are_written(trained):
     import tensorflow as tf
-    cfg, layout, card = trained
+    cfg, layout, card, _, _ = trained
     base = Path(layout.root.replace("file://", "")) / "models" / "cnn"
     assert (base / "latest").read_text() == card["version"]
     saved = storage.read_json(str(base / card["version"] / "model_card.json"))
@@ -71,7 +108,10 @@ def test_model_and_card_are_written(trained):
                 "versions"):
         assert key in saved, key
     assert saved["classes"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-    assert saved["metrics"]["test"]["n"] > 0 and 0 <= saved["metrics"]["val"]["balanced_accuracy"] <= 1
+    assert 0 <= saved["metrics"]["val"]["balanced_accuracy"] <= 1
+    totals = storage.read_json(layout.manifest(cfg.get("dataset.name")))["counts"]["by_split"]
+    for split in ("val", "test"):  # each rank scored its shard; together every row exactly once
+        assert saved["metrics"][split]["n"] == totals[split]["total"], split
     model = tf.keras.models.load_model(str(base / card["version"] / "model.keras"), compile=False)
     probs = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -81,38 +121,10 @@ def test_sharding_plan():
     assert sharding(8, 2) == "row_groups" and sharding(3, 2) == "hash"
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(spark, ingested_small, tmp_path):
-    cfg, manifest, layout = ingested_small
-    run_id = "t-killed"
-    run_dir = Path(layout.root.replace("file://", "")) / "runs" / run_id
-    conf = tmp_path / "run.yaml"
-    conf.write_text(cfg.with_overrides({**FAST, "train.epochs": 4, "train.sleep_after_epoch": 4,
-                                        "spark.master": "local[2]"}).to_yaml())
-    cmd = [str(Path(sys.executable).parent / "lesionspark"), "train", "--conf", str(conf), "--run-id", run_id,
-           "spark.conf.spark.ui.showConsoleProgress=false"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            state = run_dir / "state.json"
-            if state.exists() and storage.read_json(str(state))["epoch"] >= 2:
-                break
-            assert proc.poll() is None, "the training run ended before it could be killed"
-            time.sleep(0.5)
-        else:
-            pytest.fail("no checkpoint after 300 s")
-    finally:
-        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        for pid in family:  # the whole tree, Horovod ranks included, as a crash would
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-    epoch_at_kill = storage.read_json(str(run_dir / "state.json"))["epoch"]
+def test_a_killed_run_resumes_from_its_checkpoint(trained):
+    cfg, layout, card, epoch_at_kill, published_before = trained
     assert 2 <= epoch_at_kill < 4
-    assert not (run_dir.parent.parent / "models" / "cnn" / run_id).exists()  # nothing published yet
-    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 4}), run_id=run_id)
+    assert not published_before  # nothing published by the killed run
     assert all(r["initial_epoch"] == epoch_at_kill for r in card["ranks"])
     assert card["epochs_run"] == 4  # the history spans the run before and after the crash
     assert all(r["epochs_run"] == 4 - epoch_at_kill for r in card["ranks"])
@@ -120,7 +132,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(spark, ingested_small, tmp_pat
 
 def test_binary_mode_with_focal_loss_and_class_weights(spark, ingested_small):
     cfg, manifest, layout = ingested_small
-    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 2, "train.mode": "binary",
+    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 2, "train.mode": "binary", "train.num_proc": 1,
                                             "train.loss": "focal", "train.balance": "weights",
                                             "model.name": "cnn-binary"}), run_id="t-binary")
     assert card["classes"] == ["benign", "malignant"] and card["mode"] == "binary"
@@ -149,7 +161,7 @@ def test_deterministic_training_gives_the_same_weights_for_the_same_seed(spark, 
     """train.deterministic: one decoding thread, TensorFlow's deterministic ops, a batch-norm sample from
     a reader of its own, val read in file order; ingest writes rows in a fixed order. Two ranks."""
     cfg, manifest, layout = ingested_small
-    run = {**FAST, "train.epochs": 1, "train.samples_per_epoch": 96, "train.deterministic": True,
+    run = {**FAST, "train.epochs": 1, "train.samples_per_epoch": 64, "train.deterministic": True,
            "train.bn_batches": 2, "model.name": "cnn-det"}
     digests = [train(spark, cfg.with_overrides({**run, "train.seed": seed}))["ranks"][0]["trainable_sha256"]
                for seed in (5, 5, 6)]
