@@ -81,8 +81,9 @@ def spark_floors(spark, model_dir: Path, folder: str, n: int, batch: int) -> dic
         def run(batches):
             import numpy as np
             from lesionspark.images import decode_resize
-            from lesionspark.predict import tf_threads, load_model, predict_arrays
-            tf_threads(1)
+            from lesionspark.predict import load_model, predict_arrays
+            from lesionspark.threads import limit_threads
+            limit_threads(1)
             model = load_model(uri)
             for b in batches:
                 if warm:
