@@ -33,8 +33,9 @@ own. A pause between a passed check and the step itself is not covered; each ste
 Atomic exclusive create, by filesystem (``storage.create_exclusive``, docs/cluster.md):
 - local and NFSv3+: ``link(2)`` of a temporary file to the lease name fails if the name exists
   (on NFS a retransmitted link that succeeded is told apart by the link count);
-- HDFS: Hadoop's ``FileSystem.create(path, overwrite=false)`` through the driver's JVM, atomic on
-  the NameNode (Arrow's move would clobber a file destination, so it is not used);
+- HDFS: the file written whole under a temporary name, then Hadoop's ``FileSystem.rename`` through
+  the driver's JVM, one NameNode operation that fails if the name exists (Arrow's move would
+  clobber a file destination, so it is not used);
 - S3 and other object stores: pyarrow exposes no conditional put, so the lease is refused
   (``storage.StorageRefused``) unless ``storage.single_writer: true`` says one scheduler alone scores
   the root; then the create is write-if-absent and read back, which two racing runs could both pass.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import socket
 import threading
@@ -59,7 +61,6 @@ log = logging.getLogger(__name__)
 
 LEASE_FILE = re.compile(r"^lease-(\d{12})\.json$")
 BEAT_FILE = re.compile(r"^beat-(\d{12})\.json$")
-TMP_PREFIX = ".tmp-"  # this module's own files while a generation is written
 
 
 class LeaseHeld(RuntimeError):
@@ -120,10 +121,11 @@ class Lease:
         ``{"doubt": why}``."""
         gens = []
         for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
-            if info.base_name.startswith(TMP_PREFIX):
-                continue
+            if info.base_name.startswith(storage.TEMP_PREFIXES):
+                continue  # a create or a renewal in flight
             m = LEASE_FILE.match(info.base_name)
-            if m is None and not BEAT_FILE.match(info.base_name) and not info.base_name.startswith("_tmp-"):
+            if (m is None and not BEAT_FILE.match(info.base_name)) or info.type != pafs.FileType.File:
+                # a stray name, or a lease name that is a FIFO, a link or a folder (reading a FIFO would hang)
                 return 0, {"doubt": f"unexpected entry {info.base_name!r} in the lease folder {self.dir} "
                                     "(remove it when no scoring run is active)"}
             if m is not None:
@@ -220,7 +222,7 @@ class Lease:
         written = time.monotonic()
         body = json.dumps({"run_id": self.run_id, "generation": self.generation, "expires": time.time() + self.ttl,
                            "ttl_s": self.ttl, "renewed": written, **extra}).encode()
-        storage.replace_file(f"{self.dir}/beat-{self.generation:012d}.json", body)
+        storage.replace_file(storage.join(self.dir, posixpath.basename(self._beat(self.generation))), body)
         self._renewed_at = written
 
     def _renew_loop(self) -> None:

@@ -4,7 +4,7 @@ each filesystem promises (``Contract``): every publish, commit and lease uses on
 | filesystem | replace a file | move a directory | exclusive create | listing |
 | --- | --- | --- | --- | --- |
 | local POSIX (and NFS) | rename(2) | rename(2) | link(2) (NFS: link count checked) | consistent (NFS: cached) |
-| HDFS | delete + rename (pyarrow) | rename (NameNode) | ``FileSystem.create(overwrite=false)`` via the JVM | consistent |
+| HDFS | delete + rename (pyarrow) | rename (NameNode) | written whole, then ``FileSystem.rename`` via the JVM | consistent |
 | S3-compatible | one PUT (atomic per object) | refused | none through pyarrow | consistent (AWS since 2020) |
 
 Imported everywhere (driver, executors, ranks): every read and write of the storage root goes through it.
@@ -38,6 +38,11 @@ def normalize_uri(uri: str) -> str:
 def join(uri: str, *parts: str) -> str:
     parsed = urlparse(uri)
     return uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts) if parsed.scheme else posixpath.join(uri, *parts)
+
+
+# Names of the temporary files this module writes beside a target (exclusive creates, replaced
+# files); readers of a folder skip them.
+TEMP_PREFIXES = (".tmp-", "_tmp-")
 
 
 class StorageRefused(RuntimeError):
@@ -164,7 +169,7 @@ def _link_exclusive(path: str, data: bytes) -> bool:
     """link(2) of a private temporary file: fails if the name exists, on local disks and NFSv3+.
     NFS can answer EEXIST to a retransmitted link that did succeed; the temporary file's link
     count (2 when the link is ours) tells the two apart."""
-    tmp = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+    tmp = f"{posixpath.dirname(path)}/{TEMP_PREFIXES[0]}{uuid.uuid4().hex}"
     with open(tmp, "wb") as fh:
         fh.write(data)
     try:
@@ -186,7 +191,7 @@ def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
         raise StorageRefused(f"{uri}: an exclusive create on HDFS goes through Spark's JVM; none is running here")
     jvm = sc._jvm
     target = jvm.org.apache.hadoop.fs.Path(uri)
-    tmp = jvm.org.apache.hadoop.fs.Path(f"{uri.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}")
+    tmp = jvm.org.apache.hadoop.fs.Path(f"{uri.rsplit('/', 1)[0]}/{TEMP_PREFIXES[0]}{uuid.uuid4().hex}")
     fs = target.getFileSystem(sc._jsc.hadoopConfiguration())
     out = fs.create(tmp, False)
     try:
@@ -235,7 +240,7 @@ def replace_file(uri: str, data: bytes) -> None:
         with fs.open_output_stream(path) as fh:
             fh.write(data)
         return
-    tmp = f"{parent}/_tmp-{uuid.uuid4().hex[:12]}-{name}"
+    tmp = f"{parent}/{TEMP_PREFIXES[1]}{uuid.uuid4().hex[:12]}-{name}"
     with fs.open_output_stream(tmp) as fh:
         fh.write(data)
     fs.move(tmp, path)  # rename(2) on POSIX; on HDFS pyarrow deletes then renames (a reader may miss it briefly)

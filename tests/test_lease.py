@@ -181,3 +181,18 @@ def test_a_holder_paused_with_no_taker_still_fences_itself(tmp_path):
     time.sleep(0.7)
     with pytest.raises(LeaseLost, match="last renewed"):
         lease.check()
+
+
+def test_a_fifo_under_a_lease_name_is_doubt_not_a_hang(tmp_path):
+    """A planted FIFO named like a heartbeat: opening it would block until a writer came."""
+    import threading
+    Lease(str(tmp_path), "first", ttl_s=30).acquire()._stop.set()
+    os.mkfifo(tmp_path / "beat-000000000001.json")
+    out = []
+    t = threading.Thread(target=lambda: out.append(Lease(str(tmp_path), "second").newest()), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "reading the lease folder hung on a FIFO"
+    assert "beat-000000000001.json" in out[0][1]["doubt"]
+    with pytest.raises(LeaseHeld, match="in doubt"):
+        Lease(str(tmp_path), "third", wait_s=0).acquire()
