@@ -1,11 +1,13 @@
 """List archives as a DataFrame and read file bytes where the rows are: nothing per file on the driver.
 
 ``list_files`` returns ``path, length, modificationTime, stem`` for every file under some folders
-(any filesystem pyarrow reaches: local, HDFS, S3, GCS), 0-byte files included. The listing itself
-runs in executors: the driver only hands out directories. It expands the tree breadth-first, one
-Spark job a level, until there are enough directories to keep every core busy (or the tree ends);
-each remaining directory is then listed recursively by one task. Only directory names come back
-to the driver, so a tree of 10^6 files costs it no more memory than a tree of 10^3.
+(any filesystem pyarrow reaches: local, HDFS, S3, GCS), 0-byte files included. The files are listed
+in executors; the driver only reads folder names. It expands the top of the tree breadth-first
+itself, a level at a time, until there are enough folders to keep every core busy (or the tree
+ends); then one Spark job lists the files of the folders it expanded and, one task each, everything
+below the rest. The driver holds folder names only (on object stores, one level's listing at a
+time), so a tree of 10^6 files costs it no more memory than a tree of 10^3, and a small archive
+costs one job instead of one a level.
 
 ``Reader`` reads listed files in executors: ``fetch`` reads and hashes each file once and turns
 anything that is not a readable regular file into a reason. Paths are spelled as Hadoop spells them
@@ -148,40 +150,53 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     return df.astype({"length": "int64", "is_dir": "bool"})
 
 
-def _lister(roots: list[Root], mode: str, batch_rows: int = 20_000):
-    """mapInPandas function: ``root, dir`` rows in; out, under each dir: its subdirectories
-    (``dirs``), its files (``files``) or every file below it (``recursive``)."""
-    recursive = mode == "recursive"
+def _list_dir(root: Root, d: str, mode: str, batch_rows: int = 20_000) -> Iterator[pd.DataFrame]:
+    """Frames of what is under the folder ``d`` of ``root``: its subfolders (``dirs``), its files
+    (``files``) or every file below it (``recursive``)."""
+    recursive, rows = mode == "recursive", []
+    if root.local:
+        entries = ((root.uri_of(escape_name(raw)), size, mtime_ns // 1_000_000, is_dir)
+                   for raw, size, mtime_ns, is_dir in scan_local(local_bytes(d), recursive, root.follow_links,
+                                                                 mode == "dirs"))
+    else:
+        entries = _remote_entries(root, d, mode)
+    for row in entries:
+        rows.append(row)
+        if len(rows) >= batch_rows:
+            yield _frame(rows)
+            rows = []
+    if rows:
+        yield _frame(rows)
+
+
+def _remote_entries(root: Root, d: str, mode: str):
+    import pyarrow.fs as pafs
+    for info in root.fs.get_file_info(pafs.FileSelector(d, recursive=mode == "recursive", allow_not_found=True)):
+        rel = info.path[len(d):].lstrip("/")
+        if not all(_visible(part) for part in rel.split("/")):
+            continue
+        if info.type == pafs.FileType.File and mode != "dirs":
+            yield root.uri_of(info.path), info.size or 0, info.mtime_ns // 1_000_000, False
+        elif info.type == pafs.FileType.Directory and mode == "dirs":
+            yield root.uri_of(info.path), 0, 0, True
+
+
+def _lister(roots: list[Root]):
+    """mapInPandas function: ``root, dir, mode`` rows in; out, for each, what ``_list_dir`` lists."""
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import pyarrow.fs as pafs
         for batch in batches:
-            for r, d in zip(batch["root"], batch["dir"]):
-                root = roots[r]
-                rows = []
-                if root.local:
-                    for raw, size, mtime_ns, is_dir in scan_local(local_bytes(d), recursive, root.follow_links,
-                                                                  mode == "dirs"):
-                        rows.append((root.uri_of(escape_name(raw)), size, mtime_ns // 1_000_000, is_dir))
-                        if len(rows) >= batch_rows:
-                            yield _frame(rows)
-                            rows = []
-                    if rows:
-                        yield _frame(rows)
-                    continue
-                for info in root.fs.get_file_info(pafs.FileSelector(d, recursive=recursive, allow_not_found=True)):
-                    rel = info.path[len(d):].lstrip("/")
-                    if not all(_visible(part) for part in rel.split("/")):
-                        continue
-                    if info.type == pafs.FileType.File and mode != "dirs":
-                        rows.append((root.uri_of(info.path), info.size or 0, info.mtime_ns // 1_000_000, False))
-                    elif info.type == pafs.FileType.Directory and mode == "dirs":
-                        rows.append((root.uri_of(info.path), 0, 0, True))
-                    if len(rows) >= batch_rows:
-                        yield _frame(rows)
-                        rows = []
-                if rows:
-                    yield _frame(rows)
+            for r, d, mode in zip(batch["root"], batch["dir"], batch["mode"]):
+                yield from _list_dir(roots[r], d, mode)
     return run
+
+
+def _subfolders(roots: list[Root], frontier: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The next level of the tree, listed on the driver: (root index, folder path) of every subfolder."""
+    out = []
+    for r, d in frontier:
+        for frame in _list_dir(roots[r], d, "dirs"):
+            out += [(r, to_fs_path(p, roots[r].prefix)) for p in frame["path"]]
+    return out
 
 
 def list_files(spark, uris: list[str], glob: str | None = None, regex: str | None = None,
@@ -191,35 +206,25 @@ def list_files(spark, uris: list[str], glob: str | None = None, regex: str | Non
     ``glob`` matches file names (``*.jpg``), ``regex`` whole paths, case-insensitively
     (``\\.(jpe?g|png)$``). Hidden entries (names starting with ``.``) are not listed. On local
     folders, links and special files are listed too (the reader rejects them: see the module's rules)."""
+    import pyarrow.fs as pafs
     from pyspark.sql import functions as F
     roots = [Root(u, follow_links) for u in uris]
     for root in roots:
-        import pyarrow.fs as pafs
         if root.fs.get_file_info(root.path).type != pafs.FileType.Directory:
             raise FileNotFoundError(f"{root.uri} is not a folder")
     min_dirs = min_dirs or 4 * spark.sparkContext.defaultParallelism
-    def over(dirs: pd.DataFrame, mode: str):
-        return spark.createDataFrame(dirs, "root int, dir string").repartition(
-            max(1, min(len(dirs), min_dirs))).mapInPandas(_lister(roots, mode), LISTING_SCHEMA)
-
-    # Expand the tree a level at a time (one small job each); only directory names come back.
-    frontier = pd.DataFrame({"root": range(len(roots)), "dir": [r.path for r in roots]})
-    shallow = []
+    # The top of the tree, a level at a time on the driver, until there are folders for every core.
+    frontier, shallow = [(i, r.path) for i, r in enumerate(roots)], []
     for _ in range(max_depth):
-        if len(frontier) >= min_dirs or frontier.empty:
+        if len(frontier) >= min_dirs or not frontier:
             break
-        shallow.append(frontier)
-        dirs = over(frontier, "dirs").select("path").toPandas()["path"]
-        idx = [_root_of(roots, p) for p in dirs]
-        frontier = pd.DataFrame({"root": idx, "dir": [to_fs_path(p, roots[i].prefix) for i, p in zip(idx, dirs)]})
-    # The files: those directly in the expanded directories, and everything below the frontier.
-    parts = [over(pd.concat(shallow, ignore_index=True), "files")] if shallow else []
-    if not frontier.empty:
-        parts.append(over(frontier, "recursive"))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.unionByName(p)
-    out = out.drop("is_dir")
+        shallow += frontier
+        frontier = _subfolders(roots, frontier)
+    # One job: the files directly in the expanded folders, and everything below the frontier.
+    tasks = [(r, d, "files") for r, d in shallow] + [(r, d, "recursive") for r, d in frontier]
+    rdd = spark.sparkContext.parallelize(tasks, max(1, min(len(tasks), min_dirs)))
+    out = spark.createDataFrame(rdd, "root int, dir string, mode string").mapInPandas(
+        _lister(roots), LISTING_SCHEMA).drop("is_dir")
     if glob:
         out = out.filter(F.regexp_extract("path", r"([^/]*)$", 1).rlike(_glob_regex(glob)))
     if regex:

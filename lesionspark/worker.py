@@ -207,7 +207,8 @@ def _final_metrics(model, spec: TrainSpec, rank: int, size: int) -> dict:
             for split, url in (("val", spec.val_url), ("test", spec.test_url))}
 
 
-def _digest(weights) -> str:
+def digest(weights) -> str:
+    """sha256 over the weights' bytes in order: equal on every rank that is in lockstep."""
     return hashlib.sha256(b"".join(w.numpy().tobytes() for w in weights)).hexdigest()
 
 
@@ -252,8 +253,8 @@ def train_worker(spec: TrainSpec) -> dict:
               "epochs_run": state.epochs_run, "history": state.history, "seconds": seconds, "steps_per_epoch": steps,
               # Trainable weights are synchronised by the optimizer's allreduce; batch-norm moving
               # statistics by ShardedValidation. Both must be identical on every rank.
-              "trainable_sha256": _digest(model.trainable_weights),
-              "non_trainable_sha256": _digest(model.non_trainable_weights),
+              "trainable_sha256": digest(model.trainable_weights),
+              "non_trainable_sha256": digest(model.non_trainable_weights),
               "samples_per_s": clock.samples_per_s(steps * spec.batch_size * size),
               "epoch_train_seconds": [round(t, 3) for t in clock.epochs], "best": state.best}
     result["metrics"] = _final_metrics(model, spec, rank, size)

@@ -10,6 +10,11 @@ import pytest
 
 GENUINE = resources.files("lesionspark").joinpath("data/ham10000")
 
+# Every JVM the tests start (this session's, and each spark-submit or `lesionspark` subprocess's) lives
+# for seconds to minutes: the C1 compiler alone and the serial collector spend less CPU on it than
+# the server defaults, which pay off only on long jobs (docs/benchmarks.md, "The test loop").
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+
 
 @pytest.fixture(scope="session")
 def spark():

@@ -80,3 +80,14 @@ def test_an_executor_gets_the_same_options_from_its_environment(s3):
     env = {**os.environ, "LESIONSPARK_S3_OPTIONS_SECRET": json.dumps(s3)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "seen by executors", r.stderr[-2000:]
+
+
+def test_an_archive_on_the_store_is_listed_with_s3a_paths(spark, s3):
+    """Inputs may live on the store: the driver expands the top folders, executors list the files."""
+    from lesionspark.listing import list_files
+    names = ["top.jpg", "ward A/x.jpg", "ward A/2026/y.jpg", "ward B/z.png", ".hidden/no.jpg"]
+    for name in names:
+        storage.write_bytes(f"s3a://derm/archive/{name}", b"x" * len(name))
+    rows = list_files(spark, ["s3a://derm/archive"], min_dirs=2).toPandas()
+    assert sorted(rows["path"]) == sorted(f"s3a://derm/archive/{n}" for n in names if not n.startswith("."))
+    assert dict(zip(rows["path"], rows["length"]))["s3a://derm/archive/ward A/x.jpg"] == len("ward A/x.jpg")
