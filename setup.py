@@ -15,6 +15,8 @@ CORE = [
     "scikit-learn>=1.3",
     "imbalanced-learn>=0.12",
     "tqdm>=4",
+    "pydicom>=3,<4",  # DICOM archives (lesionspark/dicom.py)
+    "python-gdcm>=3.0.24",  # its pixel decoders: JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000
 ]
 TRAIN = [
     "tensorflow-cpu==2.15.1",

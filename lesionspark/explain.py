@@ -22,7 +22,7 @@ import pandas as pd
 from . import storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
-from .predict import load_model
+from .predict import decode_frames, load_model
 from .threads import limit_threads
 from .progress import timed
 from .registry import explanations_dir, resolve_model
@@ -43,7 +43,6 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
     """mapInPandas function: rows of ``image, source_path, true_dx`` and either ``content`` (bytes)
     or, with ``reader``, ``length`` (the file is read here). Writes overlays under the staging folder;
     the table names their final paths."""
-    from .images import decode_each
     classes = list(card["classes"])
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -54,17 +53,21 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
                 contents, _, reasons, details = reader.fetch(batch["source_path"], batch["length"], max_bytes,
                                                              "score.max_file_bytes")
             else:
-                contents, reasons, details = list(batch["content"]), None, None
-            arrays, reasons, details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
-                                                   reasons, details)
-            written, probs, blank = write_overlays(model, card, arrays, list(batch["image"]), staging_overlays,
+                contents, reasons, details = list(batch["content"]), [None] * len(batch), [None] * len(batch)
+            # a row per image: every frame of a DICOM object is one, named <image>-f<frame>
+            images = [(i, *image) for i, per_file in enumerate(decode_frames(
+                contents, int(card["image_size"]), card["resize"], max_pixels, None, reasons, details))
+                for image in per_file]
+            names = [batch["image"].iat[im[0]] + ("" if im[1] is None else f"-f{im[1]}") for im in images]
+            written, probs, blank = write_overlays(model, card, [im[2] for im in images], names, staging_overlays,
                                                    method=method)
-            out = batch[["image", "source_path", "true_dx"]].copy()
+            out = batch[["image", "source_path", "true_dx"]].iloc[[im[0] for im in images]].reset_index(drop=True)
+            out["image"] = names
             out["predicted_dx"] = [None if p is None else classes[int(np.argmax(p))] for p in probs]
             out["confidence"] = [None if p is None else float(np.max(p)) for p in probs]
             out["overlay_path"] = [None if w is None else final_overlays + w[len(staging_overlays):] for w in written]
             out["explanation_empty"] = blank
-            out["reason"], out["detail"] = reasons, details
+            out["reason"], out["detail"] = [im[3] for im in images], [im[4] for im in images]
             yield out
     return run
 
@@ -130,11 +133,12 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
         by_class = {r["predicted_dx"]: r["count"] for r in table.groupBy("predicted_dx").count().collect()}
         blank = table.filter("explanation_empty").count()
     rejected = by_class.pop(None, 0)
+    explained = sum(by_class.values())  # more than the files where a DICOM object holds several frames
     summary = {"model": card["name"], "model_version": card["version"], "source": name, "images": n,
-               "method": cfg.get("explain.method"), "explained": n - rejected, "rejected": rejected,
+               "method": cfg.get("explain.method"), "explained": explained, "rejected": rejected,
                "empty": blank, "predicted_by_class": by_class,
                "table": f"{final}/table", "overlays": f"{final}/overlays",
                "seconds": round(time.perf_counter() - start, 1)}
-    log.info("explain (%s): %d images of %s: %d overlays, %d with no positive evidence, %d rejected, under %s",
-             cfg.get("explain.method"), n, name, n - rejected - blank, blank, rejected, final)
+    log.info("explain (%s): %d files of %s: %d overlays, %d with no positive evidence, %d rejected, under %s",
+             cfg.get("explain.method"), n, name, explained - blank, blank, rejected, final)
     return summary

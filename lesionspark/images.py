@@ -108,6 +108,18 @@ def decode_resize(data: bytes, size: int, mode: str = "squash", max_pixels: int 
             img = background
         else:
             img = img.convert("RGB")
+    return _fit(img, size, mode)
+
+
+def fit_array(rgb: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """An RGB uint8 array of any size (a DICOM frame) made ``size x size x 3`` as ``decode_resize``
+    makes decoded files: the same crop rule, the same bilinear resize."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
+    return _fit(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB"), size, mode)
+
+
+def _fit(img: Image.Image, size: int, mode: str) -> np.ndarray:
     if mode == "crop":
         w, h = img.size
         side = min(w, h)

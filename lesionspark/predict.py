@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from . import calibration, storage
-from .images import decode_each
+from .dicom import IDENTIFIERS, is_dicom, read_frames
+from .images import ImageRejected, decode_each, fit_array
 from .overlays import write_overlays
 from .threads import limit_threads
 
@@ -60,10 +61,33 @@ def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int,
     return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
 
 
+def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
+                  details: list) -> list[list[tuple]]:
+    """Each file's images as ``(frame, array or None, reason, detail, identifiers)``: one for a
+    JPEG or PNG (frame None), one per frame of a DICOM photograph (frames 1..n, with its study
+    identifiers), one reject for anything else. Rows that already have a reason keep it."""
+    none = dict.fromkeys(IDENTIFIERS)
+    out = []
+    for data, reason, detail in zip(contents, reasons, details):
+        if reason is None and is_dicom(data):
+            try:
+                frames, ids = read_frames(data, max_pixels, salt)
+                out.append([(k + 1, fit_array(f, size, mode), None, None, ids) for k, f in enumerate(frames)])
+            except ImageRejected as rej:
+                out.append([(None, None, rej.code, rej.detail, none)])
+            continue
+        arrays, r, d = decode_each([data], size, mode, max_pixels, [reason], [detail])
+        out.append([(None, arrays[0], r[0], d[0], none)])
+    return out
+
+
 def score_files_schema(passthrough: str) -> str:
     """What ``score_files`` yields, as a DDL string: the pass-through columns (DDL), then the hash,
-    the probabilities or a reason, and the flagged image's overlay."""
-    ours = "image_sha256 string, probabilities array<double>, reason string, detail string, explanation_path string"
+    the frame and study identifiers of a DICOM image, the probabilities or a reason, and the
+    flagged image's overlay."""
+    ids = ", ".join(f"{k} string" for k in IDENTIFIERS)
+    ours = (f"image_sha256 string, frame int, {ids}, probabilities array<double>, reason string, detail string, "
+            "explanation_path string")
     return f"{passthrough}, {ours}" if passthrough else ours
 
 
@@ -107,11 +131,14 @@ def read_alternates(reader, batch: pd.DataFrame, contents: list, shas: list, rea
 
 
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
-                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str, str] | None = None):
+                max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str, str] | None = None,
+                salt: str | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
-    each file is read once, hashed where its bytes are, decoded and predicted; rows that cannot be
-    scored carry a reason. The model is loaded once per Python worker. ``explain``: (review threshold,
-    staging folder, method, final folder): heatmap overlays of the flagged images, their paths in ``explanation_path``."""
+    each file is read once, hashed where its bytes are, decoded and predicted, a row per image
+    (every frame of a DICOM object is one); files that cannot be scored carry a reason. The model
+    is loaded once per Python worker. ``explain``: (review threshold, staging folder, method, final
+    folder): heatmap overlays of the flagged images, their paths in ``explanation_path``. ``salt``:
+    for the DICOM patient key (``dicom.patient_key``)."""
     import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -123,20 +150,36 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
                                                             "score.max_file_bytes")
             batch = read_alternates(reader, batch, contents, shas, reasons, details, max_bytes)
             t1 = time.perf_counter()
-            arrays: list = []
-            rows, reasons, details, t_dec, t_pred = predict_batch(model, card, contents, max_pixels,
-                                                                  batch_size, reasons, details, arrays)
+            images = [(i, *image) for i, per_file in enumerate(decode_frames(
+                contents, int(card["image_size"]), card["resize"], max_pixels, salt, reasons, details))
+                for image in per_file]
+            t2 = time.perf_counter()
+            arrays = [im[2] for im in images]
+            good = [a for a in arrays if a is not None]
+            probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
+            rows = [None if a is None else list(next(probs)) for a in arrays]
             if clock is not None:
-                clock.add(files=len(batch), read_hash=t1 - t0, decode=t_dec, predict=t_pred)
-            out = batch[passthrough].copy()
-            out["image_sha256"] = shas
-            out["probabilities"] = rows
-            out["reason"] = reasons
-            out["detail"] = details
-            out["explanation_path"] = explain_flagged(model, card, arrays, rows, shas, *explain) if explain \
-                else [None] * len(out)
-            yield out
+                clock.add(files=len(batch), read_hash=t1 - t0, decode=t2 - t1, predict=time.perf_counter() - t2)
+            yield _image_rows(batch[passthrough], images, shas, rows, model, card, explain)
     return run
+
+
+def _image_rows(files: pd.DataFrame, images: list[tuple], shas: list, rows: list, model, card: dict,
+                explain) -> pd.DataFrame:
+    """One output row per image: its file's pass-through columns, hash, frame, identifiers and result."""
+    out = files.iloc[[im[0] for im in images]].reset_index(drop=True)
+    out["image_sha256"] = [shas[im[0]] for im in images]
+    out["frame"] = pd.array([im[1] for im in images], dtype="Int32")
+    for key in IDENTIFIERS:
+        out[key] = [im[5][key] for im in images]
+    out["probabilities"] = rows
+    out["reason"] = [im[3] for im in images]
+    out["detail"] = [im[4] for im in images]
+    # overlays are named by content, and by frame where a content holds several images
+    names = [s if im[1] is None else f"{s}-f{im[1]}" for s, im in zip(out["image_sha256"], images)]
+    out["explanation_path"] = explain_flagged(model, card, [im[2] for im in images], rows, names, *explain) \
+        if explain else [None] * len(out)
+    return out
 
 
 def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int):

@@ -28,7 +28,7 @@ SCHEMA = pa.schema([
     ("model", pa.string()), ("model_version", pa.string()), ("archive", pa.string()),
     ("started_at", _TS), ("finished_at", _TS), ("status", pa.string()), ("error", pa.string()),
     ("listed", pa.int64()), ("new_files", pa.int64()), ("read", pa.int64()), ("scored", pa.int64()),
-    ("rejected", pa.int64()), ("skipped", pa.int64()), ("seconds", pa.float64()),
+    ("rejected", pa.int64()), ("skipped", pa.int64()), ("seconds", pa.float64()), ("images", pa.int64()),
     ("predicted_by_class", pa.map_(pa.string(), pa.int64())), ("mean_confidence", pa.float64()),
     ("low_confidence_share", pa.float64()), ("drift_psi", pa.float64()), ("drift_alert", pa.bool_()),
     ("flagged", pa.int64()), ("review_threshold", pa.float64()), ("threshold_source", pa.string()),

@@ -20,6 +20,7 @@ import time
 from . import storage
 from .classes import malignant_outputs
 from .config import Config, ConfigError
+from .dicom import IDENTIFIERS
 from .listing import Reader, list_files
 from .predict import score_files, score_files_schema
 from .progress import PhaseClock, timed
@@ -69,8 +70,10 @@ def _table(layout_root: str, name: str) -> str:
 
 
 def _read_table(spark, uri: str, schema: str):
+    """The columns ``schema`` names of a table; empty where it has no data file yet (a commit killed
+    after creating a partition's folder and before moving the partition in leaves such a folder)."""
     if storage.exists(uri):
-        return spark.read.parquet(uri)
+        return spark.read.schema(schema).parquet(uri)
     return spark.createDataFrame([], schema)
 
 
@@ -240,7 +243,7 @@ def _read_predict(spark, cfg: Config, to_read, n_read: int, archive: str, card: 
     fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card,
                      int(cfg.get("score.batch_size")), int(cfg.get("ingest.max_image_pixels")),
                      int(cfg.get("score.threads")), int(cfg.get("score.max_file_bytes")), list(PASSTHROUGH), clock,
-                     overlays)
+                     overlays, cfg.get("score.path_salt"))
     schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
             timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -279,7 +282,8 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
     scored, rejected = counts["predictions"], counts["score_rejects"]
     skipped = listed - scored - rejected  # already done, or another path of a content scored now
     summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
-               "listed": listed, "new_files": n_new, "read": n_read, "scored": scored, "rejected": rejected,
+               "listed": listed, "new_files": n_new, "read": n_read, "scored": scored, "images": counts["images"],
+               "rejected": rejected,
                "skipped": skipped, "seconds": round(time.perf_counter() - t_start, 1),
                "worker_seconds": {k: round(v, 1) for k, v in clock.totals().items() if k != "files"},
                "rejected_by_reason": counts["by_reason"], "review_threshold": threshold,
@@ -333,17 +337,18 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
     from pyspark.sql import functions as F
     results = spark.read.parquet(raw)
     model, version, classes = card["name"], card["version"], card["classes"]
-    index_rows = results.filter(F.col("new") & F.col("image_sha256").isNotNull()).select(
+    first_image = F.coalesce(F.col("frame"), F.lit(1)) == 1  # a file's first (or only) image row
+    index_rows = results.filter(F.col("new") & F.col("image_sha256").isNotNull() & first_image).select(
         "path_key", "length", "modificationTime", "image_sha256", F.lit(run_id).alias("run_id"))
-    # One row per content not done before: its first path (the others are skipped).
-    first = Window.partitionBy("image_sha256").orderBy("path")
+    # One row per image of a content not done before, from its first path (the others are skipped).
+    first = Window.partitionBy("image_sha256", "frame").orderBy("path")
     chosen = results.filter(F.col("image_sha256").isNotNull()).join(done, "image_sha256", "left_anti") \
         .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
     probs = F.col("probabilities")
     predicted_label = F.expr("array_position(probabilities, array_max(probabilities)) - 1").cast("int")
     preds = chosen.filter(F.col("reason").isNull()).select(
         F.col("explanation_path").alias("_explanation_path"),
-        F.col("path_key").alias("image_path"), "image_sha256",
+        F.col("path_key").alias("image_path"), "image_sha256", "frame", *IDENTIFIERS,
         F.lit(model).alias("model"), F.lit(version).alias("model_version"),
         F.element_at(F.array(*[F.lit(c) for c in classes]), predicted_label + 1).alias("predicted_dx"),
         predicted_label.alias("predicted_label"), F.array_max(probs).alias("confidence"), probs.alias("probabilities"),
@@ -363,13 +368,15 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
 def _write_results(spark, raw: str | None, done, card: dict, run_id: str, now, staging: str,
                    threshold: float) -> dict:
     if raw is None:
-        return {"predictions": 0, "score_rejects": 0, "score_files": 0, "by_reason": {}}
+        return {"predictions": 0, "images": 0, "score_rejects": 0, "score_files": 0, "by_reason": {}}
     frames = dict(zip(TABLES, _results_frames(spark, raw, done, card, run_id, now, threshold)))
     for table, df in frames.items():
         df.write.partitionBy(*(["scored_date"] if table == "predictions" else []), "run_id") \
             .parquet(f"{staging}/{table}")
     written = {t: _staged(spark, staging, t, df.schema) for t, df in frames.items()}
     counts = {t: df.count() for t, df in written.items()}
+    counts["images"] = counts["predictions"]  # a multi-frame DICOM object is one content, several images
+    counts["predictions"] = written["predictions"].select("image_sha256").distinct().count()
     counts["by_reason"] = {r["reason"]: r["count"] for r in
                            written["score_rejects"].groupBy("reason").count().collect()}
     return counts
@@ -435,9 +442,9 @@ def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None) 
             if info.type == pafs.FileType.Directory and info.base_name.startswith("run_id="):
                 rel = info.path[len(src):].lstrip("/")
                 target = f"{dst}/{rel}"
-                fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 if fence is not None:
                     fence()
+                fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 fs.move(info.path, target)
                 moved += 1
     fs, path = storage.filesystem(staging)

@@ -29,6 +29,10 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
             spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING parquet LOCATION '{uri}'")
             if name in ("predictions", "score_rejects", "score_files", "score_runs"):
                 spark.sql(f"MSCK REPAIR TABLE {name}")  # pick up partitions committed since
+        elif not storage.has_files(uri):
+            # a first commit killed after creating the table's folder: nothing to read yet
+            log.warning("sql: %s has no data file yet; not registered", name)
+            continue
         else:
             # Columns added over versions (predictions.review_flag) are read from every file.
             spark.read.option("mergeSchema", "true").parquet(uri).createOrReplaceTempView(name)

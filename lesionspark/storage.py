@@ -209,6 +209,19 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def has_files(uri: str) -> bool:
+    """Whether a folder holds a data file anywhere below it (names starting with ``_`` or ``.``,
+    which Spark skips, do not count). Depth-first, stopping at the first one found."""
+    fs, top = filesystem(uri)
+    stack = [top]
+    while stack:
+        infos = fs.get_file_info(pafs.FileSelector(stack.pop(), allow_not_found=True))
+        if any(i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")) for i in infos):
+            return True
+        stack += [i.path for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", "."))]
+    return False
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with fs.open_input_stream(path) as fh:

@@ -200,3 +200,15 @@ def test_the_hdfs_exclusive_create_goes_through_spark_s_jvm(spark, tmp_path):
     assert (tmp_path / "lease-000000000001.json").read_bytes() == b'{"run_id": "r1"}'
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".") or "tmp" in p.name) == \
         ["lease-000000000001.json"]  # the temporary name is gone
+
+
+def test_has_files_finds_data_files_and_skips_what_spark_skips(tmp_path):
+    t = tmp_path / "predictions"
+    (t / "scored_date=2026-11-30").mkdir(parents=True)
+    (t / "_staging").mkdir()
+    (t / "_staging" / "part-0.parquet").write_bytes(b"x")
+    (t / "_SUCCESS").write_bytes(b"")
+    assert not storage.has_files(str(t))  # a killed commit's empty partition folder
+    (t / "scored_date=2026-11-30" / "run_id=r1").mkdir()
+    (t / "scored_date=2026-11-30" / "run_id=r1" / "part-0.parquet").write_bytes(b"x")
+    assert storage.has_files(str(t)) and not storage.has_files(str(tmp_path / "missing"))
