@@ -22,7 +22,8 @@ import pandas as pd
 from . import storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
-from .predict import decode_frames, load_model
+from .frames import decode_frames
+from .predict import load_model
 from .threads import limit_threads
 from .progress import timed
 from .registry import explanations_dir, resolve_model

@@ -18,7 +18,7 @@ from . import storage
 from .config import Config
 from .dataset import IngestError, decoded_schema, write_dataset
 from .hmnist import ingest_hmnist
-from .images import decode_each
+from .frames import decode_single
 from .listing import Reader, list_files
 from .metadata import REJECT_SCHEMA, parse_metadata
 from .progress import PhaseClock, timed
@@ -39,7 +39,7 @@ def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, rea
     schema = lesion_schema(size)
     contents, hashes, pre_reasons, pre_details = reader.fetch(batch["path"], batch["length"], max_bytes,
                                                              "ingest.max_file_bytes")
-    arrays, reasons, details = decode_each(contents, size, mode, max_pixels, pre_reasons, pre_details)
+    arrays, reasons, details = decode_single(contents, size, mode, max_pixels, pre_reasons, pre_details)
     images = [None if a is None else encode_image(schema, a) for a in arrays]
     out = batch.drop(columns=["length"]).rename(columns={"path": "source"})
     out["image"] = images

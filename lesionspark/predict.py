@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from . import calibration, storage
-from .dicom import IDENTIFIERS, is_dicom, read_frames
-from .images import ImageRejected, decode_each, fit_array
+from .dicom import IDENTIFIERS
+from .frames import decode_frames
+from .images import decode_each
 from .overlays import write_overlays
 from .threads import limit_threads
 
@@ -59,26 +60,6 @@ def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int,
     probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
     rows = [None if a is None else list(next(probs)) for a in arrays]
     return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
-
-
-def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
-                  details: list) -> list[list[tuple]]:
-    """Each file's images as ``(frame, array or None, reason, detail, identifiers)``: one for a
-    JPEG or PNG (frame None), one per frame of a DICOM photograph (frames 1..n, with its study
-    identifiers), one reject for anything else. Rows that already have a reason keep it."""
-    none = dict.fromkeys(IDENTIFIERS)
-    out = []
-    for data, reason, detail in zip(contents, reasons, details):
-        if reason is None and is_dicom(data):
-            try:
-                frames, ids = read_frames(data, max_pixels, salt)
-                out.append([(k + 1, fit_array(f, size, mode), None, None, ids) for k, f in enumerate(frames)])
-            except ImageRejected as rej:
-                out.append([(None, None, rej.code, rej.detail, none)])
-            continue
-        arrays, r, d = decode_each([data], size, mode, max_pixels, [reason], [detail])
-        out.append([(None, arrays[0], r[0], d[0], none)])
-    return out
 
 
 def score_files_schema(passthrough: str) -> str:
