@@ -4,7 +4,7 @@ each filesystem promises (``Contract``): every publish, commit and lease uses on
 | filesystem | replace a file | move a directory | exclusive create | listing |
 | --- | --- | --- | --- | --- |
 | local POSIX (and NFS) | rename(2) | rename(2) | link(2) (NFS: link count checked) | consistent (NFS: cached) |
-| HDFS | delete + rename (pyarrow) | rename (NameNode) | written whole, then ``FileSystem.rename`` via the JVM | consistent |
+| HDFS | ``rename2(OVERWRITE)`` via the driver's JVM; delete + rename (pyarrow) elsewhere | rename (NameNode) | written whole, then ``FileSystem.rename`` via the JVM | consistent |
 | S3-compatible | one PUT (atomic per object) | refused | none through pyarrow | consistent (AWS since 2020) |
 
 Imported everywhere (driver, executors, ranks): every read and write of the storage root goes through it.
@@ -181,6 +181,31 @@ def _link_exclusive(path: str, data: bytes) -> bool:
         os.remove(tmp)
 
 
+def _hadoop_replace(uri: str, data: bytes) -> bool:
+    """Through this process's Spark JVM, where one runs (the driver): the data written whole under a
+    temporary name, then ``FileContext.rename(..., OVERWRITE)``, which on HDFS is one NameNode
+    operation (``rename2``): a reader sees the old file or the new one, never none. False where no
+    JVM runs here (executors, Horovod ranks): the caller falls back to pyarrow's delete + rename."""
+    from pyspark import SparkContext
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return False
+    jvm, conf = sc._jvm, sc._jsc.hadoopConfiguration()
+    hfs = jvm.org.apache.hadoop.fs
+    target = hfs.Path(uri)
+    tmp = hfs.Path(f"{uri.rsplit('/', 1)[0]}/{TEMP_PREFIXES[1]}{uuid.uuid4().hex[:12]}-{uri.rsplit('/', 1)[1]}")
+    out = target.getFileSystem(conf).create(tmp, False)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    rename = getattr(hfs, "Options$Rename")
+    options = sc._gateway.new_array(rename, 1)
+    options[0] = rename.OVERWRITE
+    hfs.FileContext.getFileContext(target.toUri(), conf).rename(tmp, target, options)
+    return True
+
+
 def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
     """Through this driver's JVM: the data written whole under a temporary name, then Hadoop's
     ``FileSystem.rename``, which on HDFS is one NameNode operation that returns false when the
@@ -253,10 +278,14 @@ def replace_file(uri: str, data: bytes) -> None:
         with fs.open_output_stream(path) as fh:
             fh.write(data)
         return
+    if contract(uri) is HDFS and _hadoop_replace(normalize_uri(uri), data):  # not plugins: their own schemes
+        return  # one NameNode rename over the old file
     tmp = f"{parent}/{TEMP_PREFIXES[1]}{uuid.uuid4().hex[:12]}-{name}"
     with fs.open_output_stream(tmp) as fh:
         fh.write(data)
-    fs.move(tmp, path)  # rename(2) on POSIX; on HDFS pyarrow deletes then renames (a reader may miss it briefly)
+    # rename(2) on POSIX; on HDFS without a JVM here (executors, ranks) pyarrow deletes, then renames:
+    # a reader may miss the file for that moment
+    fs.move(tmp, path)
 
 
 def replace_json(uri: str, obj) -> None:

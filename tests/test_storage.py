@@ -212,3 +212,13 @@ def test_has_files_finds_data_files_and_skips_what_spark_skips(tmp_path):
     (t / "scored_date=2026-11-30" / "run_id=r1").mkdir()
     (t / "scored_date=2026-11-30" / "run_id=r1" / "part-0.parquet").write_bytes(b"x")
     assert storage.has_files(str(t)) and not storage.has_files(str(tmp_path / "missing"))
+
+
+def test_the_hdfs_file_replace_goes_through_spark_s_jvm(spark, tmp_path):
+    """The py4j path of ``replace_file`` on hdfs:// roots (``FileContext.rename`` with OVERWRITE),
+    exercised on the JVM's local filesystem: the file is replaced whole and no temporary name stays."""
+    target = f"file://{tmp_path}/latest"
+    for version in ("v1", "v2"):
+        assert storage._hadoop_replace(target, version.encode()) is True
+        assert (tmp_path / "latest").read_bytes() == version.encode()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["latest"]
