@@ -27,12 +27,14 @@ import hashlib
 import io
 import logging
 import warnings
+import zlib
 
 import numpy as np
 
 from .images import ImageRejected
 
 MAGIC_AT, MAGIC = 128, b"DICM"
+DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 VISIBLE_LIGHT = "1.2.840.10008.5.1.4.1.1.77.1."
 # Visible-light classes that are not photographs of skin: ophthalmic (.5.x), whole slide (.6)
@@ -116,25 +118,50 @@ def _to_rgb8(ds, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _check_inflated_size(data: bytes, limit: int) -> None:
+    """A deflated object (the whole dataset zlib-compressed) is inflated in one piece by pydicom:
+    inflate it here first, at most ``limit`` bytes, so that a small file cannot become gigabytes."""
+    head = bytes(data[:4096])
+    if DEFLATED not in head:
+        return
+    if head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
+        raise ImageRejected("dicom_unreadable", "a deflated object without a file meta group length")
+    start = 144 + int.from_bytes(head[140:144], "little")
+    if DEFLATED not in head[144:start]:
+        return  # the UID was elsewhere (a referenced syntax, say): not a deflated object
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(bytes(data[start:]), limit)
+    except zlib.error:
+        raise ImageRejected("dicom_unreadable", "deflated data that does not inflate") from None
+    if inflater.unconsumed_tail:
+        raise ImageRejected("too_many_pixels", f"deflated data inflating past {limit} bytes "
+                            "(decompression-bomb guard)")
+
+
 def read_frames(data: bytes, max_pixels: int, salt: str | None = None) -> tuple[list[np.ndarray], dict]:
     """(full-size RGB uint8 frames, ``IDENTIFIERS``) of a DICOM photograph; ``ImageRejected`` with a
-    reason for anything else."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    reason for anything else, whatever a crafted object makes the parser or a decoder raise."""
     # pydicom logs odd values as it meets them, and a value can be a birth date or a name: silenced
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every odd value: the reject says enough
-            ds = pydicom.dcmread(io.BytesIO(bytes(data)))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _read_frames(data, max_pixels, salt)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a crafted object does, it is this file's reject
         raise ImageRejected("dicom_unreadable", f"not a readable DICOM object ({type(exc).__name__})") from None
+
+
+def _read_frames(data: bytes, max_pixels: int, salt: str | None) -> tuple[list[np.ndarray], dict]:
+    import pydicom
+    _check_inflated_size(data, FRAME_GUARD * max_pixels * 3)  # as many bytes as the largest 8-bit object
+    ds = pydicom.dcmread(io.BytesIO(bytes(data)))
     ids = identifiers(ds, salt)
     frames = _check(ds, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+        arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the task's
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or str(syntax or "no transfer syntax")

@@ -22,7 +22,7 @@ import pandas as pd
 from . import storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
-from .frames import decode_frames
+from .frames import decode_images
 from .predict import load_model
 from .threads import limit_threads
 from .progress import timed
@@ -56,9 +56,8 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
             else:
                 contents, reasons, details = list(batch["content"]), [None] * len(batch), [None] * len(batch)
             # a row per image: every frame of a DICOM object is one, named <image>-f<frame>
-            images = [(i, *image) for i, per_file in enumerate(decode_frames(
-                contents, int(card["image_size"]), card["resize"], max_pixels, None, reasons, details))
-                for image in per_file]
+            images = decode_images(contents, int(card["image_size"]), card["resize"], max_pixels, None, reasons,
+                                   details)
             names = [batch["image"].iat[im[0]] + ("" if im[1] is None else f"-f{im[1]}") for im in images]
             written, probs, blank = write_overlays(model, card, [im[2] for im in images], names, staging_overlays,
                                                    method=method)

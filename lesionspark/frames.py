@@ -30,6 +30,14 @@ def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | N
     return out
 
 
+def decode_images(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
+                  details: list) -> list[tuple]:
+    """``decode_frames`` as one list, a row per image: ``(file index, frame, array or None, reason,
+    detail, identifiers)``."""
+    return [(i, *image) for i, per_file in enumerate(decode_frames(contents, size, mode, max_pixels, salt, reasons,
+                                                                   details)) for image in per_file]
+
+
 def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list, details: list):
     """One image per file, for training records (one label per metadata row): (arrays or None,
     reasons, details). A DICOM object of several frames is a reject: which frame the label is for

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import calibration, storage
 from .dicom import IDENTIFIERS
-from .frames import decode_frames
+from .frames import decode_images
 from .images import decode_each
 from .overlays import write_overlays
 from .threads import limit_threads
@@ -44,21 +44,22 @@ def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int) -> np
     return calibration.apply_card(card, model.predict(x, batch_size=batch_size, verbose=0))
 
 
-def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None,
-                  arrays_out: list | None = None):
+def predict_images(model, card: dict, arrays: list, batch_size: int) -> list:
+    """Probability lists for decoded images, in order; None where the image is None (a reject)."""
+    good = [a for a in arrays if a is not None]
+    probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
+    return [None if a is None else list(next(probs)) for a in arrays]
+
+
+def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None):
     """Decode what has bytes and predict it: (probability lists or None, reasons, details, decode s, predict s).
-    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are. ``arrays_out``:
-    a list that receives the decoded images (None for a reject)."""
+    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are."""
     import time
     t0 = time.perf_counter()
     arrays, dec_reasons, dec_details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
                                                    reasons, details)
     t1 = time.perf_counter()
-    if arrays_out is not None:
-        arrays_out.extend(arrays)
-    good = [a for a in arrays if a is not None]
-    probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
-    rows = [None if a is None else list(next(probs)) for a in arrays]
+    rows = predict_images(model, card, arrays, batch_size)
     return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
 
 
@@ -131,14 +132,10 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
                                                             "score.max_file_bytes")
             batch = read_alternates(reader, batch, contents, shas, reasons, details, max_bytes)
             t1 = time.perf_counter()
-            images = [(i, *image) for i, per_file in enumerate(decode_frames(
-                contents, int(card["image_size"]), card["resize"], max_pixels, salt, reasons, details))
-                for image in per_file]
+            images = decode_images(contents, int(card["image_size"]), card["resize"], max_pixels, salt, reasons,
+                                   details)
             t2 = time.perf_counter()
-            arrays = [im[2] for im in images]
-            good = [a for a in arrays if a is not None]
-            probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
-            rows = [None if a is None else list(next(probs)) for a in arrays]
+            rows = predict_images(model, card, [im[2] for im in images], batch_size)
             if clock is not None:
                 clock.add(files=len(batch), read_hash=t1 - t0, decode=t2 - t1, predict=time.perf_counter() - t2)
             yield _image_rows(batch[passthrough], images, shas, rows, model, card, explain)

@@ -181,42 +181,19 @@ def _link_exclusive(path: str, data: bytes) -> bool:
         os.remove(tmp)
 
 
-def _hadoop_replace(uri: str, data: bytes) -> bool:
-    """Through this process's Spark JVM, where one runs (the driver): the data written whole under a
-    temporary name, then ``FileContext.rename(..., OVERWRITE)``, which on HDFS is one NameNode
-    operation (``rename2``): a reader sees the old file or the new one, never none. False where no
-    JVM runs here (executors, Horovod ranks): the caller falls back to pyarrow's delete + rename."""
+@contextlib.contextmanager
+def _jvm_staged(uri: str, data: bytes, prefix: str):
+    """``(spark context, Hadoop FileSystem, temporary Path, target Path)``, with ``data`` written
+    whole under the temporary name through this process's Spark JVM; the temporary file is deleted
+    on the way out if it is still there. Yields None where no JVM runs here (executors, ranks)."""
     from pyspark import SparkContext
     sc = SparkContext._active_spark_context
     if sc is None:
-        return False
-    jvm, conf = sc._jvm, sc._jsc.hadoopConfiguration()
-    hfs = jvm.org.apache.hadoop.fs
+        yield None
+        return
+    hfs = sc._jvm.org.apache.hadoop.fs
     target = hfs.Path(uri)
-    tmp = hfs.Path(f"{uri.rsplit('/', 1)[0]}/{TEMP_PREFIXES[1]}{uuid.uuid4().hex[:12]}-{uri.rsplit('/', 1)[1]}")
-    out = target.getFileSystem(conf).create(tmp, False)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
-    rename = getattr(hfs, "Options$Rename")
-    options = sc._gateway.new_array(rename, 1)
-    options[0] = rename.OVERWRITE
-    hfs.FileContext.getFileContext(target.toUri(), conf).rename(tmp, target, options)
-    return True
-
-
-def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
-    """Through this driver's JVM: the data written whole under a temporary name, then Hadoop's
-    ``FileSystem.rename``, which on HDFS is one NameNode operation that returns false when the
-    destination exists (Arrow's move deletes it first, so it is not used for this)."""
-    from pyspark import SparkContext
-    sc = SparkContext._active_spark_context
-    if sc is None:
-        raise StorageRefused(f"{uri}: an exclusive create on HDFS goes through Spark's JVM; none is running here")
-    jvm = sc._jvm
-    target = jvm.org.apache.hadoop.fs.Path(uri)
-    tmp = jvm.org.apache.hadoop.fs.Path(f"{uri.rsplit('/', 1)[0]}/{TEMP_PREFIXES[0]}{uuid.uuid4().hex}")
+    tmp = hfs.Path(f"{uri.rsplit('/', 1)[0]}/{prefix}{uuid.uuid4().hex[:12]}-{uri.rsplit('/', 1)[1]}")
     fs = target.getFileSystem(sc._jsc.hadoopConfiguration())
     out = fs.create(tmp, False)
     try:
@@ -224,9 +201,37 @@ def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
     finally:
         out.close()
     try:
-        return bool(fs.rename(tmp, target))
+        yield sc, fs, tmp, target
     finally:
         fs.delete(tmp, False)
+
+
+def _hadoop_replace(uri: str, data: bytes) -> bool:
+    """Through this process's Spark JVM, where one runs (the driver): the data written whole under a
+    temporary name, then ``FileContext.rename(..., OVERWRITE)``, which on HDFS is one NameNode
+    operation (``rename2``): a reader sees the old file or the new one, never none. False where no
+    JVM runs here (executors, Horovod ranks): the caller falls back to pyarrow's delete + rename."""
+    with _jvm_staged(uri, data, TEMP_PREFIXES[1]) as staged:
+        if staged is None:
+            return False
+        sc, _, tmp, target = staged
+        hfs = sc._jvm.org.apache.hadoop.fs
+        rename = getattr(hfs, "Options$Rename")
+        options = sc._gateway.new_array(rename, 1)
+        options[0] = rename.OVERWRITE
+        hfs.FileContext.getFileContext(target.toUri(), sc._jsc.hadoopConfiguration()).rename(tmp, target, options)
+        return True
+
+
+def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
+    """Through this driver's JVM: the data written whole under a temporary name, then Hadoop's
+    ``FileSystem.rename``, which on HDFS is one NameNode operation that returns false when the
+    destination exists (Arrow's move deletes it first, so it is not used for this)."""
+    with _jvm_staged(uri, data, TEMP_PREFIXES[0]) as staged:
+        if staged is None:
+            raise StorageRefused(f"{uri}: an exclusive create on HDFS goes through Spark's JVM; none is running here")
+        _, fs, tmp, target = staged
+        return bool(fs.rename(tmp, target))
 
 
 def exists(uri: str) -> bool:
