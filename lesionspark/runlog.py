@@ -58,9 +58,11 @@ def read(root: str) -> list[dict]:
             part = f"{info.path}/part-0.parquet"
             if fs.get_file_info(part).type == pafs.FileType.File:
                 try:
-                    # the single-file reader, one thread: with ``schema=`` pyarrow goes through its
-                    # dataset API, whose threads abort the process at exit after a refused planted file
-                    found = pq.read_table(part, filesystem=fs, use_threads=False).to_pylist()[0]
+                    # the single-file reader, one thread: ``pq.read_table`` goes through pyarrow's
+                    # dataset API, whose threads abort the process at exit ("terminate called without
+                    # an active exception") after a refused planted file
+                    with fs.open_input_file(part) as fh:
+                        found = pq.ParquetFile(fh).read(use_threads=False).to_pylist()[0]
                     if not isinstance(found.get("status"), str):
                         raise ValueError("no status")
                     row = {name: found.get(name) for name in SCHEMA.names}  # rows of older versions lack columns
