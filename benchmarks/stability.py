@@ -77,7 +77,7 @@ def main():
         cfg = cfg.with_overrides({"ingest.metadata": made["metadata"], "ingest.images": made["images"]})
         ingest(spark, cfg)
         balance(spark, cfg.with_overrides({"balance.method": "smote"}))
-    x, y = load_split(f"file://{root}/datasets/ham10000/test", "label")
+    x, y, _ = load_split(f"file://{root}/datasets/ham10000/test", "label")
     rows = []
     for name in args.variants.split(","):
         card = train(spark, cfg.with_overrides({**VARIANTS[name], "model.name": name}))

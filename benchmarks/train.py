@@ -14,8 +14,13 @@
               each on 2 Horovod workers at the same budget (epochs x samples per epoch). Test
               balanced accuracy and macro F1 with lesion-bootstrap 95% intervals; mel/bcc/akiec recall.
 
+  --metadata  (quality) each CNN recipe twice at the same budget: image only, and fused with the
+              genuine age, sex and site (model.metadata); the paired lesion-bootstrap interval of
+              the difference in test balanced accuracy and macro F1 (same test images, same resamples).
+
     .venv/bin/python benchmarks/train.py throughput
     .venv/bin/python benchmarks/train.py quality --workdir /tmp/lsq --reuse
+    .venv/bin/python benchmarks/train.py quality --workdir /tmp/lsq --reuse --recipes weights --archs '' --metadata
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ def in_memory_child(url: str, size: int, epochs: int, batch: int, threads: int, 
     import tensorflow as tf
     from lesionspark.models import build, preprocess
     from lesionspark.worker import load_split
-    x, y = load_split(url, "label")
+    x, y, _ = load_split(url, "label")
     x = preprocess("scale_0_1", x.astype(np.float32)).numpy()
     y = tf.one_hot(y, 7).numpy()
     model = build("cnn", size, 7)
@@ -169,6 +174,34 @@ def _test_metrics(spark, cfg, card) -> dict:
             **{f"recall_{c}": float(recall[c]) for c in ("mel", "bcc", "akiec")}}
 
 
+def paired_difference(root: Path, card_a: dict, card_b: dict, n_boot: int, seed: int = 0) -> dict:
+    """B minus A on the same test images: balanced accuracy and macro F1, with the percentile interval
+    of the difference over lesion resamples drawn once for both (``metrics.bootstrap_ci``'s method)."""
+    import numpy as np
+    import pandas as pd
+    from lesionspark.metrics import confusion_scores
+    frames = [pd.read_parquet(root / "reports" / c["name"] / c["version"] / "predictions_test.parquet")
+              .sort_values("image_id", ignore_index=True) for c in (card_a, card_b)]
+    assert (frames[0]["image_id"] == frames[1]["image_id"]).all()
+    k = len(card_a["classes"])
+    _, groups = np.unique(frames[0]["lesion_id"], return_inverse=True)
+    n = int(groups.max()) + 1
+    cells = np.zeros((n, 2, k * k))
+    for j, f in enumerate(frames):
+        np.add.at(cells[:, j], (groups, f["label"].to_numpy() * k + f["predicted_label"].to_numpy().astype(int)), 1)
+    point = [confusion_scores(cells[:, j].sum(0).reshape(1, k, k)) for j in (0, 1)]
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)])
+    out = {}
+    for metric in ("balanced_accuracy", "macro_f1"):
+        diff = [confusion_scores((drawn @ cells[:, j]).reshape(n_boot, k, k))[metric] for j in (0, 1)]
+        delta = diff[1] - diff[0]
+        out[metric] = {"a": float(point[0][metric][0]), "b": float(point[1][metric][0]),
+                       "difference": float(point[1][metric][0] - point[0][metric][0]),
+                       "ci": [float(np.percentile(delta, 2.5)), float(np.percentile(delta, 97.5))]}
+    return out
+
+
 def quality(args):
     """Recipes on the CNN, then the other architectures with the recipe that did best on VAL."""
     from lesionspark import storage
@@ -201,19 +234,28 @@ def quality(args):
               "train.patience": args.epochs, "train.horovod_verbose": 0}
     out = {}
 
-    def run(label, arch_label, recipe):
+    cards = {}
+
+    def run(label, arch_label, recipe, metadata=()):
         arch, params = ARCHS[arch_label]
         data, extra = RECIPES[recipe]
         t = time.perf_counter()
         card = train(spark, cfg.with_overrides({**budget, **extra, "train.balance": data, "model.arch": arch,
-                                                "model.params": params, "model.name": label}))
-        out[label] = {"arch": arch_label, "recipe": recipe, "val_balanced_accuracy": card["metrics"]["val"]["balanced_accuracy"],
+                                                "model.params": params, "model.name": label,
+                                                "model.metadata": list(metadata)}))
+        cards[label] = card
+        out[label] = {"arch": arch_label + ("+metadata" if metadata else ""), "recipe": recipe,
+                      "val_balanced_accuracy": card["metrics"]["val"]["balanced_accuracy"],
                       "best_epoch": (card["best"] or {}).get("epoch"), "train_seconds": round(time.perf_counter() - t),
                       "test": _test_metrics(spark, cfg, card)}
         print(label, json.dumps(out[label]), flush=True)
 
     for recipe in recipes:
         run(f"cnn-{recipe}", "cnn", recipe)
+        if args.metadata:
+            run(f"cnn-{recipe}-metadata", "cnn", recipe, ("age", "sex", "localization"))
+            d = paired_difference(work, cards[f"cnn-{recipe}"], cards[f"cnn-{recipe}-metadata"], args.bootstrap)
+            print(f"metadata minus image only ({recipe}):", json.dumps(d), flush=True)
     best = args.arch_recipe or max((r for r in out.values() if r["arch"] == "cnn"),
                                    key=lambda r: r["val_balanced_accuracy"])["recipe"]
     print(f"recipe for the architectures: {best}" + ("" if args.arch_recipe else " (best CNN recipe on val)"), flush=True)
@@ -261,6 +303,8 @@ def main():
                    help="train the architectures with this recipe instead of the best CNN one of this run "
                         "(with --recipes '' only the architectures are trained)")
     q.add_argument("--bootstrap", type=int, default=500)
+    q.add_argument("--metadata", action="store_true",
+                   help="each CNN recipe also with model.metadata [age, sex, localization]; the paired difference")
     q.add_argument("--workdir")
     q.add_argument("--reuse", action="store_true",
                    help="reuse the generated images, the ingested dataset and balanced data already in --workdir")

@@ -101,18 +101,33 @@ def synthesize_group(pdf: pd.DataFrame, method: str, targets: Mapping[str, int],
         sources = [f"smote:{a}+{b}@{st:.6f}" for (a, b), st in zip(pairs, steps)]
         parents = [f"{a},{b}" for a, b in pairs]
         lesions = [pdf["lesion_id"][p] for p in parent]
+        clinical = inherited_metadata(pdf, parent, neighbour, steps)
     else:  # oversample: copies of rows drawn with replacement
         pick = np.random.default_rng(class_seed).integers(0, len(pdf), n_new)
         encoded = [bytes(pdf["image"][i]) for i in pick]
         sources = [f"oversample:{pdf['image_id'][i]}" for i in pick]
         parents = [pdf["image_id"][i] for i in pick]
         lesions = [pdf["lesion_id"][i] for i in pick]
+        clinical = inherited_metadata(pdf, pick, pick, np.zeros(len(pick)))
     return pd.DataFrame({
         "image_id": [f"{how}-{dx}-{seed}-{i:06d}" for i in range(n_new)],
         "lesion_id": lesions, "dx": dx, "label": LABEL_OF[dx], "malignant": int(pdf["malignant"].iloc[0]),
-        "image": encoded, "dx_type": how, "age": np.nan, "sex": "unknown", "localization": "unknown",
+        "image": encoded, "dx_type": how, **clinical,
         "sha256": [sha256_hex(b) for b in encoded], "source": sources, "synthetic": True, "parents": parents,
     })[BALANCED_FIELDS]
+
+
+def inherited_metadata(pdf: pd.DataFrame, parent, neighbour, steps) -> dict:
+    """Age, sex and site of new rows, as SMOTE-NC does for mixed features: the age interpolated like
+    the image (parent + step x (neighbour - parent); the parent's where either is unknown), sex and
+    site the parent's. A copy (oversampling: neighbour = parent, step 0) keeps its row's values. So a
+    model with metadata inputs never learns "metadata missing" as a sign of a minority class."""
+    age = pdf["age"].to_numpy(dtype=np.float64)
+    a, b = age[np.asarray(parent, int)], age[np.asarray(neighbour, int)]
+    mixed = a + np.asarray(steps, np.float64) * (b - a)
+    return {"age": np.where(np.isnan(mixed), a, mixed).astype(np.float32),
+            "sex": pdf["sex"].to_numpy()[np.asarray(parent, int)],
+            "localization": pdf["localization"].to_numpy()[np.asarray(parent, int)]}
 
 
 def _balanced_rows(train, method: str, before: dict, targets: dict, size: int, cfg: Config):

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from . import storage
 from .metrics import confusion_summary
-from .models import preprocess
+from .models import model_inputs, preprocess
 from .trainspec import BEST, CHECKPOINT, STATE, TrainSpec
 
 
@@ -105,14 +105,15 @@ def sync_non_trainable(model) -> None:
             v.assign(hvd.allreduce(v, op=hvd.Average, name=f"sync_non_trainable_{i}"))
 
 
-def shard_confusion(model, spec: TrainSpec, x: np.ndarray, y: np.ndarray, loss=None) -> tuple[np.ndarray, float]:
-    """Every rank: the confusion matrix (and summed loss) over all ranks' shards. ``x``/``y`` are this
-    rank's shard (possibly empty); the same two allreduces run on every rank."""
+def shard_confusion(model, spec: TrainSpec, x: np.ndarray, y: np.ndarray, meta=None, loss=None) -> tuple[np.ndarray, float]:
+    """Every rank: the confusion matrix (and summed loss) over all ranks' shards. ``x``/``y`` (and the
+    encoded ``meta`` of a metadata model) are this rank's shard (possibly empty); the same two
+    allreduces run on every rank."""
     k = spec.n_classes
     cm, loss_sum = np.zeros((k, k), np.float64), 0.0
     if len(y):
-        probs = model.predict(preprocess(spec.preprocessing, x.astype(np.float32)), batch_size=spec.batch_size,
-                              verbose=0)
+        probs = model.predict(model_inputs(model, preprocess(spec.preprocessing, x.astype(np.float32)), meta),
+                              batch_size=spec.batch_size, verbose=0)
         np.add.at(cm, (y, probs.argmax(1)), 1)
         if loss is not None:
             loss_sum = float(loss(tf.one_hot(y, k), probs)) * len(y)
@@ -155,9 +156,9 @@ class ShardedValidation(tf.keras.callbacks.Callback):
     Each epoch: ``val_loss``, ``val_accuracy`` and ``val_macro_recall`` of the whole val split, from
     every rank's shard. Memory per rank is its shard of val, whatever the number of ranks."""
 
-    def __init__(self, spec: TrainSpec, x_val: np.ndarray, y_val: np.ndarray, bn: PreciseBatchNorm, loss):
+    def __init__(self, spec: TrainSpec, x_val: np.ndarray, y_val: np.ndarray, m_val, bn: PreciseBatchNorm, loss):
         super().__init__()
-        self.spec, self.x, self.y, self.bn, self.loss = spec, x_val, y_val, bn, loss
+        self.spec, self.x, self.y, self.meta, self.bn, self.loss = spec, x_val, y_val, m_val, bn, loss
 
     def _prepare(self):
         self.bn.recompute()
@@ -165,7 +166,7 @@ class ShardedValidation(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._prepare()
-        cm, loss_sum = shard_confusion(self.model, self.spec, self.x, self.y, self.loss)
+        cm, loss_sum = shard_confusion(self.model, self.spec, self.x, self.y, self.meta, self.loss)
         summary = confusion_summary(cm)
         if logs is not None and summary["n"]:
             penalty = float(tf.add_n(self.model.losses)) if self.model.losses else 0.0  # as Keras adds them

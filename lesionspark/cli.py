@@ -71,6 +71,8 @@ def _model_commands(sub) -> None:
     p.add_argument("--balance", dest="train.balance", choices=["smote", "oversample", "weights", "none"])
     p.add_argument("--num-proc", dest="train.num_proc", type=int, help="Horovod workers (train.num_proc)")
     p.add_argument("--epochs", dest="train.epochs", type=int)
+    p.add_argument("--metadata", dest="model.metadata", nargs="+", choices=["age", "sex", "localization"],
+                   help="clinical inputs fused with the image (model.metadata)")
     p.add_argument("--run-id", dest="train.run_id", help="resume this run from its last checkpoint")
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a model version on dataset splits")
@@ -93,6 +95,8 @@ def _output_commands(sub) -> None:
     _common(p)
     p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
     p.add_argument("--model", dest="score.model", help="name[:version|latest] (score.model)")
+    p.add_argument("--metadata-csv", dest="score.metadata_csv",
+                   help="image_id,age,sex,localization side-car for a model with metadata inputs (score.metadata_csv)")
     p.add_argument("--dry-run", dest="score.dry_run", action="store_const", const=True,
                    help="print what would be listed, hashed, scored and skipped; write nothing (score.dry_run)")
     p.add_argument("--wait", dest="score.lease_wait_s", type=float,

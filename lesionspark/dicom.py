@@ -16,7 +16,9 @@ JPEG 2000) and pydicom's own RLE and deflate readers; YBR_FULL, YBR_FULL_422, YB
 come back as RGB, palette colour is applied through its lookup table, and samples of more than 8
 bits are scaled to 8. Every frame of a multi-frame object is its own image (``frame`` 1..n).
 
-Identity: only the UIDs, the modality and a salted hash of the patient ID leave this module. The
+Identity: only the UIDs, the modality and a salted hash of the patient ID leave this module for
+the tables, and the age, sex and anatomic site for a model's metadata input (stored, if at all, as
+the categories the model saw: an age as its decade). The
 patient's name, birth date and every other attribute stay in the parsed object, which is dropped
 with the batch; nothing here logs. Without a salt (``score.path_salt``) there is no patient key:
 an unsalted hash of a short hospital ID is reversed by trying every ID.
@@ -31,6 +33,7 @@ import zlib
 
 import numpy as np
 
+from .clinical import from_dicom
 from .images import ImageRejected
 
 MAGIC_AT, MAGIC = 128, b"DICM"
@@ -139,9 +142,11 @@ def _check_inflated_size(data: bytes, limit: int) -> None:
                             "(decompression-bomb guard)")
 
 
-def read_frames(data: bytes, max_pixels: int, salt: str | None = None) -> tuple[list[np.ndarray], dict]:
-    """(full-size RGB uint8 frames, ``IDENTIFIERS``) of a DICOM photograph; ``ImageRejected`` with a
-    reason for anything else, whatever a crafted object makes the parser or a decoder raise."""
+def read_frames(data: bytes, max_pixels: int, salt: str | None = None) -> tuple[list[np.ndarray], dict, dict]:
+    """(full-size RGB uint8 frames, ``IDENTIFIERS``, the patient's age, sex and anatomic site for a
+    model's metadata input (``clinical.from_dicom``: used, never stored)) of a DICOM photograph;
+    ``ImageRejected`` with a reason for anything else, whatever a crafted object makes the parser or
+    a decoder raise."""
     # pydicom logs odd values as it meets them, and a value can be a birth date or a name: silenced
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     try:
@@ -154,7 +159,7 @@ def read_frames(data: bytes, max_pixels: int, salt: str | None = None) -> tuple[
         raise ImageRejected("dicom_unreadable", f"not a readable DICOM object ({type(exc).__name__})") from None
 
 
-def _read_frames(data: bytes, max_pixels: int, salt: str | None) -> tuple[list[np.ndarray], dict]:
+def _read_frames(data: bytes, max_pixels: int, salt: str | None) -> tuple[list[np.ndarray], dict, dict]:
     import pydicom
     _check_inflated_size(data, FRAME_GUARD * max_pixels * 3)  # as many bytes as the largest 8-bit object
     ds = pydicom.dcmread(io.BytesIO(bytes(data)))
@@ -170,4 +175,4 @@ def _read_frames(data: bytes, max_pixels: int, salt: str | None) -> tuple[list[n
     rgb = _to_rgb8(ds, arr)
     if len(rgb) != frames:
         raise ImageRejected("dicom_undecodable", f"{len(rgb)} frames decoded, {frames} declared")
-    return list(rgb), ids
+    return list(rgb), ids, from_dicom(ds)

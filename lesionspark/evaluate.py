@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import calibration, metrics, storage
+from .clinical import card_fields, for_card
 from .config import Config, ConfigError
 from .dataset import require_manifest
 from .progress import timed
@@ -44,7 +45,8 @@ def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> p
     from .spark import sql_conf
     from .predict import score_partition, score_schema
     records = spark.read.parquet(url)
-    images = records.select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content")) \
+    images = records.select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content"),
+                            *card_fields(card)) \
         .repartition(max(1, spark.sparkContext.defaultParallelism))
     scored = images.mapInPandas(score_partition(model_uri, card, int(cfg.get("score.batch_size")),
                                                 int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads"))),
@@ -97,10 +99,11 @@ def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri
     if examples.empty:
         return None
     rows = spark.read.parquet(url).filter(F.col("image_id").isin(list(examples["image_id"]))) \
-        .select("image_id", "image").toPandas().set_index("image_id")
-    arrays, _, _ = decode_each(list(rows.loc[examples["image_id"], "image"]), int(card["image_size"]), card["resize"])
+        .select("image_id", "image", *card_fields(card)).toPandas().set_index("image_id").loc[examples["image_id"]]
+    arrays, _, _ = decode_each(list(rows["image"]), int(card["image_size"]), card["resize"])
     images = np.stack(arrays)
-    _, _, overlays = explain_arrays(load_model(model_uri), card, images, cfg.get("explain.method"))
+    meta, _ = for_card(card, rows[list(card_fields(card))].to_dict("records"))
+    _, _, overlays = explain_arrays(load_model(model_uri), card, images, cfg.get("explain.method"), meta)
     return split, examples, images, overlays
 
 

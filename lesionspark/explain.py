@@ -23,7 +23,8 @@ from . import storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
 from .frames import decode_images
-from .predict import load_model
+from .clinical import FIELDS, card_fields, load_sidecar
+from .predict import file_metadata, image_metadata, load_model
 from .threads import limit_threads
 from .progress import timed
 from .registry import explanations_dir, resolve_model
@@ -40,10 +41,12 @@ def table_schema():
 
 
 def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_overlays: str, threads: int,
-                      max_pixels: int, max_bytes: int, reader=None, method: str = DEFAULT_METHOD):
+                      max_pixels: int, max_bytes: int, reader=None, method: str = DEFAULT_METHOD,
+                      sidecar: dict | None = None):
     """mapInPandas function: rows of ``image, source_path, true_dx`` and either ``content`` (bytes)
-    or, with ``reader``, ``length`` (the file is read here). Writes overlays under the staging folder;
-    the table names their final paths."""
+    or, with ``reader``, ``length`` (the file is read here); a model with a metadata input gets the
+    rows' ``age, sex, localization``, or the DICOM tags and the side-car's (``predict.file_metadata``).
+    Writes overlays under the staging folder; the table names their final paths."""
     classes = list(card["classes"])
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -58,16 +61,17 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
             # a row per image: every frame of a DICOM object is one, named <image>-f<frame>
             images = decode_images(contents, int(card["image_size"]), card["resize"], max_pixels, None, reasons,
                                    details)
-            names = [batch["image"].iat[im[0]] + ("" if im[1] is None else f"-f{im[1]}") for im in images]
-            written, probs, blank = write_overlays(model, card, [im[2] for im in images], names, staging_overlays,
-                                                   method=method)
-            out = batch[["image", "source_path", "true_dx"]].iloc[[im[0] for im in images]].reset_index(drop=True)
+            names = [batch["image"].iat[im.file] + ("" if im.frame is None else f"-f{im.frame}") for im in images]
+            meta, _ = image_metadata(card, images, file_metadata(card, batch, "source_path", sidecar))
+            written, probs, blank = write_overlays(model, card, [im.array for im in images], names, staging_overlays,
+                                                   method=method, metadata=meta)
+            out = batch[["image", "source_path", "true_dx"]].iloc[[im.file for im in images]].reset_index(drop=True)
             out["image"] = names
             out["predicted_dx"] = [None if p is None else classes[int(np.argmax(p))] for p in probs]
             out["confidence"] = [None if p is None else float(np.max(p)) for p in probs]
             out["overlay_path"] = [None if w is None else final_overlays + w[len(staging_overlays):] for w in written]
             out["explanation_empty"] = blank
-            out["reason"], out["detail"] = [im[3] for im in images], [im[4] for im in images]
+            out["reason"], out["detail"] = [im.reason for im in images], [im.detail for im in images]
             yield out
     return run
 
@@ -102,7 +106,8 @@ def _sources(spark, cfg: Config, card: dict, root: str):
         if not storage.exists(url):
             raise ConfigError(f"explain: dataset {dataset!r} has no split {split!r}")
         rows = spark.read.parquet(url).select(F.col("image_id").alias("image"), F.col("image_id").alias("source_path"),
-                                              F.col("dx").alias("true_dx"), F.col("image").alias("content"))
+                                              F.col("dx").alias("true_dx"), F.col("image").alias("content"),
+                                              *(c for c in FIELDS if c in card_fields(card)))
         name, reader = f"split-{_safe(split)}", None
     rows = rows.orderBy("image")
     return name, (rows.limit(limit) if limit > 0 else rows), reader
@@ -124,7 +129,7 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     with storage.AtomicDir(final, run_id) as staging:
         fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{final}/overlays", int(cfg.get("score.threads")),
                                int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader,
-                               cfg.get("explain.method"))
+                               cfg.get("explain.method"), load_sidecar(cfg.get("score.metadata_csv"), card_fields(card)))
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"explain {n} images of {name}", spark=spark) as step:
             rows.repartition(tasks).mapInPandas(fn, table_schema()).write.parquet(f"{staging}/table")

@@ -6,36 +6,53 @@ takes one image per metadata row (``decode_single``).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
 from .dicom import IDENTIFIERS, is_dicom, read_frames
 from .images import ImageRejected, decode_each, fit_array
 
+NO_IDS = dict.fromkeys(IDENTIFIERS)
+
+
+class Image(NamedTuple):
+    """One image of a file: ``frame`` None for a JPEG or PNG, 1..n for a DICOM object's frames;
+    ``array`` None with a ``reason`` for a reject; ``clinical`` what the file says of the patient
+    (DICOM: age, sex, anatomic site) for a model's metadata input."""
+    file: int
+    frame: int | None
+    array: np.ndarray | None
+    reason: str | None
+    detail: str | None
+    ids: dict
+    clinical: dict
+
 
 def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
-                  details: list) -> list[list[tuple]]:
-    """Each file's images as ``(frame, array or None, reason, detail, identifiers)``: one for a
-    JPEG or PNG (frame None), one per frame of a DICOM photograph (frames 1..n, with its study
-    identifiers), one reject for anything else. Rows that already have a reason keep it."""
-    none = dict.fromkeys(IDENTIFIERS)
+                  details: list) -> list[list[Image]]:
+    """Each file's images: one for a JPEG or PNG, one per frame of a DICOM photograph (with its
+    study identifiers), one reject for anything else. Rows that already have a reason keep it."""
     out = []
-    for data, reason, detail in zip(contents, reasons, details):
+    for i, (data, reason, detail) in enumerate(zip(contents, reasons, details)):
         if reason is None and is_dicom(data):
             try:
-                frames, ids = read_frames(data, max_pixels, salt)
-                out.append([(k + 1, fit_array(f, size, mode), None, None, ids) for k, f in enumerate(frames)])
+                frames, ids, clinical = read_frames(data, max_pixels, salt)
+                out.append([Image(i, k + 1, fit_array(f, size, mode), None, None, ids, clinical)
+                            for k, f in enumerate(frames)])
             except ImageRejected as rej:
-                out.append([(None, None, rej.code, rej.detail, none)])
+                out.append([Image(i, None, None, rej.code, rej.detail, NO_IDS, {})])
             continue
         arrays, r, d = decode_each([data], size, mode, max_pixels, [reason], [detail])
-        out.append([(None, arrays[0], r[0], d[0], none)])
+        out.append([Image(i, None, arrays[0], r[0], d[0], NO_IDS, {})])
     return out
 
 
 def decode_images(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
-                  details: list) -> list[tuple]:
-    """``decode_frames`` as one list, a row per image: ``(file index, frame, array or None, reason,
-    detail, identifiers)``."""
-    return [(i, *image) for i, per_file in enumerate(decode_frames(contents, size, mode, max_pixels, salt, reasons,
-                                                                   details)) for image in per_file]
+                  details: list) -> list[Image]:
+    """``decode_frames`` as one list, a row per image."""
+    return [image for per_file in decode_frames(contents, size, mode, max_pixels, salt, reasons, details)
+            for image in per_file]
 
 
 def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list, details: list):
@@ -49,8 +66,7 @@ def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list
             out_reasons.append("dicom_multiframe")
             out_details.append(f"{len(images)} frames: a training record is one image per metadata row")
             continue
-        _, array, reason, detail, _ = images[0]
-        arrays.append(array)
-        out_reasons.append(reason)
-        out_details.append(detail)
+        arrays.append(images[0].array)
+        out_reasons.append(images[0].reason)
+        out_details.append(images[0].detail)
     return arrays, out_reasons, out_details

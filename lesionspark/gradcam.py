@@ -30,6 +30,8 @@ import io
 
 import numpy as np
 
+from .models import FUSE, METADATA_EMBED
+
 
 METHODS = ("hirescam", "gradcam", "gradcampp")
 MIN_MAP = 4  # a map this wide at least: a backbone's last 1x1 or 2x2 map (small inputs) says nothing of where
@@ -46,7 +48,7 @@ def _split(model):
     resolution. When that layer is a nested backbone, the map is taken inside it: its last feature
     map at least MIN_MAP wide, through a two-output view of the backbone (that map, its output)."""
     import tensorflow as tf
-    layers = [l for l in model.layers if not isinstance(l, tf.keras.layers.InputLayer)]
+    layers = [l for l in model.layers if not isinstance(l, tf.keras.layers.InputLayer) and l.name != METADATA_EMBED]
     spatial = [i for i, l in enumerate(layers) if _spatial(l)]
     if not spatial:
         raise ValueError(f"model {model.name!r} has no spatial feature map for Grad-CAM")
@@ -83,10 +85,12 @@ def empty(cams: np.ndarray) -> np.ndarray:
     return cams.reshape(len(cams), -1).max(axis=1) <= 0 if len(cams) else np.zeros(0, bool)
 
 
-def heatmaps(model, x, class_index=None, method: str = "hirescam") -> tuple[np.ndarray, np.ndarray]:
+def heatmaps(model, x, class_index=None, method: str = "hirescam", metadata=None) -> tuple[np.ndarray, np.ndarray]:
     """``x``: a preprocessed float32 batch [B, H, W, C]. Returns (heatmaps [B, H, W] in 0..1,
     probabilities [B, classes]). ``class_index``: explain this class (an int, or one per image;
-    default: each image's predicted class). ``method``: one of ``METHODS``."""
+    default: each image's predicted class). ``method``: one of ``METHODS``. ``metadata``: the encoded
+    vectors of a model with a metadata input (the map stays on the image: the metadata only shifts
+    the logits it is computed from)."""
     import tensorflow as tf
     if method not in METHODS:
         raise ValueError(f"explain.method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -101,6 +105,9 @@ def heatmaps(model, x, class_index=None, method: str = "hirescam") -> tuple[np.n
         out = mid(h, training=False)
         a, h = out if isinstance(out, (list, tuple)) else (out, out)
         for layer in head[:-1]:
+            if layer.name == FUSE:  # late fusion: the embedded metadata joins the image features here
+                h = layer([h, model.get_layer(METADATA_EMBED)(tf.convert_to_tensor(metadata, tf.float32))])
+                continue
             h = layer(h, training=False)
         # the logits of the last Dense layer (its softmax saturates gradients of confident outputs)
         logits = tf.matmul(h, final.kernel) + final.bias

@@ -11,11 +11,15 @@ import contextlib
 import logging
 import os
 
+import numpy as np
+
 from . import storage
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("cnn", "resnet50", "efficientnet")
+# the metadata branch's layer names (``lesionspark.gradcam`` follows the image path around them)
+METADATA_INPUT, METADATA_EMBED, FUSE, METADATA_UNITS = "metadata", "metadata_embed", "fuse", 16
 PREPROCESSING = {"cnn": "scale_0_1", "resnet50": "resnet50_caffe", "efficientnet": "efficientnet_identity"}
 
 
@@ -71,8 +75,37 @@ def _backbone(factory, name: str, size: int, weights):
     return inputs, x, base
 
 
+def _classify(inputs, x, n_classes: int, metadata_width: int, name: str):
+    """The model from image features ``x``: softmax over ``n_classes``; with ``metadata_width`` > 0 a
+    second input ``metadata`` (``lesionspark.clinical``'s encoding) is embedded by a small dense layer
+    and concatenated with the image features first (late fusion)."""
+    import tensorflow as tf
+    L = tf.keras.layers
+    if metadata_width:
+        meta = tf.keras.Input((metadata_width,), name=METADATA_INPUT)
+        x = L.Concatenate(name=FUSE)([x, L.Dense(METADATA_UNITS, activation="relu", name=METADATA_EMBED)(meta)])
+        inputs = {"image": inputs, METADATA_INPUT: meta}
+    outputs = L.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return tf.keras.Model(inputs, outputs, name=name)
+
+
+def model_inputs(model, x, metadata=None):
+    """What ``model`` is called with: the preprocessed images, and for a model with a metadata input
+    ``{"image": x, "metadata": metadata}`` (``clinical.encode``'s vectors, one per image)."""
+    if not takes_metadata(model):
+        return x
+    if metadata is None:
+        raise ValueError(f"model {model.name!r} takes metadata: pass its encoded vectors")
+    return {"image": x, METADATA_INPUT: np.asarray(metadata, np.float32)}
+
+
+def takes_metadata(model) -> bool:
+    return METADATA_INPUT in list(getattr(model, "input_names", None) or [])
+
+
 def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float = 0.25,
-              filters=(32, 64, 128), dense: int = 128, bn_momentum: float = 0.9, head: str = "flatten"):
+              filters=(32, 64, 128), dense: int = 128, bn_momentum: float = 0.9, head: str = "flatten",
+              metadata_width: int = 0):
     """The seeds' simple CNN: three conv blocks (conv, optional batch-norm, pooling, dropout), then
     ``head``: ``flatten`` (the seeds' Flatten + Dense) or ``gap`` (global average pooling + Dense)."""
     if head not in ("flatten", "gap"):
@@ -91,11 +124,11 @@ def build_cnn(size: int, n_classes: int, batchnorm: bool = True, dropout: float 
     x = L.Flatten()(x) if head == "flatten" else L.GlobalAveragePooling2D()(x)
     x = L.Dense(dense, activation="relu")(x)
     x = L.Dropout(dropout)(x)
-    outputs = L.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return tf.keras.Model(inputs, outputs, name="cnn")
+    return _classify(inputs, x, n_classes, metadata_width, "cnn")
 
 
-def build_resnet50(size: int, n_classes: int, weights=None, mode: str = "frozen", dropout: float = 0.2):
+def build_resnet50(size: int, n_classes: int, weights=None, mode: str = "frozen", dropout: float = 0.2,
+                   metadata_width: int = 0):
     """ResNet50 backbone + global average pooling head. ``frozen``: backbone not trained;
     ``finetune``: with pretrained weights, the top blocks are trained (see ``unfreeze_top``) after a
     warm-up of the head; from random init (``weights=None``), the whole network trains, batch-norm included."""
@@ -106,8 +139,7 @@ def build_resnet50(size: int, n_classes: int, weights=None, mode: str = "frozen"
     x = _attach(base, x, mode, weights)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     x = tf.keras.layers.Dropout(dropout)(x)
-    outputs = tf.keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    model = tf.keras.Model(inputs, outputs, name="resnet50")
+    model = _classify(inputs, x, n_classes, metadata_width, "resnet50")
     model.backbone_name = base.name
     return model
 
@@ -143,7 +175,7 @@ def unfreeze_top(model, n_blocks: int) -> int:
 
 
 def build_efficientnet(size: int, n_classes: int, weights=None, variant: str = "B0", dropout: float = 0.2,
-                       mode: str = "frozen"):
+                       mode: str = "frozen", metadata_width: int = 0):
     """EfficientNet backbone + global average pooling head. ``frozen``: backbone not trained;
     ``finetune``: the whole backbone trains (batch-norm statistics too when from random init)."""
     import tensorflow as tf
@@ -162,20 +194,21 @@ def build_efficientnet(size: int, n_classes: int, weights=None, variant: str = "
         x = _attach(base, x, mode, weights)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     x = tf.keras.layers.Dropout(dropout)(x)
-    outputs = tf.keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return tf.keras.Model(inputs, outputs, name=f"efficientnet{variant.lower()}")
+    return _classify(inputs, x, n_classes, metadata_width, f"efficientnet{variant.lower()}")
 
 
-def build(arch: str, size: int, n_classes: int, params: dict | None = None):
-    """The model named by ``model.arch`` with its ``model.*`` parameters."""
+def build(arch: str, size: int, n_classes: int, params: dict | None = None, metadata_width: int = 0):
+    """The model named by ``model.arch`` with its ``model.*`` parameters; ``metadata_width`` > 0 adds
+    the metadata input (``clinical.width(model.metadata)``)."""
     p = dict(params or {})
     if arch == "cnn":
         return build_cnn(size, n_classes, bool(p.get("batchnorm", True)), float(p.get("dropout", 0.25)),
                          tuple(p.get("filters", (32, 64, 128))), int(p.get("dense", 128)),
-                         float(p.get("bn_momentum", 0.9)), str(p.get("head", "flatten")))
+                         float(p.get("bn_momentum", 0.9)), str(p.get("head", "flatten")), metadata_width)
     if arch == "resnet50":
-        return build_resnet50(size, n_classes, p.get("weights"), p.get("mode", "frozen"), float(p.get("dropout", 0.2)))
+        return build_resnet50(size, n_classes, p.get("weights"), p.get("mode", "frozen"), float(p.get("dropout", 0.2)),
+                              metadata_width)
     if arch == "efficientnet":
         return build_efficientnet(size, n_classes, p.get("weights"), p.get("variant", "B0"), float(p.get("dropout", 0.2)),
-                                  p.get("mode", "frozen"))
+                                  p.get("mode", "frozen"), metadata_width)
     raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {arch!r}")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import calibration, storage
+from .clinical import FIELDS, card_fields, for_card, missing, sidecar_key
 from .dicom import IDENTIFIERS
 from .frames import decode_images
 from .images import decode_each
@@ -38,43 +39,72 @@ def load_model(model_uri: str):
     return _MODELS[model_uri]
 
 
-def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int) -> np.ndarray:
-    from .models import preprocess
+def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int, metadata=None) -> np.ndarray:
+    """Calibrated probabilities of uint8 images; ``metadata``: their encoded vectors for a model
+    that takes them (``clinical.for_card``)."""
+    from .models import model_inputs, preprocess
     x = preprocess(card["preprocessing"], images.astype(np.float32))
-    return calibration.apply_card(card, model.predict(x, batch_size=batch_size, verbose=0))
+    return calibration.apply_card(card, model.predict(model_inputs(model, x, metadata), batch_size=batch_size,
+                                                      verbose=0))
 
 
-def predict_images(model, card: dict, arrays: list, batch_size: int) -> list:
-    """Probability lists for decoded images, in order; None where the image is None (a reject)."""
-    good = [a for a in arrays if a is not None]
-    probs = iter(predict_arrays(model, card, np.stack(good), batch_size) if good else [])
+def predict_images(model, card: dict, arrays: list, batch_size: int, metadata=None) -> list:
+    """Probability lists for decoded images, in order; None where the image is None (a reject).
+    ``metadata``: one encoded vector per image (rows of rejects included), or None."""
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    meta = None if metadata is None else metadata[keep]
+    probs = iter(predict_arrays(model, card, np.stack([arrays[i] for i in keep]), batch_size, meta) if keep else [])
     return [None if a is None else list(next(probs)) for a in arrays]
 
 
-def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None):
+def file_metadata(card: dict, batch: pd.DataFrame, path_column: str, sidecar: dict | None) -> list[dict]:
+    """Per file of ``batch``, what is known of its patient for a model's metadata input: the batch's
+    own ``age``/``sex``/``localization`` columns (dataset records), else the side-car CSV row of the
+    file's image id (``clinical.sidecar_key``); empty for an image-only model."""
+    if not card_fields(card):
+        return [{}] * len(batch)
+    own = [f for f in FIELDS if f in batch]
+    if own:
+        return batch[own].to_dict("records")
+    return [dict((sidecar or {}).get(sidecar_key(str(p)), {})) for p in batch[path_column]]
+
+
+def image_metadata(card: dict, images: list, per_file: list[dict]):
+    """(encoded vectors or None, used categories per image): the file's metadata (``file_metadata``)
+    with what a DICOM object says of itself (age, sex, anatomic site) taking precedence; missing values
+    get the missing category."""
+    rows = [{**per_file[im.file], **{k: v for k, v in im.clinical.items() if v not in (None, "")}} for im in images]
+    return for_card(card, rows)
+
+
+def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None,
+                  metadata=None):
     """Decode what has bytes and predict it: (probability lists or None, reasons, details, decode s, predict s).
-    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are."""
+    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are; ``metadata``:
+    one encoded vector per row for a model that takes them."""
     import time
     t0 = time.perf_counter()
     arrays, dec_reasons, dec_details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
                                                    reasons, details)
     t1 = time.perf_counter()
-    rows = predict_images(model, card, arrays, batch_size)
+    rows = predict_images(model, card, arrays, batch_size, metadata)
     return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
 
 
 def score_files_schema(passthrough: str) -> str:
     """What ``score_files`` yields, as a DDL string: the pass-through columns (DDL), then the hash,
-    the frame and study identifiers of a DICOM image, the probabilities or a reason, and the
-    flagged image's overlay."""
+    the frame and study identifiers of a DICOM image, the probabilities or a reason, the flagged
+    image's overlay, and for a model with a metadata input the categories it was given (``age_group``,
+    ``sex``, ``localization``: null where missing) and which were missing (``metadata_missing``:
+    comma-joined, empty when none; null for an image-only model)."""
     ids = ", ".join(f"{k} string" for k in IDENTIFIERS)
     ours = (f"image_sha256 string, frame int, {ids}, probabilities array<double>, reason string, detail string, "
-            "explanation_path string")
+            "explanation_path string, metadata_missing string, age_group string, sex string, localization string")
     return f"{passthrough}, {ours}" if passthrough else ours
 
 
-def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, threshold: float, staging_dir: str,
-                    method: str, final_dir: str):
+def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, metadata, threshold: float,
+                    staging_dir: str, method: str, final_dir: str):
     """Heatmap overlays (``method``) of the images whose malignant probability reaches ``threshold``,
     written to ``staging_dir/<sha256>.png`` (named by content: a rerun rewrites the same file; the
     run's commit moves them to ``final_dir``): their final paths, or None (not flagged, or a map with
@@ -83,7 +113,7 @@ def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, th
     mal = malignant_outputs(card["classes"])
     flagged = [a if (a is not None and p is not None and sum(p[i] for i in mal) >= threshold) else None
                for a, p in zip(arrays, probs)]
-    paths, _, _ = write_overlays(model, card, flagged, list(shas), staging_dir, method=method)
+    paths, _, _ = write_overlays(model, card, flagged, list(shas), staging_dir, method=method, metadata=metadata)
     return [None if p is None else final_dir + p[len(staging_dir):] for p in paths]
 
 
@@ -114,13 +144,14 @@ def read_alternates(reader, batch: pd.DataFrame, contents: list, shas: list, rea
 
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
                 max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str, str] | None = None,
-                salt: str | None = None):
+                salt: str | None = None, sidecar: dict | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
     each file is read once, hashed where its bytes are, decoded and predicted, a row per image
     (every frame of a DICOM object is one); files that cannot be scored carry a reason. The model
     is loaded once per Python worker. ``explain``: (review threshold, staging folder, method, final
     folder): heatmap overlays of the flagged images, their paths in ``explanation_path``. ``salt``:
-    for the DICOM patient key (``dicom.patient_key``)."""
+    for the DICOM patient key (``dicom.patient_key``). ``sidecar``: ``{image id: {field: value}}``
+    for a model's metadata input (``image_metadata``)."""
     import time
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -134,39 +165,47 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
             t1 = time.perf_counter()
             images = decode_images(contents, int(card["image_size"]), card["resize"], max_pixels, salt, reasons,
                                    details)
+            meta, used = image_metadata(card, images, file_metadata(card, batch, "path", sidecar))
             t2 = time.perf_counter()
-            rows = predict_images(model, card, [im[2] for im in images], batch_size)
+            rows = predict_images(model, card, [im.array for im in images], batch_size, meta)
             if clock is not None:
                 clock.add(files=len(batch), read_hash=t1 - t0, decode=t2 - t1, predict=time.perf_counter() - t2)
-            yield _image_rows(batch[passthrough], images, shas, rows, model, card, explain)
+            yield _image_rows(batch[passthrough], images, shas, rows, model, card, explain, meta, used)
     return run
 
 
-def _image_rows(files: pd.DataFrame, images: list[tuple], shas: list, rows: list, model, card: dict,
-                explain) -> pd.DataFrame:
-    """One output row per image: its file's pass-through columns, hash, frame, identifiers and result."""
-    out = files.iloc[[im[0] for im in images]].reset_index(drop=True)
-    out["image_sha256"] = [shas[im[0]] for im in images]
-    out["frame"] = pd.array([im[1] for im in images], dtype="Int32")
+def _image_rows(files: pd.DataFrame, images: list, shas: list, rows: list, model, card: dict,
+                explain, meta, used: list) -> pd.DataFrame:
+    """One output row per image: its file's pass-through columns, hash, frame, identifiers, result and
+    the metadata categories the model was given."""
+    out = files.iloc[[im.file for im in images]].reset_index(drop=True)
+    out["image_sha256"] = [shas[im.file] for im in images]
+    out["frame"] = pd.array([im.frame for im in images], dtype="Int32")
     for key in IDENTIFIERS:
-        out[key] = [im[5][key] for im in images]
+        out[key] = [im.ids[key] for im in images]
     out["probabilities"] = rows
-    out["reason"] = [im[3] for im in images]
-    out["detail"] = [im[4] for im in images]
+    out["reason"] = [im.reason for im in images]
+    out["detail"] = [im.detail for im in images]
     # overlays are named by content, and by frame where a content holds several images
-    names = [s if im[1] is None else f"{s}-f{im[1]}" for s, im in zip(out["image_sha256"], images)]
-    out["explanation_path"] = explain_flagged(model, card, [im[2] for im in images], rows, names, *explain) \
-        if explain else [None] * len(out)
+    names = [s if im.frame is None else f"{s}-f{im.frame}" for s, im in zip(out["image_sha256"], images)]
+    out["explanation_path"] = explain_flagged(model, card, [im.array for im in images], rows, names, meta,
+                                              *explain) if explain else [None] * len(out)
+    out["metadata_missing"] = [None if u is None else missing(u) for u in used]
+    for field, column in zip(FIELDS, ("age_group", "sex", "localization")):
+        out[column] = [None if u is None else u.get(field) for u in used]
     return out
 
 
 def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int):
-    """mapInPandas function: ``path, sha256, content`` in; probabilities or reject reasons out."""
+    """mapInPandas function: ``path, sha256, content`` (and ``age, sex, localization`` for a model with
+    a metadata input) in; probabilities or reject reasons out."""
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         limit_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
-            rows, reasons, details, _, _ = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size)
+            meta, _ = for_card(card, file_metadata(card, batch, "path", None))
+            rows, reasons, details, _, _ = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size,
+                                                         metadata=meta)
             yield pd.DataFrame({"path": batch["path"], "sha256": batch["sha256"], "probabilities": rows,
                                 "reason": reasons, "detail": details})
     return run

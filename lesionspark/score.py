@@ -20,6 +20,7 @@ import time
 from . import storage
 from .classes import malignant_outputs
 from .config import Config, ConfigError
+from .clinical import card_fields, load_sidecar
 from .dicom import IDENTIFIERS
 from .listing import Reader, list_files
 from .predict import score_files, score_files_schema
@@ -243,7 +244,7 @@ def _read_predict(spark, cfg: Config, to_read, n_read: int, archive: str, card: 
     fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card,
                      int(cfg.get("score.batch_size")), int(cfg.get("ingest.max_image_pixels")),
                      int(cfg.get("score.threads")), int(cfg.get("score.max_file_bytes")), list(PASSTHROUGH), clock,
-                     overlays, cfg.get("score.path_salt"))
+                     overlays, cfg.get("score.path_salt"), load_sidecar(cfg.get("score.metadata_csv"), card_fields(card)))
     schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
             timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -353,6 +354,7 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
         F.element_at(F.array(*[F.lit(c) for c in classes]), predicted_label + 1).alias("predicted_dx"),
         predicted_label.alias("predicted_label"), F.array_max(probs).alias("confidence"), probs.alias("probabilities"),
         sum((F.element_at(probs, i + 1) for i in malignant_outputs(classes)), F.lit(0.0)).alias("malignant_probability"),
+        "metadata_missing", "age_group", "sex", "localization",
         F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at"),
         F.lit(now.date().isoformat()).alias("scored_date"))
     preds = preds.withColumn("review_flag", F.col("malignant_probability") >= F.lit(threshold)) \

@@ -12,6 +12,7 @@ import time
 
 
 from . import __version__, storage
+from .clinical import ENCODING, check_fields
 from .classes import CLASSES, LABEL_OF, balanced_weights, binary_label
 from .config import Config, ConfigError
 from .dataset import require_manifest
@@ -96,6 +97,10 @@ def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
     params = dict(cfg.get("model.params") or {})
     if cfg.get("model.weights") is not None:
         params["weights"] = cfg.get("model.weights")
+    try:
+        metadata = check_fields(cfg.get("model.metadata"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     t = cfg.get("train")
     return TrainSpec(
         run_id=run_id, run_dir=storage.join(layout.root, "runs", run_id),
@@ -103,7 +108,8 @@ def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
         train_url=train_url, val_url=layout.split(name, "val"), test_url=layout.split(name, "test"),
         n_train=int(sum(train_counts.values())), train_counts=train_counts,
         image_size=int(manifest["image_size"]), resize=manifest.get("resize", "squash"),
-        arch=arch, model_name=cfg.get("model.name") or arch, model_params=params, preprocessing=PREPROCESSING[arch],
+        arch=arch, model_name=cfg.get("model.name") or arch, model_params=params, metadata=metadata,
+        preprocessing=PREPROCESSING[arch],
         mode="binary" if binary else "multiclass", n_classes=2 if binary else len(CLASSES),
         label_field="malignant" if binary else "label",
         classes=["benign", "malignant"] if binary else list(CLASSES),
@@ -159,6 +165,7 @@ def publish(cfg: Config, spec: TrainSpec, rank0: dict, seconds: float, ranks: li
     card = {
         "name": spec.model_name, "version": version, "architecture": spec.arch,
         "model_params": spec.model_params, "mode": spec.mode, "classes": spec.classes,
+        "metadata": list(spec.metadata), "metadata_encoding": ENCODING if spec.metadata else None,
         "image_size": spec.image_size, "resize": spec.resize, "input": "RGB uint8, squared by resize",
         "preprocessing": spec.preprocessing, "balance": spec.balance,
         "dataset": spec.dataset, "dataset_fingerprint": spec.fingerprint, "train_counts": spec.train_counts,

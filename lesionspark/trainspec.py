@@ -51,6 +51,7 @@ class TrainSpec:
     arch: str
     model_name: str
     model_params: dict
+    metadata: tuple  # model.metadata: clinical fields fused with the image (lesionspark.clinical), or ()
     preprocessing: str
     mode: str
     n_classes: int

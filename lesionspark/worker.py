@@ -19,6 +19,8 @@ import zlib
 import numpy as np
 
 from . import storage
+from .clinical import encode, width
+from .models import METADATA_INPUT
 from .progress import quiet_library_warnings
 from .threads import limit_threads
 from .trainspec import BEST, CHECKPOINT, TrainSpec
@@ -54,22 +56,40 @@ def shard_of(image_id, size: int) -> int:
     return zlib.crc32(str(image_id).encode()) % size
 
 
-def load_split(url: str, label_field: str, workers: int = 2, rank: int = 0, size: int = 1):
-    """A split, or with ``size`` > 1 the rank's shard of it (by ``shard_of``), as uint8 images and
-    integer labels: for validation and test. ``workers`` 1 reads row groups in file order."""
+def metadata_transform(fields: tuple):
+    """A Petastorm ``TransformSpec`` that replaces the clinical ``fields`` of each row by their encoded
+    vector ``metadata`` (``clinical.encode``), in the reader's threads; None for an image-only model."""
+    if not fields:
+        return None
+    from petastorm import TransformSpec
+
+    def add(row: dict) -> dict:
+        row[METADATA_INPUT] = encode(fields, [row])[0][0]
+        return row
+    return TransformSpec(add, edit_fields=[(METADATA_INPUT, np.float32, (width(fields),), False)],
+                         removed_fields=list(fields))
+
+
+def load_split(url: str, label_field: str, workers: int = 2, rank: int = 0, size: int = 1, metadata: tuple = ()):
+    """A split, or with ``size`` > 1 the rank's shard of it (by ``shard_of``), as uint8 images,
+    integer labels and the encoded ``metadata`` vectors (None for an image-only model): for validation
+    and test. ``workers`` 1 reads row groups in file order."""
     from petastorm import make_reader
     from petastorm.predicates import in_lambda
-    fields, kw = ["image", label_field], {}
+    fields, kw = ["image", label_field, *metadata], {"transform_spec": metadata_transform(metadata)}
     if size > 1:
         fields.append("image_id")  # petastorm reads predicate fields as part of the schema
         kw["predicate"] = in_lambda(["image_id"], lambda image_id: shard_of(image_id, size) == rank)
-    images, labels = [], []
+    images, labels, meta = [], [], []
     with make_reader(url, schema_fields=fields, num_epochs=1, workers_count=workers, shuffle_row_groups=False,
                      reader_pool_type="thread", **kw) as reader:
         for row in reader:
             images.append(row.image)
             labels.append(int(getattr(row, label_field)))
-    return (np.stack(images) if images else np.zeros((0,), np.uint8)), np.array(labels, dtype=np.int64)
+            if metadata:
+                meta.append(getattr(row, METADATA_INPUT))
+    vectors = (np.stack(meta) if meta else np.zeros((0, width(metadata)), np.float32)) if metadata else None
+    return (np.stack(images) if images else np.zeros((0,), np.uint8)), np.array(labels, dtype=np.int64), vectors
 
 
 def _train_dataset(spec: TrainSpec, rank: int, size: int):
@@ -82,13 +102,13 @@ def _train_dataset(spec: TrainSpec, rank: int, size: int):
     from .augment import augment_batch
     from .models import preprocess
 
-    fields = ["image", spec.label_field]
+    fields = ["image", spec.label_field, *spec.metadata]
     # Petastorm decodes the PNGs in its thread pool (OpenCV releases the GIL): in parallel with
     # each other and with the training step.
     # deterministic: one decoding thread, so that rows arrive in the seeded order, not completion order
     threads = 1 if spec.deterministic else spec.reader_workers
     kw = dict(num_epochs=None, shuffle_row_groups=True, seed=spec.seed + rank, workers_count=threads,
-              reader_pool_type="thread")
+              reader_pool_type="thread", transform_spec=metadata_transform(spec.metadata))
     if spec.sharding == "row_groups":
         kw.update(cur_shard=rank, shard_count=size)
     else:  # fewer row groups than ranks: shard rows by a stable hash of the image id
@@ -96,16 +116,21 @@ def _train_dataset(spec: TrainSpec, rank: int, size: int):
         kw["predicate"] = in_lambda(["image_id"], lambda image_id: shard_of(image_id, size) == rank)
     reader = make_reader(spec.train_url, schema_fields=fields, **kw)
     ds = make_petastorm_dataset(reader)
-    ds = ds.map(lambda r: (r.image, tf.cast(getattr(r, spec.label_field), tf.int32)))
+    if spec.metadata:  # a metadata model: the images and the encoded vectors travel together
+        ds = ds.map(lambda r: ((r.image, getattr(r, METADATA_INPUT)), tf.cast(getattr(r, spec.label_field), tf.int32)))
+    else:
+        ds = ds.map(lambda r: (r.image, tf.cast(getattr(r, spec.label_field), tf.int32)))
     ds = ds.shuffle(spec.shuffle_buffer, seed=spec.seed + rank).batch(spec.batch_size)
     aug = spec.augment
     rng = tf.random.Generator.from_seed(spec.seed * 1000 + rank)
 
     def to_model(x, y):  # whole batches from here on: one op per batch, not per image
+        x, meta = x if spec.metadata else (x, None)
         x = tf.cast(x, tf.float32)
         if aug.enabled:
             x = augment_batch(x, rng, aug.rotation, aug.contrast, aug.brightness)
-        return preprocess(spec.preprocessing, x), tf.one_hot(y, spec.n_classes)
+        x = preprocess(spec.preprocessing, x)
+        return ({"image": x, METADATA_INPUT: meta} if spec.metadata else x), tf.one_hot(y, spec.n_classes)
 
     ds = ds.map(to_model, num_parallel_calls=1)
     return reader, ds.prefetch(tf.data.AUTOTUNE)
@@ -150,7 +175,7 @@ def _pretrained_finetune(spec: TrainSpec) -> bool:
 def _start_model(spec: TrainSpec, state, lr: float, loss):
     """The compiled model: from the spec, or on a resume with the checkpoint's weights and rate."""
     from .models import build, unfreeze_top
-    model = build(spec.arch, spec.image_size, spec.n_classes, spec.model_params)
+    model = build(spec.arch, spec.image_size, spec.n_classes, spec.model_params, width(spec.metadata))
     if state is None:
         _compile(model, spec, lr, loss)
         return model
@@ -185,11 +210,11 @@ def _callbacks(spec: TrainSpec, model, state, resumed: bool, rank: int, size: in
     import horovod.tensorflow.keras as hvd
     from . import callbacks as cb
     threads = 1 if spec.deterministic else 2
-    x_val, y_val = load_split(spec.val_url, spec.label_field, threads, rank, size)
+    x_val, y_val, m_val = load_split(spec.val_url, spec.label_field, threads, rank, size, spec.metadata)
     bn = cb.PreciseBatchNorm(model, spec.bn_batches, _sample_batches(spec, rank, size))
     clock = cb.TrainClock()
     early = cb.ResumableEarlyStopping(state, resumed, monitor=spec.monitor, mode="max", patience=spec.patience)
-    return [clock, hvd.callbacks.BroadcastGlobalVariablesCallback(0), cb.ShardedValidation(spec, x_val, y_val, bn, loss),
+    return [clock, hvd.callbacks.BroadcastGlobalVariablesCallback(0), cb.ShardedValidation(spec, x_val, y_val, m_val, bn, loss),
             hvd.callbacks.MetricAverageCallback(), *_schedule(spec, lr, steps, state.epoch), early,
             cb.Checkpoint(spec, state, rank, early)], clock
 
@@ -203,7 +228,8 @@ def _final_metrics(model, spec: TrainSpec, rank: int, size: int) -> dict:
         with storage.local_copy(f"{spec.run_dir}/{BEST}", suffix=".h5") as local:
             model.load_weights(local)
     hvd_tf.broadcast_variables(model.variables, root_rank=0)
-    return {split: confusion_summary(shard_confusion(model, spec, *load_split(url, spec.label_field, 2, rank, size))[0])
+    return {split: confusion_summary(shard_confusion(model, spec, *load_split(url, spec.label_field, 2, rank, size,
+                                                                              spec.metadata))[0])
             for split, url in (("val", spec.val_url), ("test", spec.test_url))}
 
 

@@ -53,14 +53,16 @@ def make_cfg(root, **keys):
 
 
 def publish_untrained_model(root: Path, name="cnn", version="v1", size=32, **card_keys):
-    """A real Keras CNN (random weights) with a complete model card, as train publishes it."""
+    """A real Keras CNN (random weights) with a complete model card, as train publishes it (with
+    ``metadata=[...]`` in the card: the metadata input too)."""
     from lesionspark import storage
     from lesionspark.classes import CLASSES
+    from lesionspark.clinical import width
     from lesionspark.models import build
     d = root / "models" / name / version
     d.mkdir(parents=True)
     classes = card_keys.pop("classes", list(CLASSES))
-    model = build("cnn", size, len(classes), {"filters": [8, 16, 16], "dense": 16})
+    model = build("cnn", size, len(classes), {"filters": [8, 16, 16], "dense": 16}, width(card_keys.get("metadata")))
     model.save(str(d / "model.keras"))
     card = {"name": name, "version": version, "architecture": "cnn", "classes": classes,
             "image_size": size, "resize": "squash", "preprocessing": "scale_0_1", **card_keys}

@@ -1,9 +1,11 @@
 """Real Horovod (Gloo) workers launched by local Spark, reading real Petastorm data."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -148,17 +150,27 @@ def test_binary_mode_with_focal_loss_and_class_weights_on_an_efficientnet(spark,
     assert card["metrics"]["test"]["n"] == manifest["counts"]["by_split"]["test"]["total"]
 
 
-def test_a_resnet50_trains_from_random_init_on_two_workers(spark, ingested_small):
-    """weights=None with mode=finetune: the whole backbone trains (batch-norm too), in lockstep."""
+def test_a_resnet50_with_metadata_trains_from_random_init_on_two_workers(spark, ingested_small):
+    """weights=None with mode=finetune: the whole backbone trains (batch-norm too), in lockstep; with
+    model.metadata the ranks read age, sex and site with the images (training, PreciseBN, sharded
+    validation, final metrics) and the published model takes both inputs."""
+    from lesionspark.clinical import ENCODING, width
     cfg, manifest, layout = ingested_small
     card = train(spark, cfg.with_overrides({
         **FAST, "model.arch": "resnet50", "model.params": {"mode": "finetune"}, "train.epochs": 1,
         "train.samples_per_epoch": 64, "train.augment": {"enabled": False}, "train.bn_batches": 2,
-        "model.name": "resnet50-scratch"}), run_id="t-resnet50")
+        "model.name": "resnet50-scratch", "model.metadata": ["sex", "age", "localization"]}), run_id="t-resnet50")
     assert card["architecture"] == "resnet50"
+    assert (card["metadata"], card["metadata_encoding"]) == (["age", "sex", "localization"], ENCODING)
     assert card["ranks"][0]["trainable_sha256"] == card["ranks"][1]["trainable_sha256"]
     assert card["ranks"][0]["non_trainable_sha256"] == card["ranks"][1]["non_trainable_sha256"]
     assert card["epochs_run"] == 1
+    assert card["metrics"]["test"]["n"] == manifest["counts"]["by_split"]["test"]["total"]
+    saved = Path(layout.root.replace("file://", "")) / "models" / "resnet50-scratch" / card["version"] / "model.keras"
+    with zipfile.ZipFile(saved) as z:  # the saved graph's inputs, read without rebuilding ResNet50
+        layers = json.loads(z.read("config.json"))["config"]["layers"]
+    inputs = {l["name"]: l["config"]["batch_input_shape"] for l in layers if l["class_name"] == "InputLayer"}
+    assert inputs == {"image": [None, 32, 32, 3], "metadata": [None, width(card["metadata"])]}
 
 
 def test_deterministic_training_gives_the_same_weights_for_the_same_seed(spark, ingested_small):
