@@ -20,7 +20,7 @@
 
     .venv/bin/python benchmarks/train.py throughput
     .venv/bin/python benchmarks/train.py quality --workdir /tmp/lsq --reuse
-    .venv/bin/python benchmarks/train.py quality --workdir /tmp/lsq --reuse --recipes weights --archs '' --metadata
+    .venv/bin/python benchmarks/train.py quality --workdir /tmp/lsq --reuse --recipes class_weights --archs '' --metadata
 """
 from __future__ import annotations
 
@@ -202,6 +202,21 @@ def paired_difference(root: Path, card_a: dict, card_b: dict, n_boot: int, seed:
     return out
 
 
+def without_metadata(root: Path, card: dict) -> float:
+    """Test balanced accuracy of a metadata model when every image comes without metadata (a JPEG
+    archive with no side-car): the missing category for every field."""
+    from sklearn.metrics import balanced_accuracy_score
+    from lesionspark.clinical import encode
+    from lesionspark.predict import load_model, predict_arrays
+    from lesionspark.registry import resolve_model
+    from lesionspark.worker import load_split
+    card, model_uri = resolve_model(f"file://{root}", f"{card['name']}:{card['version']}")
+    x, y, _ = load_split(f"file://{root}/datasets/ham10000/test", "label")
+    blank = encode(card["metadata"], [{}] * len(x))[0]
+    probs = predict_arrays(load_model(model_uri), card, x, 64, blank)
+    return float(balanced_accuracy_score(y, probs.argmax(1)))
+
+
 def quality(args):
     """Recipes on the CNN, then the other architectures with the recipe that did best on VAL."""
     from lesionspark import storage
@@ -231,7 +246,7 @@ def quality(args):
     if not recipes and not (args.archs and args.arch_recipe):
         return spark.stop()
     budget = {"train.epochs": args.epochs, "train.num_proc": 2, "train.samples_per_epoch": args.samples,
-              "train.patience": args.epochs, "train.horovod_verbose": 0}
+              "train.patience": args.epochs, "train.horovod_verbose": 0, "train.seed": args.seed}
     out = {}
 
     cards = {}
@@ -256,6 +271,8 @@ def quality(args):
             run(f"cnn-{recipe}-metadata", "cnn", recipe, ("age", "sex", "localization"))
             d = paired_difference(work, cards[f"cnn-{recipe}"], cards[f"cnn-{recipe}-metadata"], args.bootstrap)
             print(f"metadata minus image only ({recipe}):", json.dumps(d), flush=True)
+            print(f"metadata model, every image without metadata ({recipe}): test balanced accuracy "
+                  f"{without_metadata(work, cards[f'cnn-{recipe}-metadata']):.3f}", flush=True)
     best = args.arch_recipe or max((r for r in out.values() if r["arch"] == "cnn"),
                                    key=lambda r: r["val_balanced_accuracy"])["recipe"]
     print(f"recipe for the architectures: {best}" + ("" if args.arch_recipe else " (best CNN recipe on val)"), flush=True)
@@ -303,6 +320,7 @@ def main():
                    help="train the architectures with this recipe instead of the best CNN one of this run "
                         "(with --recipes '' only the architectures are trained)")
     q.add_argument("--bootstrap", type=int, default=500)
+    q.add_argument("--seed", type=int, default=0, help="train.seed of every model")
     q.add_argument("--metadata", action="store_true",
                    help="each CNN recipe also with model.metadata [age, sex, localization]; the paired difference")
     q.add_argument("--workdir")
