@@ -35,6 +35,6 @@ setup(
     package_data={"lesionspark": ["data/ham10000/*.csv", "data/ham10000/*.md",
                                   "data/ham10000/images/*.jpg", "conf/*.yaml"]},
     install_requires=CORE,
-    extras_require={"train": TRAIN, "test": ["pytest>=8", "moto[s3]>=5", "flask", "flask-cors"]},
+    extras_require={"train": TRAIN, "test": ["pytest>=8", "pytest-xdist>=3.6", "moto[s3]>=5", "flask", "flask-cors"]},
     entry_points={"console_scripts": ["lesionspark=lesionspark.cli:main"]},
 )

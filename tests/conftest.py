@@ -16,6 +16,31 @@ GENUINE = resources.files("lesionspark").joinpath("data/ham10000")
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
+# The longest test files first (measured: docs/benchmarks.md, "The test loop"). Two xdist workers take
+# a file each (pyproject.toml: --dist loadfile); xdist queues files by their number of tests, which
+# put the few long ones (a cluster, Horovod runs, the demo) last, leaving one worker alone at the end.
+LONGEST_FIRST = ("test_train.py", "test_cluster.py", "test_score.py", "test_quality.py", "test_pipeline.py",
+                 "test_poison.py", "test_evaluate.py", "test_dicom.py", "test_ingest.py", "test_security.py")
+
+
+def _longest_first(scope: str) -> int:
+    name = scope.replace("\\", "/").rsplit("/", 1)[-1]
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        """xdist's file scheduling (pinned 3.6.1) with the queue in ``LONGEST_FIRST`` order."""
+
+        def _assign_work_unit(self, node):
+            for scope in sorted(self.workqueue, key=_longest_first):
+                self.workqueue.move_to_end(scope)
+            super()._assign_work_unit(node)
+    return LongestFirst(config, log)
+
+
 @pytest.fixture(scope="session")
 def spark():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
