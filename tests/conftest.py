@@ -30,6 +30,8 @@ def _longest_first(scope: str) -> int:
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
+    if config.getoption("dist") != "loadfile" or not hasattr(LoadFileScheduling, "_assign_work_unit"):
+        return None  # another --dist, or an xdist whose scheduler differs: xdist's own
 
     class LongestFirst(LoadFileScheduling):
         """xdist's file scheduling (pinned 3.6.1) with the queue in ``LONGEST_FIRST`` order."""
