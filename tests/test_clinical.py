@@ -140,6 +140,15 @@ def test_a_metadata_model_scores_an_archive_from_tags_a_side_car_or_nothing(spar
     assert by["unlisted.jpg"].metadata_missing == "age,sex,localization"
     assert not np.allclose(by["tagged.dcm"].probabilities, by["bare.dcm"].probabilities)
     assert "072Y" not in caplog.text
+    # the README's query of what the model was given
+    import re
+    from pathlib import Path
+    from lesionspark.sql import register
+    register(spark, str(root))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    query = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "metadata_missing" in b)
+    given = spark.sql(query).toPandas()
+    assert dict(zip(given["missing"], given["images"])) == {"none": 2, "age,sex,localization": 2}
     # explain over the same folder feeds the model the same inputs: the same predicted classes
     shown = explain(spark, cfg.with_overrides({"explain.images": str(a), "explain.model": "cnn:latest"}))
     table = pq.read_table(shown["table"][len("file://"):]).to_pandas()
