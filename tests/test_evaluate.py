@@ -101,8 +101,12 @@ def test_rerun_replaces_its_own_rows_and_compare_lists_versions(spark, evaluated
     evaluate(spark, cfg, run_id="eval-2")
     after = _metrics(spark, root)
     assert len(after) == len(before) and set(after["run_id"]) == {"eval-2"}
-    publish_untrained_model(root, "cnn", "v2", size=32, dataset="ham10000", balance="smote")
-    evaluate(spark, cfg.with_overrides({"evaluate.model": "cnn:v2", "evaluate.splits": ["test"]}), run_id="eval-3")
+    # v2 takes age, sex and site too: the splits' own columns are fed to it (scoring and the report's heatmaps)
+    publish_untrained_model(root, "cnn", "v2", size=32, dataset="ham10000", balance="smote",
+                            metadata=["age", "sex", "localization"])
+    v2 = evaluate(spark, cfg.with_overrides({"evaluate.model": "cnn:v2", "evaluate.splits": ["test"]}), run_id="eval-3")
+    assert v2["splits"]["test"]["n_images"] == summary["splits"]["test"]["n_images"]
+    assert not any("could not be scored" in w for w in v2["splits"]["test"]["warnings"])
     table = compare(spark, str(root), "test")
     assert sorted(table["model_version"]) == ["v1", "v2"]
     v1 = table.set_index("model_version").loc["v1"]
