@@ -12,8 +12,8 @@ The same function encodes training records (Horovod ranks), evaluation splits an
 (executors), so a model sees at scoring time exactly what it was trained on; the model card
 records the fields and ``ENCODING``. Sources at scoring time: a DICOM object's ``PatientAge``,
 ``PatientSex`` and anatomic region (``from_dicom``), or a side-car CSV keyed by image id
-(``read_sidecar``). These values are read to encode and never stored: the predictions table only
-says which fields were missing (``missing``).
+(``read_sidecar``). The values themselves are never stored: the predictions table keeps the
+categories the model was given (an age as its decade) and which fields were missing (``missing``).
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ import math
 import re
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from . import storage
+from .config import ConfigError
 
 ENCODING = "onehot-v1"
 FIELDS = ("age", "sex", "localization")
@@ -129,13 +131,6 @@ def missing(used: dict) -> str:
     return ",".join(f for f, v in used.items() if v is None)
 
 
-def encode_columns(fields, age=None, sex=None, localization=None, n: int | None = None) -> np.ndarray:
-    """``encode`` over columns (sequences of equal length, or None for a field not given)."""
-    cols = {"age": age, "sex": sex, "localization": localization}
-    n = n if n is not None else len(next(c for c in cols.values() if c is not None))
-    return encode(fields, [{f: c[i] for f, c in cols.items() if c is not None} for i in range(n)])[0]
-
-
 def dicom_age(value) -> float | None:
     """DICOM Age String (``045Y``, ``006M``, ``012W``, ``030D``) in years; None when absent or malformed."""
     m = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(value or "").upper())
@@ -176,18 +171,25 @@ def read_sidecar(text: str) -> dict[str, dict]:
 
 
 def load_sidecar(uri: str | None, fields) -> dict[str, dict] | None:
-    """``score.metadata_csv`` read (any storage URI, at most ``SIDECAR_MAX_BYTES``) for a model that
-    takes ``fields``; None without a file or for an image-only model. Runs on the driver."""
+    """``score.metadata_csv`` read (any storage URI, a regular file of at most ``SIDECAR_MAX_BYTES``)
+    for a model that takes ``fields``; None without a file or for an image-only model. Runs on the
+    driver. Anything else there (a FIFO, a folder, a link loop, a vanished or unparseable file) is a
+    ``ConfigError`` naming it, before any work; nothing is opened that could block."""
     if not uri or not fields:
         return None
     uri = storage.normalize_uri(uri)
-    fs, path = storage.filesystem(uri)
-    size = fs.get_file_info(path).size
-    if size is None:
-        raise ValueError(f"score.metadata_csv: {uri} does not exist")
-    if size > SIDECAR_MAX_BYTES:
-        raise ValueError(f"score.metadata_csv: {uri} is {size} bytes, more than {SIDECAR_MAX_BYTES}")
-    return read_sidecar(storage.read_bytes(uri).decode("utf-8-sig", errors="replace"))
+    try:
+        fs, path = storage.filesystem(uri)
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:  # a FIFO or socket is Unknown: never opened
+            raise ConfigError(f"score.metadata_csv: {uri} is not a regular file ({info.type.name.lower()})")
+        if info.size > SIDECAR_MAX_BYTES:
+            raise ConfigError(f"score.metadata_csv: {uri} is {info.size} bytes, more than {SIDECAR_MAX_BYTES}")
+        return read_sidecar(storage.read_bytes(uri).decode("utf-8-sig", errors="replace"))
+    except ConfigError:
+        raise
+    except (OSError, ValueError, csv.Error) as exc:
+        raise ConfigError(f"score.metadata_csv: {uri}: {exc}") from None
 
 
 def sidecar_key(path: str) -> str:

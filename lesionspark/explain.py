@@ -23,7 +23,7 @@ from . import storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
 from .frames import decode_images
-from .clinical import FIELDS, card_fields, load_sidecar
+from .clinical import card_fields, load_sidecar
 from .predict import file_metadata, image_metadata, load_model
 from .threads import limit_threads
 from .progress import timed
@@ -107,7 +107,7 @@ def _sources(spark, cfg: Config, card: dict, root: str):
             raise ConfigError(f"explain: dataset {dataset!r} has no split {split!r}")
         rows = spark.read.parquet(url).select(F.col("image_id").alias("image"), F.col("image_id").alias("source_path"),
                                               F.col("dx").alias("true_dx"), F.col("image").alias("content"),
-                                              *(c for c in FIELDS if c in card_fields(card)))
+                                              *card_fields(card))
         name, reader = f"split-{_safe(split)}", None
     rows = rows.orderBy("image")
     return name, (rows.limit(limit) if limit > 0 else rows), reader

@@ -49,6 +49,24 @@ def test_dicom_values_and_side_car_rows():
     assert clinical.sidecar_key("s3a://b/x/ISIC_1.JPG") == "ISIC_1" and clinical.sidecar_key("/p/IMG0001") == "IMG0001"
 
 
+def test_a_side_car_that_is_not_a_readable_csv_is_a_clear_error_before_any_work(tmp_path):
+    import os
+    from lesionspark.config import ConfigError
+    fifo, loop, big = tmp_path / "fifo.csv", tmp_path / "loop.csv", tmp_path / "big.csv"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    loop.symlink_to(loop)
+    big.write_text("image_id,age\na," + "9" * (1 << 18) + "\n")  # a field past the csv module's limit
+    cases = {fifo: "not a regular file", tmp_path: "not a regular file", loop: "", big: "field",
+             tmp_path / "gone.csv": "not a regular file"}
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=f"score.metadata_csv: .*{message}"):
+            clinical.load_sidecar(str(path), FIELDS)
+    good = tmp_path / "ok.csv"
+    good.write_bytes(b"\xef\xbb\xbfimage_id,sex\nx,\xff\n")  # a BOM and an undecodable byte
+    assert clinical.load_sidecar(str(good), FIELDS) == {"x": {"sex": "\ufffd"}}
+    assert clinical.load_sidecar(str(good), ()) is None and clinical.load_sidecar(None, FIELDS) is None
+
+
 def test_a_dicom_objects_own_tags_come_first_then_the_side_car():
     card = {"metadata": list(FIELDS)}
     batch = pd.DataFrame({"path": ["/a/ISIC_1.jpg", "/a/obj.dcm", "/a/none.jpg"]})
