@@ -3,6 +3,9 @@
   bare (decode)        one process: read file, ``decode_resize`` (PIL draft + bilinear)
   bare                 one process: read file, ``decode_resize``, PNG-encode the record (ingest's per-image work)
   pool of 2            ``multiprocessing.Pool(2)`` over the same function (what a user would write instead of Spark)
+  bare + write         one process: the bare work, and the records written to Parquet with pyarrow
+                       (image id, PNG bytes, sha256; row groups of ``ingest.rowgroup_size_mb``)
+  pool of 2 + write    two processes, each doing bare + write over half the files into its own part
   floor, binaryFile    Spark local[2]: ``binaryFile`` -> ``mapInPandas`` doing the same decode + encode, count
   floor, paths         Spark local[2]: paths -> ``mapInPandas`` reading each file, decode + encode, count
   ingest end to end    the ingest job (metadata, listing, read + decode + encode, Petastorm splits,
@@ -45,6 +48,29 @@ def decode_encode_bytes(data: bytes) -> int:
 def decode_encode(path: str) -> int:
     with open(path, "rb") as fh:
         return decode_encode_bytes(fh.read())
+
+
+def write_part(args: tuple[list[str], str]) -> int:
+    """Read, decode, encode and hash ``paths``, writing the records to one Parquet file at ``out``
+    in row groups of about 32 MB (the default ``ingest.rowgroup_size_mb``)."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    paths, out = args
+    schema = pa.schema([("image_id", pa.string()), ("image", pa.binary()), ("sha256", pa.string())])
+    rows, size = [], 0
+    with pq.ParquetWriter(out, schema) as writer:
+        for p in paths:
+            data = Path(p).read_bytes()
+            png = encode_image(lesion_schema(SIZE), decode_resize(data, SIZE))
+            rows.append((Path(p).stem, png, hashlib.sha256(data).hexdigest()))
+            size += len(png)
+            if size >= 32 << 20 or p == paths[-1]:
+                cols = list(zip(*rows))
+                writer.write_table(pa.table([pa.array(c, t) for c, t in zip(cols, schema.types)], schema=schema))
+                rows, size = [], 0
+    return len(paths)
 
 
 def rate(n: int, fn) -> float:
@@ -121,6 +147,10 @@ def main():
     with mp.Pool(2) as pool:
         pool.map(decode_encode, paths[:8])
         results["pool2"] = rate(n, lambda: pool.map(decode_encode, paths, chunksize=32))
+    results["bare_write"] = rate(n, lambda: write_part((paths, str(work / "bare.parquet"))))
+    with mp.Pool(2) as pool:
+        halves = [(paths[i::2], str(work / f"pool-{i}.parquet")) for i in range(2)]
+        results["pool2_write"] = rate(n, lambda: pool.map(write_part, halves, chunksize=1))
 
     from lesionspark.ingest import ingest
     from lesionspark.spark import get_spark
@@ -142,6 +172,8 @@ def main():
     print("\n| path | img/s | x bare | x floor |\n| --- | ---: | ---: | ---: |")
     for k, v in results.items():
         print(f"| {k} | {v:.1f} | {v / results['bare']:.2f} | {v / floor:.2f} |")
+    print(f"\ningest end to end / bare + write: {results['ingest_end_to_end'] / results['bare_write']:.2f}; "
+          f"decode stage / pool of 2 + write: {results['ingest_decode_stage'] / results['pool2_write']:.2f}")
     print(f"\ningest wall {wall:.1f}s for {manifest['counts']['written']} records ({os.cpu_count()} cores); "
           f"floor = the faster floor ({floor:.1f} img/s)")
     print(json.dumps({k: round(v, 1) for k, v in results.items()}))

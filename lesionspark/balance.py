@@ -1,16 +1,17 @@
 """Balance the training split: ``smote`` | ``oversample`` | ``weights`` | ``none``.
 
 Driver: per-class counts (seven numbers), targets, the plan. Executors: one Spark task per class
-that needs rows (``groupBy(label).applyInPandas``), decoding only that class's images; classes at
-or above their target pass through without being decoded. The dataset is never collected.
-Validation and test splits are never read.
+reads that class's training rows with pyarrow, adds its new rows (decoding only classes below their
+target; the others pass through undecoded) and writes them all into Petastorm parts itself
+(``parts``): no image byte passes through the JVM, and the dataset is never collected. Validation
+and test splits are never read.
 """
 from __future__ import annotations
 
 import logging
 import time
 from functools import lru_cache
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -18,10 +19,10 @@ import pandas as pd
 from . import storage
 from .classes import CLASSES, LABEL_OF, balanced_weights
 from .config import Config, ConfigError
-from .dataset import petastorm_write, require_manifest
+from .dataset import require_manifest
 from .images import sha256_hex
 from .progress import timed
-from .schema import FIELD_NAMES, encode_image, lesion_schema, record_struct
+from .schema import FIELD_NAMES, encode_image, lesion_schema
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,10 @@ def class_targets(counts: Mapping[str, int], target: str = "majority", ratio: fl
     return out
 
 
-def _output_schema():
-    """A balanced training record: the lesion record, whether it is synthetic, and its parents."""
-    from pyspark.sql.types import BooleanType, StringType
-    return record_struct({"synthetic": BooleanType(), "parents": StringType()}, all_nullable=False)
-
-
 def synthesize_group(pdf: pd.DataFrame, method: str, targets: Mapping[str, int], size: int, k: int,
                      seed: int, neighbor_size: int | None, chunk_rows: int, synth_chunk_rows: int) -> pd.DataFrame:
-    """New rows for one class (all of its training rows in ``pdf``). Runs in an executor.
-
-    The caller range-partitions by label first: one class per task, never two classes hashed
-    into one task while another task idles."""
+    """New rows for one class (all of its training rows in ``pdf``). Runs in an executor, one class
+    per task (``class_records``)."""
     pdf = pdf.sort_values("image_id").reset_index(drop=True)  # order-independent of the shuffle
     dx = pdf["dx"].iloc[0]
     n_new = targets[dx] - len(pdf)
@@ -130,34 +123,76 @@ def inherited_metadata(pdf: pd.DataFrame, parent, neighbour, steps) -> dict:
             "localization": pdf["localization"].to_numpy()[np.asarray(parent, int)]}
 
 
-def _balanced_rows(train, method: str, before: dict, targets: dict, size: int, cfg: Config):
-    """The originals plus, for every class below its target, synthetic (SMOTE) or repeated rows,
-    made per class in one Spark task each."""
+def read_class(train_uri: str, dx: str, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The training split's records of class ``dx``, read with pyarrow in batches (no Spark)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    fs, path = storage.filesystem(train_uri)
+    data = pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
+    for batch in data.to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx, batch_size=batch_rows):
+        if batch.num_rows:
+            yield batch.to_pandas()
+
+
+def class_records(dx: str, train_uri: str, method: str, before: Mapping[str, int], targets: Mapping[str, int],
+                  size: int, args: tuple, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """One class's balanced records: its training rows as they are, then (below its target) the new
+    ones. A class at its target is streamed batch by batch and never decoded. Runs in an executor."""
+    originals = dict(synthetic=False, parents="")
+    if targets[dx] <= before[dx]:
+        for pdf in read_class(train_uri, dx, batch_rows):
+            yield pdf.assign(**originals)
+        return
+    pdf = pd.concat(list(read_class(train_uri, dx, batch_rows)), ignore_index=True)
+    yield pdf.assign(**originals)
+    yield synthesize_group(pdf, method, targets, size, *args)
+
+
+def _class_tasks(train_uri: str, parts_uri: str, method: str, before: dict, targets: dict, size: int, cfg: Config):
+    """``mapInPandas`` function over class rows (``dx``, one class per task): each task writes its
+    class's originals and new rows into Petastorm parts itself and returns small rows."""
+    from .parts import writing
+    args = (int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")), cfg.get("balance.neighbor_size"),
+            int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
+    batch_rows = int(cfg.get("balance.chunk_rows"))
+
+    def make(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for dx in batch["dx"]:
+                for records in class_records(dx, train_uri, method, before, targets, size, args, batch_rows):
+                    yield records.assign(split="train", reason=None)
+    return writing(make, parts_uri, balanced_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
+                   int(cfg.get("ingest.rows_per_file")), ["image_id", "dx", "synthetic"])
+
+
+def _write_train(spark, train_uri: str, staging: str, method: str, size: int, before: dict, targets: dict,
+                 cfg: Config) -> dict:
+    """The balanced training split as Petastorm at ``<staging>/train``, written by one task per class
+    (largest job first); its per-class counts, which must equal the targets."""
     from pyspark.sql import functions as F
-    out = train.select(*FIELD_NAMES).withColumn("synthetic", F.lit(False)).withColumn("parents", F.lit(""))
-    grow = {dx: n for dx, n in targets.items() if n > before[dx]}
-    if not grow:
-        return out
-    log.info("balance: adding %s", {dx: targets[dx] - before[dx] for dx in grow})
-    args = (method, targets, size, int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")),
-            cfg.get("balance.neighbor_size"), int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
-    new = train.filter(F.col("dx").isin(list(grow))).select(*FIELD_NAMES) \
-        .repartitionByRange(len(grow), "label") \
-        .groupBy("label").applyInPandas(lambda pdf: synthesize_group(pdf, *args), _output_schema())
-    return out.unionByName(new)
-
-
-def _write_train(spark, rows, out: str, method: str, size: int, targets: dict, cfg: Config) -> dict:
-    """The balanced training split as Petastorm at ``out``; its per-class counts, which must equal the targets."""
-    n_total = sum(targets.values())
-    with timed(log, f"balance {method}: write train", "records") as step:
-        petastorm_write(spark, rows.select(*BALANCED_FIELDS), out, size, int(cfg.get("ingest.rowgroup_size_mb")),
-                        -(-n_total // int(cfg.get("ingest.rows_per_file"))), balanced_schema(size))
-        after = {r["dx"]: r["count"] for r in spark.read.parquet(out).groupBy("dx").count().collect()}
-        step.count = sum(after.values())
+    from .parts import publish
+    parts_uri, raw = f"{staging}/_parts", f"{staging}/_located"
+    fs, path = storage.filesystem(f"{parts_uri}/train")
+    fs.create_dir(path, recursive=True)
+    grow = {dx: targets[dx] - before[dx] for dx in before if targets[dx] > before[dx]}
+    if grow:
+        log.info("balance: adding %s", grow)
+    classes = sorted(before, key=lambda dx: (-grow.get(dx, 0), -before[dx], dx))
+    rows = spark.sparkContext.parallelize([(dx,) for dx in classes], len(classes))
+    with timed(log, f"balance {method}: write train", "records", spark) as step:
+        spark.createDataFrame(rows, "dx string").mapInPandas(
+            _class_tasks(train_uri, parts_uri, method, before, targets, size, cfg),
+            "image_id string, dx string, synthetic boolean, part string, row_group int").write.parquet(raw)
+        stats = spark.read.parquet(raw).groupBy("dx", "part").agg(
+            F.count("*").alias("n"), F.max("row_group").alias("last")).collect()
+        step.count = sum(r["n"] for r in stats)
+    after = {dx: sum(r["n"] for r in stats if r["dx"] == dx) for dx in {r["dx"] for r in stats}}
     if after != targets:
         raise RuntimeError(f"balance: counts after {after} differ from targets {targets}; "
                            "the previous output was left in place")
+    publish(parts_uri, staging, balanced_schema(size), {"train": {r["part"]: r["last"] + 1 for r in stats}})
+    storage.delete(parts_uri)
+    storage.delete(raw)
     return after
 
 
@@ -189,8 +224,7 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
     out_uri = layout.balanced(name, method)
     with storage.AtomicDir(out_uri, run_id) as staging:
         summary["after"] = before if method == "weights" else _write_train(
-            spark, _balanced_rows(train, method, before, targets, size, cfg), f"{staging}/train", method, size,
-            targets, cfg)
+            spark, layout.split(name, "train"), staging, method, size, before, targets, cfg)
         summary["seconds"] = round(time.perf_counter() - t_start, 2)
         storage.write_json(f"{staging}/counts.json", summary)
         storage.write_json(f"{staging}/class_weights.json", summary["class_weights"])

@@ -36,10 +36,32 @@ def require_manifest(layout: storage.Layout, name: str) -> dict:
 
 
 def decoded_schema():
-    """What a decode task yields: a lesion record (every field nullable: a reject has no image),
-    its split, and a reject reason and detail."""
+    """What a decode function yields: a lesion record (every field nullable: a reject has no image),
+    its split, and a reject reason and detail (``parts.writing`` writes the records, keeps the rest)."""
     from pyspark.sql.types import StringType
     return record_struct({"split": StringType(), "reason": StringType(), "detail": StringType()})
+
+
+LOCATED_FIELDS = ["image_id", "dx", "split", "sha256", "source", "reason", "detail"]
+
+
+def located_schema():
+    """What a decode task returns once it has written its records: per input, the fields that
+    accounting, rejects and the fingerprint need, and the part and row group it went to (null for
+    a reject). No image bytes."""
+    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+    types = {f.name: f.dataType for f in decoded_schema().fields}
+    return StructType([StructField(n, types[n], True) for n in LOCATED_FIELDS]
+                      + [StructField("part", StringType(), True), StructField("row_group", IntegerType(), True)])
+
+
+def writing_decoder(make, parts_uri: str, size: int, cfg: Config):
+    """``make`` (a decode function yielding ``decoded_schema`` batches) as a ``mapInPandas``
+    function that writes the records into Petastorm parts under ``parts_uri`` and yields
+    ``located_schema`` rows."""
+    from .parts import writing
+    return writing(make, parts_uri, lesion_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
+                   int(cfg.get("ingest.rows_per_file")), LOCATED_FIELDS)
 
 
 def petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int, schema=None) -> None:
@@ -53,21 +75,33 @@ def petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: i
         out.write.mode("overwrite").parquet(url)
 
 
-def _decode_once(spark, decoded, raw: str, rowgroup_mb: int, what: str):
-    """Compute ``decoded`` once into Parquet at ``raw`` (partitioned by outcome: a split or
-    ``rejected``); (that Parquet as a DataFrame, written per split and class, rows decoded, seconds)."""
-    from pyspark.sql import functions as F
+def _decode_once(spark, located, raw: str, what: str):
+    """Run the decode tasks once (they write the records' parts); their small rows go to Parquet at
+    ``raw`` through Spark's commit protocol. (those rows as a DataFrame, written per split and class,
+    rows decoded, seconds)."""
     with timed(log, what, spark=spark) as step:
-        decoded.withColumn("outcome", F.when(F.col("reason").isNull(), F.col("split")).otherwise("rejected")) \
-            .write.partitionBy("outcome").option("parquet.block.size", rowgroup_mb << 20).parquet(raw)
-        decoded = spark.read.parquet(raw)
-        stats = decoded.groupBy("split", "dx", "reason").count().collect()
+        located.write.parquet(raw)
+        located = spark.read.parquet(raw)
+        stats = located.groupBy("split", "dx", "reason").count().collect()
         step.count = sum(r["count"] for r in stats)
     written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
     for r in stats:
         if r["reason"] is None:
             written[r["split"]][r["dx"]] += r["count"]
-    return decoded, written, step.count, step.seconds
+    return located, written, step.count, step.seconds
+
+
+def _publish_splits(spark, located, parts_uri: str, staging: str, size: int) -> None:
+    """Move the parts the committed rows name into ``<staging>/<split>`` and write Petastorm's
+    metadata from those rows (no part is opened)."""
+    from pyspark.sql import functions as F
+    from .parts import publish
+    row_groups = {s: {} for s in SPLITS}
+    for r in located.filter(F.col("part").isNotNull()).groupBy("split", "part") \
+            .agg(F.max("row_group").alias("last")).collect():
+        row_groups[r["split"]][r["part"]] = r["last"] + 1
+    publish(parts_uri, staging, lesion_schema(size), row_groups)
+    storage.delete(parts_uri)
 
 
 def _write_rejects(spark, rejects: list, run_id: str, out: str) -> dict:
@@ -107,32 +141,34 @@ def _manifest(cfg: Config, run_id: str, inputs: dict, written: dict, rej_counts:
     }
 
 
-def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, records: pd.DataFrame,
+def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, records: pd.DataFrame,
                   inputs: dict, source_digest: str, what: str, extra: dict | None = None) -> dict:
     """Write splits, rejects and manifest under a staging directory and swap it in, but only when
     ``written + rejected == inputs['total']``.
 
-    ``decoded`` (the decoded schema, not yet computed) is computed exactly once: its rows are
-    written to ``<staging>/_decoded`` partitioned by outcome (a split, or ``rejected``). The
-    Petastorm splits, the rejects, the counts and the fingerprint are then read from that Parquet
-    (the counts by column pruning), with no Python and no second pass over the images."""
+    ``decode(parts_uri)`` gives the decode tasks as a DataFrame of ``located_schema`` rows (not yet
+    computed; ``writing_decoder`` makes one): they run exactly once, each writing its records into
+    Petastorm parts under ``parts_uri`` and returning a small row per input. The splits are then
+    published from those rows; rejects, counts and fingerprint are read from them, with no Python
+    and no pass over the images."""
     from pyspark.sql import functions as F
 
     name = cfg.get("dataset.name")
     size = int(cfg.get("dataset.image_size"))
     layout = storage.Layout(cfg.get("storage.root"))
-    rowgroup_mb = int(cfg.get("ingest.rowgroup_size_mb"))
     with storage.AtomicDir(layout.dataset(name), run_id) as staging:
-        raw = f"{staging}/_decoded"
-        decoded, written, n_decoded, decode_seconds = _decode_once(spark, decoded, raw, rowgroup_mb, what)
-        with timed(log, "write petastorm splits", "records", spark) as step:
+        parts_uri, raw = f"{staging}/_parts", f"{staging}/_located"
+        for s in SPLITS:  # tasks write into these; they never create a directory (storage.filesystem)
+            fs, path = storage.filesystem(f"{parts_uri}/{s}")
+            fs.create_dir(path, recursive=True)
+        located, written, n_decoded, decode_seconds = _decode_once(spark, decode(parts_uri), raw, what)
+        with timed(log, "publish petastorm splits", "records", spark) as step:
+            _publish_splits(spark, located, parts_uri, staging, size)
             for s in SPLITS:
-                n = sum(written[s].values())
-                petastorm_write(spark, decoded.filter(F.col("outcome") == s), f"{staging}/{s}", size, rowgroup_mb,
-                                -(-n // int(cfg.get("ingest.rows_per_file"))))
-                log.info("  %-5s %6d records %s", s, n, {k: v for k, v in written[s].items() if v})
+                log.info("  %-5s %6d records %s", s, sum(written[s].values()),
+                         {k: v for k, v in written[s].items() if v})
             step.count = n_written = sum(sum(v.values()) for v in written.values())
-        rejects = rejects + [decoded.filter(F.col("outcome") == "rejected").select(*REJECT_COLUMNS)]
+        rejects = rejects + [located.filter(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)]
         rej_counts = _write_rejects(spark, rejects, run_id, f"{staging}/rejects")
         n_rejected = sum(rej_counts.values())
         log.info("ingest %s: %d inputs -> %d written + %d rejected", name, inputs["total"], n_written, n_rejected)
@@ -142,7 +178,7 @@ def write_dataset(spark, cfg: Config, run_id: str, decoded, rejects: list, recor
             raise IngestError(f"accounting failed: {n_written} written + {n_rejected} rejected != "
                               f"{inputs['total']} inputs; the previous dataset was left in place")
         manifest = _manifest(cfg, run_id, inputs, written, rej_counts, records, (n_decoded, decode_seconds),
-                             _fingerprint(source_digest, decoded, cfg), extra)
+                             _fingerprint(source_digest, located, cfg), extra)
         storage.write_json(f"{staging}/manifest.json", manifest)
         storage.delete(raw)
     return manifest
@@ -153,7 +189,7 @@ def _fingerprint(source_digest: str, decoded, cfg: Config) -> str:
     (image_id, sha256, split) and the parameters that shape the records."""
     from pyspark.sql import functions as F
     row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
-    agg = decoded.filter(F.col("outcome") != "rejected").select(
+    agg = decoded.filter(F.col("reason").isNull()).select(
         F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("s"),
         F.count("*").alias("n")).collect()[0]
     h = hashlib.sha256()

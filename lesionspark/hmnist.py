@@ -24,7 +24,7 @@ from PIL import Image
 from . import storage
 from .classes import HMNIST_LABELS, LABEL_OF, binary_label
 from .config import Config
-from .dataset import decoded_schema, write_dataset
+from .dataset import located_schema, write_dataset, writing_decoder
 from .images import ImageRejected, sha256_hex
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 from .split import assign_splits, check_fractions
@@ -102,7 +102,7 @@ def _decode(size: int, side: int, channels: int, source: str):
                 for k in out:
                     out[k].append(rec[k])
             df = pd.DataFrame(out)
-            df["label"] = df["label"].astype("float64")  # nullable for rejected rows; cast in Spark
+            df["label"] = df["label"].astype("float64")  # nullable for rejected rows (written ones are whole)
             yield df
     return run
 
@@ -135,17 +135,15 @@ def ingest_hmnist(spark, cfg: Config, run_id: str | None = None) -> dict:
         log.warning(w)
     split_df = spark.createDataFrame(strata[["row", "split"]])
     joined = rows.join(F.broadcast(split_df), "row")
-    schema = decoded_schema()
-    decoded = joined.mapInPandas(_decode(size, side, channels, uri),
-                                 schema.fromJson({**schema.jsonValue(), "fields": [
-                                     {**f, "type": "double"} if f["name"] == "label" else f
-                                     for f in schema.jsonValue()["fields"]]})) \
-        .withColumn("label", F.col("label").cast("int"))
+
+    def decode(parts_uri: str):
+        return joined.mapInPandas(writing_decoder(_decode(size, side, channels, uri), parts_uri, size, cfg),
+                                  located_schema())
     n_rows = len(strata)
     records = strata[strata["dx"] != "unknown"].assign(lesion_id=lambda d: d["lesion_id"])
     inputs = {"hmnist": uri, "rows": n_rows, "total": n_rows}
     digest = hashlib.sha256(f"{uri}|{n_rows}".encode()).hexdigest()
-    manifest = write_dataset(spark, cfg, run_id, decoded, [], records, inputs, digest,
+    manifest = write_dataset(spark, cfg, run_id, decode, [], records, inputs, digest,
                              f"decode hmnist rows to {size}px",
                              extra={"lesion_grouped": False,
                                     "warning": "hmnist has no lesion ids: split not grouped by lesion"})

@@ -1,7 +1,8 @@
 """Ingest: HAM10000 layout (metadata CSV + image folders) or hmnist pixel CSV -> Petastorm splits.
 
 Driver side: read and validate the metadata (small), assign lesion-grouped splits, plan the joins.
-Executors: list files, read bytes, decode/resize/encode (``_decode_partition``), write Parquet.
+Executors: list files, read bytes, decode/resize/encode (``_decode_partition``) and write the
+records into Petastorm parts themselves (``parts``): no image byte passes through the JVM.
 Every input ends up written or in ``rejects`` with a reason; the job checks
 ``written + rejected == inputs`` before it swaps the new dataset in.
 """
@@ -16,13 +17,13 @@ import pandas as pd
 
 from . import storage
 from .config import Config
-from .dataset import IngestError, decoded_schema, write_dataset
+from .dataset import IngestError, located_schema, write_dataset, writing_decoder
 from .hmnist import ingest_hmnist
 from .frames import decode_single
 from .listing import Reader, list_files
 from .metadata import REJECT_SCHEMA, parse_metadata
 from .progress import PhaseClock, timed
-from .spark import sql_conf
+from .spark import sql_conf, task_count
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 from .split import assign_splits, check_fractions
 
@@ -35,12 +36,17 @@ META_FIELDS = ["image_id", "lesion_id", "dx", "label", "malignant", "dx_type", "
 def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, reader, max_bytes: int) -> pd.DataFrame:
     """Read each file of a batch once (rows carry ``path``, ``length`` and the metadata), hash it,
     decode, resize and PNG-encode it. Runs in executors. Rows that cannot become records keep
-    ``image=None`` and get ``reason``/``detail``."""
+    ``image=None`` and get ``reason``/``detail``. One file at a time: a worker holds one file's bytes
+    and one decoded image, whatever the batch size (``ingest.arrow_batch_rows``)."""
     schema = lesion_schema(size)
-    contents, hashes, pre_reasons, pre_details = reader.fetch(batch["path"], batch["length"], max_bytes,
-                                                             "ingest.max_file_bytes")
-    arrays, reasons, details = decode_single(contents, size, mode, max_pixels, pre_reasons, pre_details)
-    images = [None if a is None else encode_image(schema, a) for a in arrays]
+    images, hashes, reasons, details = [], [], [], []
+    for path, length in zip(batch["path"], batch["length"]):
+        contents, sha, pre_reason, pre_detail = reader.fetch([path], [length], max_bytes, "ingest.max_file_bytes")
+        arrays, reason, detail = decode_single(contents, size, mode, max_pixels, pre_reason, pre_detail)
+        images.append(None if arrays[0] is None else encode_image(schema, arrays[0]))
+        hashes += sha
+        reasons += reason
+        details += detail
     out = batch.drop(columns=["length"]).rename(columns={"path": "source"})
     out["image"] = images
     out["sha256"] = hashes
@@ -162,17 +168,21 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     to_read = listing.filter((F.col("copy") == 1) & F.col("known")).select("path", "length", "image_id") \
         .join(F.broadcast(meta), "image_id")
     n_chosen = n_files - non_chosen - orphan_chosen
-    tasks = max(spark.sparkContext.defaultParallelism, -(-n_chosen // int(cfg.get("ingest.files_per_task"))))
+    tasks = task_count(spark, n_chosen, int(cfg.get("ingest.files_per_task")))
     clock = PhaseClock(spark, ("files", "read_decode_encode"))
     reader = Reader(image_uris, bool(cfg.get("ingest.follow_links")))
-    decoded = to_read.repartition(tasks).mapInPandas(
-        _decode_partition(size, mode, int(cfg.get("ingest.max_image_pixels")), reader,
-                          int(cfg.get("ingest.max_file_bytes")), clock), decoded_schema())
+    make = _decode_partition(size, mode, int(cfg.get("ingest.max_image_pixels")), reader,
+                             int(cfg.get("ingest.max_file_bytes")), clock)
+    # Hashed by image id and sorted in each task: the same inputs give the same parts, row for row.
+    to_read = to_read.repartition(tasks, "image_id").sortWithinPartitions("image_id")
+
+    def decode(parts_uri: str):
+        return to_read.mapInPandas(writing_decoder(make, parts_uri, size, cfg), located_schema())
     n_rows = len(records) + len(meta_rejects)
     inputs = {"metadata": meta_uri, "images": image_uris, "metadata_rows": n_rows, "image_files": n_files,
               "total": n_rows + non_chosen + orphan_chosen}
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("ingest.arrow_batch_rows"))):
-        manifest = write_dataset(spark, cfg, run_id, decoded, rejects, records, inputs,
+        manifest = write_dataset(spark, cfg, run_id, decode, rejects, records, inputs,
                                  hashlib.sha256(text.encode()).hexdigest(), f"read + decode + resize to {size}px",
                                  extra={"lesion_grouped": True})
     log.info("ingest: inside Python workers (seconds summed over tasks): %s", clock.summary())

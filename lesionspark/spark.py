@@ -108,6 +108,14 @@ def get_spark(cfg: Config):
     return spark
 
 
+def task_count(spark, n: int, per_task: int) -> int:
+    """Tasks for ``n`` inputs of about ``per_task`` each, in whole waves: a multiple of the default
+    parallelism, so that no last wave runs with cores idle. Each Python task costs a fixed ~0.1-0.3 s
+    (worker hand-off, command deserialisation, commit; docs/benchmarks.md), so tasks are not small."""
+    slots = max(1, spark.sparkContext.defaultParallelism)
+    return slots * max(1, -(-n // (slots * max(1, per_task))))
+
+
 @contextmanager
 def sql_conf(spark, **settings):
     """Set SQL confs for the duration of a block, then restore the session's own values."""

@@ -1,0 +1,95 @@
+"""Petastorm parts written by tasks (issue 21), without Spark: row groups, files, publish, and what
+Petastorm reads back."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from lesionspark import parts
+from lesionspark.schema import encode_image, lesion_schema
+
+SIZE = 8
+
+
+def records(ids: list[str]) -> pd.DataFrame:
+    schema = lesion_schema(SIZE)
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "image_id": ids, "lesion_id": [f"L{i}" for i in ids], "dx": "nv", "label": 5, "malignant": 0,
+        "image": [encode_image(schema, rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in ids],
+        "dx_type": "histo", "age": [40.0 if k % 2 else np.nan for k in range(len(ids))], "sex": "male",
+        "localization": "back", "sha256": "0" * 64, "source": [f"/in/{i}.jpg" for i in ids]})
+
+
+def test_row_groups_and_files_follow_the_limits(tmp_path):
+    (tmp_path / "train").mkdir()
+    w = parts.PartWriter(str(tmp_path), lesion_schema(SIZE), rowgroup_bytes=1, rows_per_file=5, names=(3, "tok"))
+    where = [w.add("train", records([f"a{i}", f"b{i}"])) for i in range(4)]
+    w.close()
+    names = [n for ns, _ in where for n in ns]
+    groups = [g for _, gs in where for g in gs]
+    # one-byte row groups: every add closes a group; five rows a file, so the third add spans two files
+    assert names == ["part-00003-0000-tok.parquet"] * 5 + ["part-00003-0001-tok.parquet"] * 3
+    assert groups == [0, 0, 1, 1, 2, 0, 1, 1]
+    first = pq.ParquetFile(tmp_path / "train" / "part-00003-0000-tok.parquet")
+    assert first.metadata.num_row_groups == 3 and first.metadata.num_rows == 5
+    assert first.read().column("image_id").to_pylist() == ["a0", "b0", "a1", "b1", "a2"]
+    assert first.read().column("age").null_count == 3  # NaN ages are nulls, as Spark wrote them
+
+
+def test_published_parts_read_back_with_petastorm(tmp_path):
+    from petastorm import make_reader
+    parts_uri, out = tmp_path / "_parts", tmp_path / "out"
+    (parts_uri / "train").mkdir(parents=True)
+    w = parts.PartWriter(str(parts_uri), lesion_schema(SIZE), rowgroup_bytes=1 << 20, rows_per_file=100,
+                         names=(0, "a1"))
+    recs = records([f"x{i}" for i in range(6)])
+    part, _ = w.add("train", recs)
+    w.close()
+    # a failed attempt's part is not named by any committed row, so it is not published
+    (parts_uri / "train" / "part-00000-0000-a0.parquet").write_bytes(b"half-written")
+    parts.publish(str(parts_uri), str(out), lesion_schema(SIZE), {"train": {part[0]: 1}, "val": {}})
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["_common_metadata", "part-00000-0000.parquet"]
+    meta = pq.read_schema(out / "train" / "_common_metadata").metadata
+    assert json.loads(meta[parts.ROW_GROUPS_PER_FILE_KEY]) == {"part-00000-0000.parquet": 1}
+    with make_reader(f"file://{out}/train", num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        rows = list(reader)
+    assert [r.image_id for r in rows] == list(recs["image_id"])
+    assert rows[0].image.shape == (SIZE, SIZE, 3) and rows[0].label == 5
+    with make_reader(f"file://{out}/val", num_epochs=1, workers_count=1) as reader:
+        assert list(reader) == []  # an empty split still opens
+
+
+def test_writing_keeps_small_rows_and_writes_only_records(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    batch = records(["r1", "r2", "r3"]).assign(split=["train", "test", "train"],
+                                               reason=[None, None, "corrupt_image"], detail=None)
+    batch.loc[2, "image"] = None
+    fn = parts.writing(lambda batches: batches, str(tmp_path), lesion_schema(SIZE), 32, 100,
+                       ["image_id", "split", "reason"])
+    out = pd.concat(list(fn(iter([batch]))))
+    assert list(out.columns) == ["image_id", "split", "reason", "part", "row_group"]
+    assert out["part"].isna().tolist() == [False, False, True]
+    assert out["row_group"].tolist()[:2] == [0, 0]
+    written = {p.parent.name: pq.read_table(p).column("image_id").to_pylist() for p in tmp_path.rglob("*.parquet")}
+    assert written == {"train": ["r1"], "test": ["r2"]}
+
+
+def test_a_failing_task_leaves_nothing_named(tmp_path):
+    (tmp_path / "train").mkdir()
+
+    def broken(batches):
+        yield next(batches).assign(split="train", reason=None, detail=None)
+        raise OSError("disk gone")
+    fn = parts.writing(broken, str(tmp_path), lesion_schema(SIZE), 32, 100, ["image_id"])
+    with pytest.raises(OSError):
+        list(fn(iter([records(["a"]), records(["b"])])))
+    # whatever it left is an unnamed attempt's file: publish moves only what committed rows name
+    parts.publish(str(tmp_path), str(tmp_path / "out"), lesion_schema(SIZE), {"train": {}})
+    assert [p.name for p in (tmp_path / "out" / "train").glob("*.parquet")] == ["part-00000-0000.parquet"]
+    assert pq.ParquetFile(tmp_path / "out" / "train" / "part-00000-0000.parquet").metadata.num_rows == 0
