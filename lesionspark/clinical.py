@@ -23,7 +23,6 @@ import math
 import re
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from . import storage
 from .config import ConfigError
@@ -179,15 +178,7 @@ def load_sidecar(uri: str | None, fields) -> dict[str, dict] | None:
         return None
     uri = storage.normalize_uri(uri)
     try:
-        fs, path = storage.filesystem(uri)
-        info = fs.get_file_info(path)
-        if info.type != pafs.FileType.File:  # a FIFO or socket is Unknown: never opened
-            raise ConfigError(f"score.metadata_csv: {uri} is not a regular file ({info.type.name.lower()})")
-        if info.size > SIDECAR_MAX_BYTES:
-            raise ConfigError(f"score.metadata_csv: {uri} is {info.size} bytes, more than {SIDECAR_MAX_BYTES}")
-        return read_sidecar(storage.read_bytes(uri).decode("utf-8-sig", errors="replace"))
-    except ConfigError:
-        raise
+        return read_sidecar(storage.read_regular(uri, SIDECAR_MAX_BYTES).decode("utf-8-sig", errors="replace"))
     except (OSError, ValueError, csv.Error) as exc:
         raise ConfigError(f"score.metadata_csv: {uri}: {exc}") from None
 

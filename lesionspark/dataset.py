@@ -1,7 +1,7 @@
-"""The Petastorm dataset a ingest writes (driver side, Spark jobs): the decoded-rows schema, the
-Petastorm write, and ``write_dataset``: splits, rejects, counts and the manifest under
-``datasets/<name>/``, replaced whole. Shared by ``ingest`` (image folders), ``hmnist`` (pixel CSVs)
-and ``balance`` (the balanced training split).
+"""The Petastorm dataset an ingest writes (driver side, Spark jobs): the decoded-rows and located-rows
+schemas, and ``write_dataset``: decode tasks that write their own parts (``parts``), then splits,
+rejects, counts and the manifest under ``datasets/<name>/``, replaced whole. Shared by ``ingest``
+(image folders) and ``hmnist`` (pixel CSVs); ``balance`` publishes its parts the same way.
 """
 from __future__ import annotations
 
@@ -62,17 +62,6 @@ def writing_decoder(make, parts_uri: str, size: int, cfg: Config):
     from .parts import writing
     return writing(make, parts_uri, lesion_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
                    int(cfg.get("ingest.rows_per_file")), LOCATED_FIELDS)
-
-
-def petastorm_write(spark, df, url: str, size: int, rowgroup_mb: int, n_files: int, schema=None) -> None:
-    from petastorm.etl.dataset_metadata import materialize_dataset
-    schema = schema or lesion_schema(size)
-    cols = list(schema.fields.keys())
-    out = df.select(*cols).coalesce(max(1, n_files))
-    if "image_id" in cols:  # a fixed row order (shuffle fetch order is not): the same input, the same files
-        out = out.sortWithinPartitions("image_id")
-    with materialize_dataset(spark, url, schema, rowgroup_mb):
-        out.write.mode("overwrite").parquet(url)
 
 
 def _decode_once(spark, located, raw: str, what: str):

@@ -66,11 +66,19 @@ def _decode_partition(size: int, mode: str, max_pixels: int, reader, max_bytes: 
     return run
 
 
-def _read_text(spark, uri: str) -> str:
-    rows = spark.read.text(uri, wholetext=True).collect()
-    if not rows:
-        raise IngestError(f"metadata file {uri} not found or empty")
-    return rows[0].value
+METADATA_MAX_BYTES = 1 << 30
+
+
+def _read_text(uri: str) -> str:
+    """The metadata file's text, read on the driver through the storage layer (no Spark job): a
+    regular file of at most 1 GiB, else an IngestError naming what is there."""
+    try:
+        data = storage.read_regular(uri, METADATA_MAX_BYTES)
+    except (OSError, ValueError) as exc:
+        raise IngestError(f"metadata file {uri} cannot be read: {exc}") from None
+    if not data.strip():
+        raise IngestError(f"metadata file {uri} is empty")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def _inputs(cfg: Config) -> tuple[str, list[str]]:
@@ -90,7 +98,7 @@ def _metadata(spark, cfg: Config, meta_uri: str):
     (text, records, rejected rows, the records as a DataFrame, every image id the file names)."""
     from pyspark.sql import functions as F
     with timed(log, "metadata", "rows", spark) as step:
-        text = _read_text(spark, meta_uri)
+        text = _read_text(meta_uri)
         records, meta_rejects = parse_metadata(text, meta_uri)
         step.count = len(records) + len(meta_rejects)
     if records.empty:

@@ -258,6 +258,19 @@ def read_bytes(uri: str) -> bytes:
         return fh.read()
 
 
+def read_regular(uri: str, max_bytes: int) -> bytes:
+    """The bytes of ``uri`` when it is a regular file of at most ``max_bytes``; a ValueError naming
+    what it is otherwise. A FIFO, socket or device (pyarrow: ``Unknown``) is never opened, so a
+    hostile entry cannot block the reader."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ValueError(f"{uri} is not a regular file ({info.type.name.lower()})")
+    if info.size > max_bytes:
+        raise ValueError(f"{uri} is {info.size} bytes, more than {max_bytes}")
+    return read_bytes(uri)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)

@@ -213,3 +213,20 @@ def test_missing_inputs_fail_with_exit_code_and_message(tmp_path):
     from lesionspark.cli import main
     assert main(["ingest", "--root", str(tmp_path), "spark.master=local[1]"]) == 1
     assert main(["ingest", "--conf", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_metadata_that_is_no_regular_file_is_a_clear_error(tmp_path):
+    """The metadata is read on the driver without a Spark job: a FIFO there is never opened (it
+    would block), an empty file or a folder is an IngestError naming it."""
+    import os
+
+    from lesionspark.dataset import IngestError
+    from lesionspark.ingest import _read_text
+    os.mkfifo(tmp_path / "fifo.csv")
+    (tmp_path / "empty.csv").write_text(" \n")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfimage_id,dx\n")
+    for name, words in (("fifo.csv", "not a regular file"), ("empty.csv", "is empty"),
+                        ("missing.csv", "not a regular file (notfound)"), ("", "not a regular file (directory)")):
+        with pytest.raises(IngestError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            _read_text(f"file://{tmp_path}/{name}".rstrip("/"))
+    assert _read_text(f"file://{tmp_path}/bom.csv") == "image_id,dx\n"
