@@ -21,6 +21,7 @@ from .classes import CLASSES, LABEL_OF, balanced_weights
 from .config import Config, ConfigError
 from .dataset import require_manifest
 from .images import sha256_hex
+from .parts import publish, writing
 from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 
@@ -151,7 +152,6 @@ def class_records(dx: str, train_uri: str, method: str, before: Mapping[str, int
 def _class_tasks(train_uri: str, parts_uri: str, method: str, before: dict, targets: dict, size: int, cfg: Config):
     """``mapInPandas`` function over class rows (``dx``, one class per task): each task writes its
     class's originals and new rows into Petastorm parts itself and returns small rows."""
-    from .parts import writing
     args = (int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")), cfg.get("balance.neighbor_size"),
             int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
     batch_rows = int(cfg.get("balance.chunk_rows"))
@@ -170,7 +170,6 @@ def _write_train(spark, train_uri: str, staging: str, method: str, size: int, be
     """The balanced training split as Petastorm at ``<staging>/train``, written by one task per class
     (largest job first); its per-class counts, which must equal the targets."""
     from pyspark.sql import functions as F
-    from .parts import publish
     parts_uri, raw = f"{staging}/_parts", f"{staging}/_located"
     fs, path = storage.filesystem(f"{parts_uri}/train")
     fs.create_dir(path, recursive=True)

@@ -16,6 +16,7 @@ from . import __version__, storage
 from .classes import CLASSES
 from .config import Config, ConfigError
 from .metadata import REJECT_COLUMNS
+from .parts import publish, writing
 from .progress import timed
 from .schema import FIELD_NAMES, lesion_schema, record_struct
 from .split import SPLITS, check_fractions
@@ -59,38 +60,40 @@ def writing_decoder(make, parts_uri: str, size: int, cfg: Config):
     """``make`` (a decode function yielding ``decoded_schema`` batches) as a ``mapInPandas``
     function that writes the records into Petastorm parts under ``parts_uri`` and yields
     ``located_schema`` rows."""
-    from .parts import writing
     return writing(make, parts_uri, lesion_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
                    int(cfg.get("ingest.rows_per_file")), LOCATED_FIELDS)
 
 
 def _decode_once(spark, located, raw: str, what: str):
     """Run the decode tasks once (they write the records' parts); their small rows go to Parquet at
-    ``raw`` through Spark's commit protocol. (those rows as a DataFrame, written per split and class,
-    rows decoded, seconds)."""
+    ``raw`` through Spark's commit protocol, and one aggregate over them gives everything the driver
+    needs. (those rows as a DataFrame, the ``Located`` summary, seconds)."""
+    from pyspark.sql import functions as F
+    row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
     with timed(log, what, spark=spark) as step:
         located.write.parquet(raw)
         located = spark.read.parquet(raw)
-        stats = located.groupBy("split", "dx", "reason").count().collect()
-        step.count = sum(r["count"] for r in stats)
-    written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
-    for r in stats:
-        if r["reason"] is None:
-            written[r["split"]][r["dx"]] += r["count"]
-    return located, written, step.count, step.seconds
+        groups = located.groupBy("split", "dx", "reason", "part").agg(
+            F.count("*").alias("n"), F.max("row_group").alias("last"),
+            F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("digest")).collect()
+        step.count = sum(r["n"] for r in groups)
+    return located, Located(groups), step.seconds
 
 
-def _publish_splits(spark, located, parts_uri: str, staging: str, size: int) -> None:
-    """Move the parts the committed rows name into ``<staging>/<split>`` and write Petastorm's
-    metadata from those rows (no part is opened)."""
-    from pyspark.sql import functions as F
-    from .parts import publish
-    row_groups = {s: {} for s in SPLITS}
-    for r in located.filter(F.col("part").isNotNull()).groupBy("split", "part") \
-            .agg(F.max("row_group").alias("last")).collect():
-        row_groups[r["split"]][r["part"]] = r["last"] + 1
-    publish(parts_uri, staging, lesion_schema(size), row_groups)
-    storage.delete(parts_uri)
+class Located:
+    """What the decode tasks reported, summed per (split, dx, reason, part): records written per
+    split and class, row groups per part, and the order-independent digest of what was written."""
+
+    def __init__(self, groups):
+        ok = [r for r in groups if r["reason"] is None]
+        self.rows = sum(r["n"] for r in groups)
+        self.written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
+        self.row_groups = {s: {} for s in SPLITS}
+        for r in ok:
+            self.written[r["split"]][r["dx"]] += r["n"]
+            parts = self.row_groups[r["split"]]
+            parts[r["part"]] = max(parts.get(r["part"], 0), r["last"] + 1)
+        self.digest = (sum(int(r["digest"]) for r in ok), sum(r["n"] for r in ok))
 
 
 def _write_rejects(spark, rejects: list, run_id: str, out: str) -> dict:
@@ -150,9 +153,11 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
         for s in SPLITS:  # tasks write into these; they never create a directory (storage.filesystem)
             fs, path = storage.filesystem(f"{parts_uri}/{s}")
             fs.create_dir(path, recursive=True)
-        located, written, n_decoded, decode_seconds = _decode_once(spark, decode(parts_uri), raw, what)
+        located, summary, decode_seconds = _decode_once(spark, decode(parts_uri), raw, what)
+        written = summary.written
         with timed(log, "publish petastorm splits", "records", spark) as step:
-            _publish_splits(spark, located, parts_uri, staging, size)
+            publish(parts_uri, staging, lesion_schema(size), summary.row_groups)
+            storage.delete(parts_uri)
             for s in SPLITS:
                 log.info("  %-5s %6d records %s", s, sum(written[s].values()),
                          {k: v for k, v in written[s].items() if v})
@@ -166,24 +171,20 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
         if n_written + n_rejected != inputs["total"]:
             raise IngestError(f"accounting failed: {n_written} written + {n_rejected} rejected != "
                               f"{inputs['total']} inputs; the previous dataset was left in place")
-        manifest = _manifest(cfg, run_id, inputs, written, rej_counts, records, (n_decoded, decode_seconds),
-                             _fingerprint(source_digest, located, cfg), extra)
+        manifest = _manifest(cfg, run_id, inputs, written, rej_counts, records, (summary.rows, decode_seconds),
+                             _fingerprint(source_digest, summary.digest, cfg), extra)
         storage.write_json(f"{staging}/manifest.json", manifest)
         storage.delete(raw)
     return manifest
 
 
-def _fingerprint(source_digest: str, decoded, cfg: Config) -> str:
+def _fingerprint(source_digest: str, digest: tuple[int, int], cfg: Config) -> str:
     """Order-independent digest of what was written: metadata bytes, every written image's
-    (image_id, sha256, split) and the parameters that shape the records."""
-    from pyspark.sql import functions as F
-    row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
-    agg = decoded.filter(F.col("reason").isNull()).select(
-        F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("s"),
-        F.count("*").alias("n")).collect()[0]
+    (image_id, sha256, split) summed as numbers (``digest``: sum, count) and the parameters that
+    shape the records."""
     h = hashlib.sha256()
     params = [cfg.get("dataset.image_size"), cfg.get("dataset.resize"), cfg.get("ingest.split")]
-    for part in (source_digest, str(agg["s"]), str(agg["n"]), repr(params)):
+    for part in (source_digest, str(digest[0]), str(digest[1]), repr(params)):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
