@@ -95,7 +95,8 @@ def _inputs(cfg: Config) -> tuple[str, list[str]]:
 
 def _metadata(spark, cfg: Config, meta_uri: str):
     """The metadata parsed and validated on the driver (about 100 bytes a row), with splits:
-    (text, records, rejected rows, the records as a DataFrame, every image id the file names)."""
+    (text, records, rejected rows, the records as a DataFrame, every image id the file names with
+    ``valid``: whether a record has it)."""
     from pyspark.sql import functions as F
     with timed(log, "metadata", "rows", spark) as step:
         text = _read_text(meta_uri)
@@ -108,15 +109,17 @@ def _metadata(spark, cfg: Config, meta_uri: str):
     meta = meta.withColumn("label", F.col("label").cast("int")) \
                .withColumn("malignant", F.col("malignant").cast("byte")) \
                .withColumn("age", F.col("age").cast("float"))
-    known_ids = spark.createDataFrame(
-        pd.DataFrame({"image_id": pd.concat([records["image_id"], meta_rejects["image_id"]]).dropna().unique()}))
+    ids = pd.concat([records["image_id"], meta_rejects["image_id"]]).dropna().unique()
+    known_ids = spark.createDataFrame(pd.DataFrame({"image_id": ids, "valid": pd.Series(ids).isin(records["image_id"])}))
     return text, records, meta_rejects, meta, known_ids
 
 
 def _listing(spark, cfg: Config, image_uris: list[str], known_ids):
-    """The image folders listed in executors (no file contents read), persisted: files match rows by
-    name without extension; the first path (sorted) of an image id is its file, other copies are
-    duplicates. Returns (listing, files, non-chosen copies, chosen files without a metadata row)."""
+    """The image folders listed in executors (no file contents read), full-outer-joined to the
+    metadata's image ids and persisted: files match rows by name without extension; the first path
+    (sorted) of an image id is its file (``chosen_path``), other copies are duplicates; an id with no
+    file has a null ``path``. Returns (listing, files, non-chosen copies, chosen files without a
+    metadata row)."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -126,17 +129,18 @@ def _listing(spark, cfg: Config, image_uris: list[str], known_ids):
                              follow_links=bool(cfg.get("ingest.follow_links"))) \
             .withColumnRenamed("stem", "image_id").select("path", "length", "image_id") \
             .withColumn("copy", F.row_number().over(by_id)) \
-            .join(known_ids.withColumn("known", F.lit(True)), "image_id", "left") \
+            .withColumn("chosen_path", F.first("path").over(by_id)) \
+            .join(known_ids.withColumn("known", F.lit(True)), "image_id", "full_outer") \
             .withColumn("known", F.coalesce("known", F.lit(False))) \
             .persist(StorageLevel.MEMORY_AND_DISK)
         n_files, non_chosen, orphan_chosen = listing.agg(
-            F.count("*"), F.sum((F.col("copy") > 1).cast("int")),
+            F.count("path"), F.sum((F.col("copy") > 1).cast("int")),
             F.sum(((F.col("copy") == 1) & ~F.col("known")).cast("int"))).collect()[0]
         step.count = n_files
     return listing, n_files, non_chosen or 0, orphan_chosen or 0
 
 
-def _listing_rejects(spark, meta_rejects: pd.DataFrame, listing, meta, meta_uri: str) -> list:
+def _listing_rejects(spark, meta_rejects: pd.DataFrame, listing, meta_uri: str) -> list:
     """Reject rows of the metadata and the listing: bad rows, files without a row, duplicate files,
     rows without a file."""
     from pyspark.sql import functions as F
@@ -144,12 +148,10 @@ def _listing_rejects(spark, meta_rejects: pd.DataFrame, listing, meta, meta_uri:
     rejects.append(listing.filter(~F.col("known")).select(
         "image_id", F.col("path").alias("source"), F.lit("no_metadata_row").alias("reason"),
         F.lit("no row of the metadata file names this image").alias("detail")))
-    chosen = F.broadcast(listing.filter((F.col("copy") == 1) & F.col("known")).select("image_id", "path"))
-    rejects.append(listing.filter((F.col("copy") > 1) & F.col("known")).alias("d").join(
-        chosen.alias("c"), "image_id").select(
-        "image_id", F.col("d.path").alias("source"), F.lit("duplicate_image_file").alias("reason"),
-        F.concat(F.lit("another file has this image id and was used: "), F.col("c.path")).alias("detail")))
-    rejects.append(meta.join(listing.filter("copy = 1").select("image_id"), "image_id", "left_anti").select(
+    rejects.append(listing.filter((F.col("copy") > 1) & F.col("known")).select(
+        "image_id", F.col("path").alias("source"), F.lit("duplicate_image_file").alias("reason"),
+        F.concat(F.lit("another file has this image id and was used: "), F.col("chosen_path")).alias("detail")))
+    rejects.append(listing.filter(F.col("path").isNull() & F.col("valid")).select(
         "image_id", F.lit(meta_uri).alias("source"), F.lit("image_missing").alias("reason"),
         F.lit("no image file named <image_id>.<ext> in the image folders").alias("detail")))
     return rejects
@@ -170,7 +172,7 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
              ", ".join(image_uris), layout.dataset(name), run_id, size, mode)
     text, records, meta_rejects, meta, known_ids = _metadata(spark, cfg, meta_uri)
     listing, n_files, non_chosen, orphan_chosen = _listing(spark, cfg, image_uris, known_ids)
-    rejects = _listing_rejects(spark, meta_rejects, listing, meta, meta_uri)
+    rejects = _listing_rejects(spark, meta_rejects, listing, meta_uri)
 
     # Read, hash, decode, resize, encode in executors: each chosen file once, in its row's task.
     to_read = listing.filter((F.col("copy") == 1) & F.col("known")).select("path", "length", "image_id") \

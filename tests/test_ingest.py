@@ -114,6 +114,9 @@ def test_every_input_is_written_or_rejected(ingested):
     assert {k: got.get(k) for k in expected["rejects"]} == expected["rejects"]
     assert rejects["detail"].notna().all() and (rejects["run_id"] == "run-1").all()
     assert len(rejects) == counts["rejected"]
+    for _, dup in rejects[rejects["reason"] == "duplicate_image_file"].iterrows():  # names the copy used
+        used = dup["detail"].split("was used: ", 1)[1]
+        assert used < dup["source"] and used.rsplit("/", 1)[1].startswith(dup["image_id"])
 
 
 def test_splits_are_petastorm_datasets_grouped_by_lesion(ingested):
