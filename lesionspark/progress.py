@@ -84,7 +84,8 @@ class PhaseClock:
         return dict(zip(self.phases, self._acc.value))
 
     def summary(self) -> str:
-        return ", ".join(f"{p} {s:.1f}s" for p, s in self.totals().items())
+        """Phases as seconds; a ``files`` phase is a count (``'files 9965, read 12.0s'``)."""
+        return ", ".join(f"{p} {s:.0f}" if p == "files" else f"{p} {s:.1f}s" for p, s in self.totals().items())
 
 
 try:
