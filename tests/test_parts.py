@@ -93,3 +93,60 @@ def test_a_failing_task_leaves_nothing_named(tmp_path):
     parts.publish(str(tmp_path), str(tmp_path / "out"), lesion_schema(SIZE), {"train": {}})
     assert [p.name for p in (tmp_path / "out" / "train").glob("*.parquet")] == ["part-00000-0000.parquet"]
     assert pq.ParquetFile(tmp_path / "out" / "train" / "part-00000-0000.parquet").metadata.num_rows == 0
+
+
+RETRY_SCRIPT = r'''
+import json, os, sys
+import pandas as pd
+from pyspark import TaskContext
+from pyspark.sql import SparkSession
+sys.path.insert(0, os.environ["TESTS_DIR"])
+from test_parts import SIZE, records
+from lesionspark import parts
+from lesionspark.schema import lesion_schema
+
+out = sys.argv[1]
+spark = SparkSession.builder.master("local[2,3]").config("spark.ui.enabled", "false").getOrCreate()
+os.makedirs(f"{out}/_parts/train")
+ids = spark.createDataFrame(pd.DataFrame({"image_id": [f"id{i:02d}" for i in range(40)]})).repartition(4, "image_id")
+
+
+def make(batches):
+    ctx = TaskContext.get()
+    for batch in batches:
+        yield records(list(batch["image_id"])).assign(split="train", reason=None, detail=None)
+        if ctx.attemptNumber() == 0 and ctx.partitionId() == 1:
+            raise RuntimeError("injected: the task dies after its parts were written")
+
+
+fn = parts.writing(make, f"{out}/_parts", lesion_schema(SIZE), 1, 1, ["image_id"])
+ids.mapInPandas(fn, "image_id string, part string, row_group int").write.parquet(f"{out}/_located")
+rows = spark.read.parquet(f"{out}/_located").groupBy("part").max("row_group").collect()
+parts.publish(f"{out}/_parts", out, lesion_schema(SIZE), {"train": {r[0]: r[1] + 1 for r in rows}})
+print(json.dumps({"located": spark.read.parquet(f"{out}/_located").count(),
+                  "left_behind": sorted(os.listdir(f"{out}/_parts/train"))}))
+'''
+
+
+def test_a_retried_task_publishes_each_record_once(tmp_path):
+    """Real Spark retries (``local[2,3]``): a task dies after writing its parts; its retry writes them
+    again under another attempt token. Only the committed attempt's parts are published: every
+    record once, the dead attempt's parts left behind in ``_parts`` (deleted with the staging)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from petastorm import make_reader
+    here = Path(__file__).parent
+    path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TESTS_DIR": str(here), "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": path}
+    run = subprocess.run([sys.executable, "-c", RETRY_SCRIPT, str(tmp_path / "ds")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["located"] == 40
+    assert out["left_behind"], "the dead attempt's parts stay in _parts, unpublished"
+    with make_reader(f"file://{tmp_path}/ds/train", num_epochs=1, workers_count=1) as reader:
+        ids = sorted(r.image_id for r in reader)
+    assert ids == [f"id{i:02d}" for i in range(40)]
