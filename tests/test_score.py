@@ -1,4 +1,5 @@
 """Scoring an archive with real local Spark, a real Keras model and real Parquet tables."""
+import datetime
 import io
 import os
 import shutil
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -96,7 +98,9 @@ def test_predictions_are_complete_and_match_model_predict(scored, archive):
     assert (preds["predicted_dx"] == [CLASSES[i] for i in probs.argmax(1)]).all()
     assert np.allclose(preds["confidence"], probs.max(1))
     assert np.allclose(preds["malignant_probability"], probs[:, [0, 1, 4]].sum(1))
-    assert set(preds["scored_date"].astype(str)) == {time.strftime("%Y-%m-%d", time.gmtime())}
+    # one date per run, the date of its scored_at (a run at 23:59 is checked after midnight)
+    assert set(preds["scored_date"].astype(str)) == {str(pd.Timestamp(preds["scored_at"].iloc[0]).date())}
+    assert abs((datetime.datetime.utcnow().date() - pd.Timestamp(preds["scored_at"].iloc[0]).date()).days) <= 1
     sample = preds.sample(8, random_state=0)
     images = np.stack([decode_resize(Path(p.replace("file:", "")).read_bytes(), SIZE, "squash")
                        for p in sample["image_path"]])
@@ -206,7 +210,10 @@ def test_readme_queries_run(spark, scored):
     assert len(statements) == 4
     for sql in statements:
         spark.sql(sql.replace("<v1>", card["version"]).replace("<v2>", card["version"])).collect()
-    triage = spark.sql("SELECT count(*) c FROM predictions WHERE scored_date = current_date()").collect()[0].c
+    # the run's own date, not current_date(): a run at 23:59 is queried after midnight
+    day = spark.sql("SELECT max(scored_date) d FROM predictions").collect()[0].d
+    assert abs((datetime.date.today() - day).days) <= 1
+    triage = spark.sql(f"SELECT count(*) c FROM predictions WHERE scored_date = DATE'{day}'").collect()[0].c
     assert triage >= first["scored"]
 
 
