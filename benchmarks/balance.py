@@ -10,6 +10,11 @@ each with a GENERATED 64x64 image (lesionspark.synth's renderer). Same data, sam
             written to Parquet with pyarrow: the same output work as the job, in a subprocess so
             its peak RSS is its own (its resampling alone is reported too)
 
+  bare      lesionspark's per-class work without Spark, one process, class after class: read the
+            class's rows from the Petastorm split with pyarrow, SMOTE, PNG-encode, write a part
+  pool of 2 the same per-class function in ``ProcessPoolExecutor(2)``, largest job first
+  floor     the same function as the only work of a Spark job (one class a task, ``local[2]``)
+
 Peak memory: the largest RSS of any Spark Python worker (polled every 0.1 s) vs the imblearn process.
 
     .venv/bin/python benchmarks/balance.py
@@ -60,6 +65,47 @@ def make_data(work: Path):
         "age": pd.to_numeric(meta.age, errors="coerce").astype("float32"), "sex": meta.sex,
         "localization": meta.localization, "sha256": "0" * 64, "source": "generated"})
     return pdf
+
+
+def per_class(args) -> int:
+    """One class's balanced rows made and written without Spark: what a balance class task does."""
+    dx, train_uri, out, before, targets = args
+    from lesionspark.balance import balanced_schema, class_records
+    from lesionspark.config import Config
+    from lesionspark.parts import PartWriter
+    cfg = Config.load()
+    smote = (int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")), cfg.get("balance.neighbor_size"),
+             int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
+    writer = PartWriter(out, balanced_schema(SIZE), 32 << 20, 2000, names=(sorted(targets).index(dx), "bench"))
+    n = 0
+    for records in class_records(dx, train_uri, "smote", before, targets, SIZE, smote, smote[3]):
+        writer.add("train", records)
+        n += len(records)
+    writer.close()
+    return n
+
+
+def baselines(spark, work: Path, train_uri: str, before: dict, targets: dict) -> dict:
+    """Seconds of the per-class work in one process, in a pool of 2, and as a bare Spark job."""
+    import shutil
+    order = sorted(before, key=lambda dx: (-(targets[dx] - before[dx]), -before[dx]))
+    out = {}
+    for name in ("bare", "pool2", "floor"):
+        folder = work / f"base-{name}"
+        (folder / "train").mkdir(parents=True)
+        jobs = [(dx, train_uri, str(folder), before, targets) for dx in order]
+        start = time.perf_counter()
+        if name == "bare":
+            n = sum(per_class(j) for j in jobs)
+        elif name == "pool2":
+            with ProcessPoolExecutor(2) as pool:
+                n = sum(pool.map(per_class, jobs))
+        else:
+            n = spark.sparkContext.parallelize(jobs, len(jobs)).map(per_class).sum()
+        out[name] = time.perf_counter() - start
+        assert n == sum(targets.values()), (name, n)
+        shutil.rmtree(folder)
+    return out
 
 
 def imblearn_child(work: str):
@@ -118,6 +164,8 @@ def main():
     publish(str(work / "_parts"), layout.dataset("bench"), lesion_schema(SIZE), {"train": row_groups})
     storage.write_json(layout.manifest("bench"), {"image_size": SIZE, "fingerprint": "benchmark"})
 
+    counts = pdf.dx.value_counts().to_dict()
+    base = baselines(spark, work, layout.split("bench", "train"), counts, {dx: max(counts.values()) for dx in counts})
     with WorkerPeak() as peak:
         start = time.perf_counter()
         summary = balance(spark, cfg.with_overrides({"balance.method": "smote"}))
@@ -131,12 +179,15 @@ def main():
     print(f"{'spark balance (local[2], writes)':<36}{spark_seconds:>9.1f}{peak.peak / 2**20:>10.0f}  (largest Python worker)")
     print(f"{'imblearn SMOTE + encode + write':<36}{imb['seconds']:>9.1f}{imb['peak_rss_mb']:>10.0f}  (whole process)")
     print(f"{'  of which fit_resample':<36}{imb['resample_seconds']:>9.1f}")
+    for name, label in (("bare", "bare: per-class work, one process"), ("pool2", "pool of 2, same function"),
+                        ("floor", "Spark floor, same function")):
+        print(f"{label:<36}{base[name]:>9.1f}            spark balance / this: {spark_seconds / base[name]:.2f}x")
     print(f"spark / (imblearn + encode + write) time: {spark_seconds / imb['seconds']:.2f}x; "
           f"spark / fit_resample alone: {spark_seconds / imb['resample_seconds']:.2f}x")
     print(f"after: spark {summary['after']}; imblearn counts {imb['counts']} ({imb['rows']} rows)")
     print(f"largest class SMOTE works on: {largest_minority} rows x {SIZE * SIZE * 3} features "
           f"(int16: {largest_minority * SIZE * SIZE * 3 * 2 / 2**20:.0f} MB)")
-    print(json.dumps({"spark_seconds": round(spark_seconds, 1), "spark_worker_peak_mb": round(peak.peak / 2**20),
+    print(json.dumps({**{f"{k}_seconds": round(v, 1) for k, v in base.items()}, "spark_seconds": round(spark_seconds, 1), "spark_worker_peak_mb": round(peak.peak / 2**20),
                       "imblearn_seconds": round(imb["seconds"], 1),
                       "imblearn_resample_seconds": round(imb["resample_seconds"], 1), "imblearn_peak_mb": round(imb["peak_rss_mb"])}))
 

@@ -21,7 +21,7 @@ from .classes import CLASSES, LABEL_OF, balanced_weights
 from .config import Config, ConfigError
 from .dataset import require_manifest
 from .images import sha256_hex
-from .parts import publish, writing
+from .parts import publish, scratch, writing
 from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 
@@ -165,12 +165,12 @@ def _class_tasks(train_uri: str, parts_uri: str, method: str, before: dict, targ
                    int(cfg.get("ingest.rows_per_file")), ["image_id", "dx", "synthetic"])
 
 
-def _write_train(spark, train_uri: str, staging: str, method: str, size: int, before: dict, targets: dict,
-                 cfg: Config) -> dict:
+def _write_train(spark, train_uri: str, staging: str, parts_uri: str, method: str, size: int, before: dict,
+                 targets: dict, cfg: Config) -> dict:
     """The balanced training split as Petastorm at ``<staging>/train``, written by one task per class
-    (largest job first); its per-class counts, which must equal the targets."""
+    (largest job first) into parts under ``parts_uri``; its per-class counts, which must equal the targets."""
     from pyspark.sql import functions as F
-    parts_uri, raw = f"{staging}/_parts", f"{staging}/_located"
+    raw = f"{parts_uri}/_located"
     fs, path = storage.filesystem(f"{parts_uri}/train")
     fs.create_dir(path, recursive=True)
     grow = {dx: targets[dx] - before[dx] for dx in before if targets[dx] > before[dx]}
@@ -190,8 +190,6 @@ def _write_train(spark, train_uri: str, staging: str, method: str, size: int, be
         raise RuntimeError(f"balance: counts after {after} differ from targets {targets}; "
                            "the previous output was left in place")
     publish(parts_uri, staging, balanced_schema(size), {"train": {r["part"]: r["last"] + 1 for r in stats}})
-    storage.delete(parts_uri)
-    storage.delete(raw)
     return after
 
 
@@ -221,9 +219,9 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
                "class_weights": {dx: float(w) for dx, w in weights.items()}}
     log.info("balance %s/%s: before %s", name, method, before)
     out_uri = layout.balanced(name, method)
-    with storage.AtomicDir(out_uri, run_id) as staging:
+    with storage.AtomicDir(out_uri, run_id) as staging, scratch(staging) as parts_uri:
         summary["after"] = before if method == "weights" else _write_train(
-            spark, layout.split(name, "train"), staging, method, size, before, targets, cfg)
+            spark, layout.split(name, "train"), staging, parts_uri, method, size, before, targets, cfg)
         summary["seconds"] = round(time.perf_counter() - t_start, 2)
         storage.write_json(f"{staging}/counts.json", summary)
         storage.write_json(f"{staging}/class_weights.json", summary["class_weights"])

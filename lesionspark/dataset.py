@@ -16,7 +16,7 @@ from . import __version__, storage
 from .classes import CLASSES
 from .config import Config, ConfigError
 from .metadata import REJECT_COLUMNS
-from .parts import publish, writing
+from .parts import publish, scratch, writing
 from .progress import timed
 from .schema import FIELD_NAMES, lesion_schema, record_struct
 from .split import SPLITS, check_fractions
@@ -148,8 +148,8 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
     name = cfg.get("dataset.name")
     size = int(cfg.get("dataset.image_size"))
     layout = storage.Layout(cfg.get("storage.root"))
-    with storage.AtomicDir(layout.dataset(name), run_id) as staging:
-        parts_uri, raw = f"{staging}/_parts", f"{staging}/_located"
+    with storage.AtomicDir(layout.dataset(name), run_id) as staging, scratch(staging) as parts_uri:
+        raw = f"{parts_uri}/_located"
         for s in SPLITS:  # tasks write into these; they never create a directory (storage.filesystem)
             fs, path = storage.filesystem(f"{parts_uri}/{s}")
             fs.create_dir(path, recursive=True)
@@ -157,7 +157,6 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
         written = summary.written
         with timed(log, "publish petastorm splits", "records", spark) as step:
             publish(parts_uri, staging, lesion_schema(size), summary.row_groups)
-            storage.delete(parts_uri)
             for s in SPLITS:
                 log.info("  %-5s %6d records %s", s, sum(written[s].values()),
                          {k: v for k, v in written[s].items() if v})
@@ -174,7 +173,6 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
         manifest = _manifest(cfg, run_id, inputs, written, rej_counts, records, (summary.rows, decode_seconds),
                              _fingerprint(source_digest, summary.digest, cfg), extra)
         storage.write_json(f"{staging}/manifest.json", manifest)
-        storage.delete(raw)
     return manifest
 
 

@@ -2,7 +2,7 @@
 (issue 21): image bytes never cross into the JVM.
 
 A task that makes records (ingest's decode, hmnist's rows, balance's classes) writes them itself with
-pyarrow into parts under ``<parts>/<key>/`` (key: the split), in row groups of about ``rowgroup_mb``
+pyarrow into parts under ``<scratch>/<key>/`` (key: the split; ``scratch`` beside the staging folder), in row groups of about ``rowgroup_mb``
 of record bytes and files of about ``rows_per_file`` records, and yields one small row per record
 that says where it went (``part``, ``row_group``). Spark writes those small rows through its own
 commit protocol, so the committed rows name exactly the parts of committed task attempts.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
@@ -56,6 +57,20 @@ def task_names() -> tuple[int, str]:
     if ctx is None:
         return 0, "t" + uuid.uuid4().hex[:12]
     return ctx.partitionId(), f"a{ctx.taskAttemptId()}"
+
+
+@contextmanager
+def scratch(staging: str) -> Iterator[str]:
+    """Where a run's parts (``<scratch>/<key>/``) and small rows (``<scratch>/_located``) go: a
+    sibling of the staging folder, never inside it, deleted when the block ends (either way). A
+    zombie task attempt that outlives its job can then only ever recreate this sibling (whose name
+    starts like the staging folder's, so the next run's ``AtomicDir`` deletes it), never a folder
+    inside the published dataset."""
+    uri = staging.rstrip("/") + "-parts"
+    try:
+        yield uri
+    finally:
+        storage.delete(uri)
 
 
 def final_name(part: str) -> str:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.spark
 
 def _rows(url):
     from petastorm import make_reader
-    with make_reader(url, num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+    with make_reader(url, num_epochs=1, reader_pool_type="dummy", shuffle_row_groups=False) as reader:
         return list(reader)
 
 

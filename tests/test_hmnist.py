@@ -61,7 +61,7 @@ def test_hmnist_csv_ingests_with_rejects(spark, synth_small, tmp_path):
             per_class[k] = per_class.get(k, 0) + v
     assert {k: v for k, v in per_class.items() if v} == pd.Series(dx).value_counts().to_dict()
     from petastorm import make_reader
-    with make_reader(f"file://{tmp_path}/root/datasets/hmnist/train", num_epochs=1, workers_count=1,
+    with make_reader(f"file://{tmp_path}/root/datasets/hmnist/train", num_epochs=1, reader_pool_type="dummy",
                      shuffle_row_groups=False) as r:
         rows = list(r)
     assert len(rows) == manifest["counts"]["by_split"]["train"]["total"]

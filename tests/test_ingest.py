@@ -96,7 +96,7 @@ def ingested(spark, messy, tmp_path_factory):
 
 def _read_split(url):
     from petastorm import make_reader
-    with make_reader(url, num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+    with make_reader(url, num_epochs=1, reader_pool_type="dummy", shuffle_row_groups=False) as reader:
         return list(reader)
 
 
@@ -166,10 +166,13 @@ def test_rerun_replaces_atomically_without_doubling(spark, ingested):
     # A crashed earlier run left a staging directory behind: the rerun must clean it up.
     (dataset.parent / ".ham10000.staging-crashed").mkdir()
     (dataset.parent / ".ham10000.staging-crashed" / "junk").write_text("x")
+    # ... and a zombie task attempt recreated a crashed run's scratch folder of parts
+    (dataset.parent / ".ham10000.staging-crashed-parts" / "train").mkdir(parents=True)
     again = ingest(spark, cfg, run_id="run-2")
     assert again["counts"] == manifest["counts"]
     assert again["fingerprint"] == manifest["fingerprint"]
     assert sorted(p.name for p in dataset.parent.iterdir()) == ["ham10000"]
+    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "rejects", "test", "train", "val"]
     rejects = pq.read_table(str(dataset / "rejects")).to_pandas()
     assert len(rejects) == manifest["counts"]["rejected"] and set(rejects["run_id"]) == {"run-2"}
     assert sum(len(_read_split(layout.split("ham10000", s))) for s in ("train", "val", "test")) \
