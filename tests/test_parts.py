@@ -128,6 +128,7 @@ print(json.dumps({"located": spark.read.parquet(f"{out}/_located").count(),
 '''
 
 
+@pytest.mark.slow  # a second process with its own Spark
 def test_a_retried_task_publishes_each_record_once(tmp_path):
     """Real Spark retries (``local[2,3]``): a task dies after writing its parts; its retry writes them
     again under another attempt token. Only the committed attempt's parts are published: every
