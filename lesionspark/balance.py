@@ -21,7 +21,7 @@ from .classes import CLASSES, LABEL_OF, balanced_weights
 from .config import Config, ConfigError
 from .dataset import require_manifest
 from .images import sha256_hex
-from .parts import publish, scratch, writing
+from .parts import PartWriter, publish, scratch
 from .progress import timed
 from .schema import FIELD_NAMES, encode_image, lesion_schema
 
@@ -124,13 +124,23 @@ def inherited_metadata(pdf: pd.DataFrame, parent, neighbour, steps) -> dict:
             "localization": pdf["localization"].to_numpy()[np.asarray(parent, int)]}
 
 
+def _train_data(train_uri: str):
+    import pyarrow.dataset as pads
+    fs, path = storage.filesystem(train_uri)
+    return pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
+
+
+def class_counts(train_uri: str) -> dict[str, int]:
+    """Rows per class of the training split, from its ``dx`` column alone (read on the driver with
+    pyarrow: a few bytes a row, no Spark job)."""
+    counts = _train_data(train_uri).to_table(columns=["dx"]).column("dx").value_counts()
+    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
+
+
 def read_class(train_uri: str, dx: str, batch_rows: int) -> Iterator[pd.DataFrame]:
     """The training split's records of class ``dx``, read with pyarrow in batches (no Spark)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-    fs, path = storage.filesystem(train_uri)
-    data = pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
-    for batch in data.to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx, batch_size=batch_rows):
+    for batch in _train_data(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx, batch_size=batch_rows):
         if batch.num_rows:
             yield batch.to_pandas()
 
@@ -150,46 +160,47 @@ def class_records(dx: str, train_uri: str, method: str, before: Mapping[str, int
 
 
 def _class_tasks(train_uri: str, parts_uri: str, method: str, before: dict, targets: dict, size: int, cfg: Config):
-    """``mapInPandas`` function over class rows (``dx``, one class per task): each task writes its
-    class's originals and new rows into Petastorm parts itself and returns small rows."""
+    """``mapPartitions`` function over class names (one class per task): each task writes its class's
+    originals and new rows into Petastorm parts itself and returns, per part it wrote, ``(dx, part,
+    rows, row groups)``. A job's result holds only successful attempts' returns, so these name
+    exactly the parts to publish."""
     args = (int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")), cfg.get("balance.neighbor_size"),
             int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
     batch_rows = int(cfg.get("balance.chunk_rows"))
+    schema, rowgroup, per_file = balanced_schema(size), int(cfg.get("ingest.rowgroup_size_mb")) << 20, \
+        int(cfg.get("ingest.rows_per_file"))
 
-    def make(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            for dx in batch["dx"]:
+    def run(classes: Iterator[str]) -> Iterator[tuple]:
+        rows, groups = {}, {}
+        with PartWriter(parts_uri, schema, rowgroup, per_file) as writer:
+            for dx in classes:
                 for records in class_records(dx, train_uri, method, before, targets, size, args, batch_rows):
-                    yield records.assign(split="train", reason=None)
-    return writing(make, parts_uri, balanced_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
-                   int(cfg.get("ingest.rows_per_file")), ["image_id", "dx", "synthetic"])
+                    for part, group in zip(*writer.add("train", records)):
+                        rows[(dx, part)] = rows.get((dx, part), 0) + 1
+                        groups[part] = max(groups.get(part, 0), group + 1)
+        return [(dx, part, n, groups[part]) for (dx, part), n in rows.items()]
+    return run
 
 
 def _write_train(spark, train_uri: str, staging: str, parts_uri: str, method: str, size: int, before: dict,
                  targets: dict, cfg: Config) -> dict:
     """The balanced training split as Petastorm at ``<staging>/train``, written by one task per class
     (largest job first) into parts under ``parts_uri``; its per-class counts, which must equal the targets."""
-    from pyspark.sql import functions as F
-    raw = f"{parts_uri}/_located"
     fs, path = storage.filesystem(f"{parts_uri}/train")
     fs.create_dir(path, recursive=True)
     grow = {dx: targets[dx] - before[dx] for dx in before if targets[dx] > before[dx]}
     if grow:
         log.info("balance: adding %s", grow)
     classes = sorted(before, key=lambda dx: (-grow.get(dx, 0), -before[dx], dx))
-    rows = spark.sparkContext.parallelize([(dx,) for dx in classes], len(classes))
     with timed(log, f"balance {method}: write train", "records", spark) as step:
-        spark.createDataFrame(rows, "dx string").mapInPandas(
-            _class_tasks(train_uri, parts_uri, method, before, targets, size, cfg),
-            "image_id string, dx string, synthetic boolean, part string, row_group int").write.parquet(raw)
-        stats = spark.read.parquet(raw).groupBy("dx", "part").agg(
-            F.count("*").alias("n"), F.max("row_group").alias("last")).collect()
-        step.count = sum(r["n"] for r in stats)
-    after = {dx: sum(r["n"] for r in stats if r["dx"] == dx) for dx in {r["dx"] for r in stats}}
+        stats = spark.sparkContext.parallelize(classes, len(classes)) \
+            .mapPartitions(_class_tasks(train_uri, parts_uri, method, before, targets, size, cfg)).collect()
+        step.count = sum(n for _, _, n, _ in stats)
+    after = {dx: sum(n for d, _, n, _ in stats if d == dx) for dx in {d for d, _, _, _ in stats}}
     if after != targets:
         raise RuntimeError(f"balance: counts after {after} differ from targets {targets}; "
                            "the previous output was left in place")
-    publish(parts_uri, staging, balanced_schema(size), {"train": {r["part"]: r["last"] + 1 for r in stats}})
+    publish(parts_uri, staging, balanced_schema(size), {"train": {part: g for _, part, _, g in stats}})
     return after
 
 
@@ -204,8 +215,7 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
     layout = storage.Layout(cfg.get("storage.root"))
     manifest = require_manifest(layout, name)
     size = int(manifest["image_size"])
-    train = spark.read.parquet(layout.split(name, "train"))
-    before = {r["dx"]: r["count"] for r in train.groupBy("dx").count().collect()}
+    before = class_counts(layout.split(name, "train"))
     targets = class_targets(before, cfg.get("balance.target"), float(cfg.get("balance.ratio")),
                             cfg.get("balance.counts") or {})
     if method in ("weights", "none"):

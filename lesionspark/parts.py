@@ -157,6 +157,13 @@ class PartWriter:
             if st["writer"] is not None:
                 st["stream"].close()
 
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close() if exc_type is None else self.abort()
+        return False
+
 
 def writing(make: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]], parts_uri: str, unischema,
             rowgroup_mb: int, rows_per_file: int, keep: list[str], key: str = "split"):
@@ -164,14 +171,9 @@ def writing(make: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]], pa
     ``detail`` columns); writes each record whose ``reason`` is null into its key's part; yields
     ``keep`` columns of every row plus where it went (null for a rejected row)."""
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        writer = PartWriter(parts_uri, unischema, rowgroup_mb << 20, rows_per_file)
-        try:
+        with PartWriter(parts_uri, unischema, rowgroup_mb << 20, rows_per_file) as writer:
             for out in make(batches):
                 yield _write_batch(writer, out, keep, key)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
     return run
 
 
