@@ -186,8 +186,6 @@ def _write_train(spark, train_uri: str, staging: str, parts_uri: str, method: st
                  targets: dict, cfg: Config) -> dict:
     """The balanced training split as Petastorm at ``<staging>/train``, written by one task per class
     (largest job first) into parts under ``parts_uri``; its per-class counts, which must equal the targets."""
-    fs, path = storage.filesystem(f"{parts_uri}/train")
-    fs.create_dir(path, recursive=True)
     grow = {dx: targets[dx] - before[dx] for dx in before if targets[dx] > before[dx]}
     if grow:
         log.info("balance: adding %s", grow)
@@ -229,7 +227,7 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
                "class_weights": {dx: float(w) for dx, w in weights.items()}}
     log.info("balance %s/%s: before %s", name, method, before)
     out_uri = layout.balanced(name, method)
-    with storage.AtomicDir(out_uri, run_id) as staging, scratch(staging) as parts_uri:
+    with storage.AtomicDir(out_uri, run_id) as staging, scratch(staging, ["train"]) as parts_uri:
         summary["after"] = before if method == "weights" else _write_train(
             spark, layout.split(name, "train"), staging, parts_uri, method, size, before, targets, cfg)
         summary["seconds"] = round(time.perf_counter() - t_start, 2)

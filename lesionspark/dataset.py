@@ -148,11 +148,8 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
     name = cfg.get("dataset.name")
     size = int(cfg.get("dataset.image_size"))
     layout = storage.Layout(cfg.get("storage.root"))
-    with storage.AtomicDir(layout.dataset(name), run_id) as staging, scratch(staging) as parts_uri:
+    with storage.AtomicDir(layout.dataset(name), run_id) as staging, scratch(staging, SPLITS) as parts_uri:
         raw = f"{parts_uri}/_located"
-        for s in SPLITS:  # tasks write into these; they never create a directory (storage.filesystem)
-            fs, path = storage.filesystem(f"{parts_uri}/{s}")
-            fs.create_dir(path, recursive=True)
         located, summary, decode_seconds = _decode_once(spark, decode(parts_uri), raw, what)
         written = summary.written
         with timed(log, "publish petastorm splits", "records", spark) as step:

@@ -60,14 +60,17 @@ def task_names() -> tuple[int, str]:
 
 
 @contextmanager
-def scratch(staging: str) -> Iterator[str]:
-    """Where a run's parts (``<scratch>/<key>/``) and small rows (``<scratch>/_located``) go: a
-    sibling of the staging folder, never inside it, deleted when the block ends (either way). A
-    zombie task attempt that outlives its job can then only ever recreate this sibling (whose name
-    starts like the staging folder's, so the next run's ``AtomicDir`` deletes it), never a folder
-    inside the published dataset."""
+def scratch(staging: str, keys) -> Iterator[str]:
+    """Where a run's parts (``<scratch>/<key>/``, made here for each of ``keys``: tasks never create
+    a directory) and small rows (``<scratch>/_located``) go: a sibling of the staging folder, never
+    inside it, deleted when the block ends (either way). A zombie task attempt that outlives its job
+    can then only ever recreate this sibling (whose name starts like the staging folder's, so the
+    next run's ``AtomicDir`` deletes it), never a folder inside the published dataset."""
     uri = staging.rstrip("/") + "-parts"
     try:
+        for key in keys:
+            fs, path = storage.filesystem(storage.join(uri, key))
+            fs.create_dir(path, recursive=True)
         yield uri
     finally:
         storage.delete(uri)

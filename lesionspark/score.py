@@ -26,7 +26,7 @@ from .listing import Reader, list_files
 from .predict import score_files, score_files_schema
 from .progress import PhaseClock, timed
 from .registry import explanations_dir, resolve_model
-from .spark import sql_conf
+from .spark import sql_conf, task_count
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def _read_predict(spark, cfg: Config, to_read, n_read: int, archive: str, card: 
                   root: str, staging: str, threshold: float, clock: PhaseClock) -> None:
     """Step 2: each file read once where its row is (hash, decode, predict), the raw results
     written once under ``<staging>/raw``; flagged images' overlays staged beside them."""
-    tasks = max(spark.sparkContext.defaultParallelism, -(-n_read // int(cfg.get("score.files_per_task"))))
+    tasks = task_count(spark, n_read, int(cfg.get("score.files_per_task")))
     overlays = (threshold, f"{staging}/flagged", cfg.get("explain.method"),
                 f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None
     fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card,
