@@ -36,9 +36,11 @@ Atomic exclusive create, by filesystem (``storage.create_exclusive``, docs/clust
 - HDFS: the file written whole under a temporary name, then Hadoop's ``FileSystem.rename`` through
   the driver's JVM, one NameNode operation that fails if the name exists (Arrow's move would
   clobber a file destination, so it is not used);
-- S3 and other object stores: pyarrow exposes no conditional put, so the lease is refused
-  (``storage.StorageRefused``) unless ``storage.single_writer: true`` says one scheduler alone scores
-  the root; then the create is write-if-absent and read back, which two racing runs could both pass.
+- S3: a PUT with ``If-None-Match: *`` (``lesionspark.s3``; pyarrow 10 has none), which the store
+  refuses when the key exists. The store is asked first whether it honours the header (a probe).
+- a store without it (an S3 endpoint that ignores the header, other object stores): the lease is
+  refused (``storage.StorageRefused``) unless ``storage.single_writer: true`` says one scheduler alone
+  scores the root; then the create is write-if-absent and read back, which two racing runs could both pass.
 
 Runs on the driver of a scoring run (a renewal thread beside the job).
 """
@@ -88,6 +90,7 @@ class Lease:
                  poll_s: float = 1.0, info: dict | None = None, single_writer: bool = False):
         self.dir = storage.normalize_uri(directory)
         storage.require(self.dir, "lease", single_writer)  # refused before any work where it cannot hold
+        self.exclusive = storage.exclusive_create_missing(self.dir) is None
         self.fs, self.path = storage.filesystem(self.dir)
         self.run_id, self.ttl, self.wait, self.poll = run_id, float(ttl_s), float(wait_s), float(poll_s)
         self.info = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -171,8 +174,9 @@ class Lease:
         """Create generation ``gen`` exclusively; True if this call created it."""
         body = json.dumps({**self.info, "generation": gen, "expires": time.time() + self.ttl,
                            "ttl_s": self.ttl}).encode()
-        if storage.contract(self.dir).exclusive_create is not None:
-            return storage.create_exclusive(self._name(gen), body)
+        if self.exclusive:
+            # the URI, not the path inside the filesystem: the URI's scheme picks the primitive
+            return storage.create_exclusive(storage.join(self.dir, posixpath.basename(self._name(gen))), body)
         # storage.single_writer on an object store: write if absent, then read back who won
         if self.fs.get_file_info(self._name(gen)).type != pafs.FileType.NotFound:
             return False

@@ -7,7 +7,7 @@ read once, in the task that hashes, decodes and predicts it (``predict.score_fil
 results are written once, and the tables are derived from them: each new image content is scored
 once per model version (the first path of a content; every path is recorded in ``score_files``).
 Nothing per file comes back to the driver. The run commits its rows by renaming its ``run_id=``
-partition directories into the tables. A run killed at any point
+partition directories into the tables (on object stores, which cannot, their files one by one). A run killed at any point
 leaves only ``tables/_staging/<run_id>/``, which Spark ignores and the next run removes, so a
 rerun ends with exactly one prediction per (image_sha256, model, model_version).
 """
@@ -162,7 +162,6 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         return dry_run(spark() if callable(spark) else spark, cfg, root, archive, card)
     row = {"model": card["name"], "model_version": card["version"], "archive": archive, "started_at": started,
            "host": socket.gethostname(), "pid": os.getpid()}
-    storage.require(root, "commit")  # refused before any work where partitions cannot be moved in
     lease = Lease(storage.join(root, "tables", "_lease"), run_id, float(cfg.get("score.lease_ttl_s")),
                   float(cfg.get("score.lease_wait_s")), info={"model": f"{card['name']}:{card['version']}",
                                                              "archive": archive},
@@ -416,14 +415,20 @@ def _clean_staging(root: str, keep: str | None = None) -> None:
             fs.delete_dir(info.path)
 
 
-def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None) -> int:
-    """Move this run's partition directories from staging into the tables; the number moved.
+def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None, per_file: bool | None = None) -> int:
+    """Move this run's partition directories from staging into the tables; the number of moves.
     The predictions go last: a crash before it leaves files indexed but unscored, which the next
     run scores (its ``done`` check finds no prediction), never the other way round. ``fence`` (the
     lease's check) runs before every move: a run that lost the lease stops there (``LeaseLost``).
     Flagged overlays (patient images) go first, into ``flagged_dir``: a failed or fenced run leaves
-    none behind outside its staging, and a prediction never names an overlay not yet in place."""
+    none behind outside its staging, and a prediction never names an overlay not yet in place.
+
+    ``per_file`` (the default where the root cannot move a directory: object stores) moves each
+    file of a partition on its own, each one whole (S3: copy, then delete). A crash then leaves
+    part of a partition: rows of an image are in one file, so the next run finds those images
+    done and scores the rest, as it does after a crash between two partitions."""
     import pyarrow.fs as pafs
+    per_file = not storage.contract(root).dir_rename if per_file is None else per_file
     staging = storage.join(root, "tables", "_staging", run_id)
     moved = 0
     if fence is not None:
@@ -440,15 +445,19 @@ def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None) 
     for table in ("score_rejects", "score_files", "predictions"):
         fs, src = storage.filesystem(f"{staging}/{table}")
         _, dst = storage.filesystem(storage.join(root, "tables", table))
-        for info in fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True)):
+        infos = fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True))
+        for info in infos:
             if info.type == pafs.FileType.Directory and info.base_name.startswith("run_id="):
-                rel = info.path[len(src):].lstrip("/")
-                target = f"{dst}/{rel}"
-                if fence is not None:
-                    fence()
-                fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                fs.move(info.path, target)
-                moved += 1
+                moves = [i.path for i in infos if i.type == pafs.FileType.File
+                         and i.path.startswith(info.path + "/")] if per_file else [info.path]
+                for path in sorted(moves):
+                    target = f"{dst}/{path[len(src):].lstrip('/')}"
+                    if fence is not None:
+                        fence()
+                    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                    fs.move(path, target)
+                    moved += 1
     fs, path = storage.filesystem(staging)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+    return moved

@@ -5,13 +5,14 @@ each filesystem promises (``Contract``): every publish, commit and lease uses on
 | --- | --- | --- | --- | --- |
 | local POSIX (and NFS) | rename(2) | rename(2) | link(2) (NFS: link count checked) | consistent (NFS: cached) |
 | HDFS | ``rename2(OVERWRITE)`` via the driver's JVM; delete + rename (pyarrow) elsewhere | rename (NameNode) | written whole, then ``FileSystem.rename`` via the JVM | consistent |
-| S3-compatible | one PUT (atomic per object) | refused | none through pyarrow | consistent (AWS since 2020) |
+| S3-compatible | one PUT (atomic per object) | refused: publish; per file: score's commit | a PUT with ``If-None-Match: *`` (boto3), probed | consistent (AWS since 2020) |
 
 Imported everywhere (driver, executors, ranks): every read and write of the storage root goes through it.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import posixpath
@@ -25,6 +26,8 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from . import s3
 
 
 def normalize_uri(uri: str) -> str:
@@ -56,14 +59,15 @@ class Contract:
     kind: str  # local | hdfs | object
     dir_rename: bool  # a directory moves to a free name in one step (publish, score's commit)
     file_put_atomic: bool  # a file written in one call appears whole (no temporary name needed)
-    exclusive_create: str | None  # link | hadoop | plugin | None (the lease needs one)
+    exclusive_create: str | None  # link | hadoop | conditional-put | plugin | None (the lease needs one)
     create_exclusive: Callable[[str, bytes], bool] | None = None  # plugin filesystems: their own primitive
 
 
 LOCAL = Contract("local", dir_rename=True, file_put_atomic=False, exclusive_create="link")
 HDFS = Contract("hdfs", dir_rename=True, file_put_atomic=False, exclusive_create="hadoop")
 OBJECT = Contract("object", dir_rename=False, file_put_atomic=True, exclusive_create=None)
-_SCHEMES = {"file": LOCAL, "hdfs": HDFS, "viewfs": HDFS, "s3": OBJECT, "s3a": OBJECT, "s3n": OBJECT,
+S3 = Contract("object", dir_rename=False, file_put_atomic=True, exclusive_create="conditional-put")
+_SCHEMES = {"file": LOCAL, "hdfs": HDFS, "viewfs": HDFS, "s3": S3, "s3a": S3, "s3n": S3,
             "gs": OBJECT, "gcs": OBJECT, "abfs": OBJECT, "abfss": OBJECT, "wasb": OBJECT, "wasbs": OBJECT}
 _PLUGINS: dict[str, tuple[Callable[[str], tuple[pafs.FileSystem, str]], Contract]] = {}
 _S3_OPTIONS: dict = {}
@@ -83,17 +87,42 @@ def contract(uri: str) -> Contract:
 
 def require(uri: str, what: str, single_writer: bool = False) -> None:
     """Refuse, before any work, a step the root's filesystem cannot make safe. ``what``:
-    ``publish`` and ``commit`` need directory moves; ``lease`` needs an exclusive create
-    (or ``storage.single_writer: true``: the user promises one writer per root)."""
+    ``publish`` needs directory moves; ``lease`` needs an exclusive create (or
+    ``storage.single_writer: true``: the user promises one writer per root). Score's ``commit``
+    works everywhere: on object stores it moves its partitions' files one by one."""
     c = contract(uri)
-    if what in ("publish", "commit") and not c.dir_rename:
+    if what == "publish" and not c.dir_rename:
         raise StorageRefused(f"{uri}: this filesystem ({c.kind}) cannot move a directory in one step, which "
                              f"{what} needs so that readers never see a half-written output; use an HDFS or "
                              "POSIX (local, NFS) storage root (docs/cluster.md: storage contract)")
-    if what == "lease" and c.exclusive_create is None and not single_writer:
-        raise StorageRefused(f"{uri}: this filesystem ({c.kind}) has no exclusive create through pyarrow, so two "
-                             "scoring runs could both take the lease; set storage.single_writer: true if one "
-                             "scheduler alone ever scores this root, or use an HDFS or POSIX root")
+    why = exclusive_create_missing(uri) if what == "lease" and not single_writer else None
+    if why:
+        raise StorageRefused(f"{uri}: {why}, so two scoring runs could both take the lease; set "
+                             "storage.single_writer: true if one scheduler alone ever scores this root, or use "
+                             "an S3 endpoint with conditional writes, an HDFS or a POSIX root")
+
+
+def exclusive_create_missing(uri: str) -> str | None:
+    """Why ``create_exclusive`` cannot be used under the folder ``uri``; None when it can. On S3
+    the store is asked (``s3.supports_conditional_put``, once per bucket and process)."""
+    c = contract(uri)
+    if c.exclusive_create is None:
+        return f"this filesystem ({c.kind}) has no exclusive create through pyarrow"
+    if c.exclusive_create == "conditional-put":
+        if importlib.util.find_spec("boto3") is None:  # in install_requires; a cluster's environment may lack it
+            return "an exclusive create on S3 is a conditional PUT, sent with boto3, which is not installed"
+        client, bucket, key, endpoint = _s3_target(uri)
+        if not s3.supports_conditional_put(client, bucket, key, endpoint):
+            return "this S3 endpoint ignores conditional writes (If-None-Match: *: it overwrote the probe object)"
+    return None
+
+
+def _s3_target(uri: str):
+    """(boto3 client, bucket, key, endpoint) for an S3 URI, with this process's S3 options."""
+    fs, path = filesystem(uri)
+    bucket, _, key = path.partition("/")
+    opts = _S3_OPTIONS or json.loads(os.environ.get("LESIONSPARK_S3_OPTIONS_SECRET", "{}"))
+    return s3.client(opts, getattr(fs, "region", None)), bucket, key, opts.get("endpoint_override", "")
 
 
 def s3_options(settings: dict) -> dict:
@@ -162,6 +191,9 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         return _link_exclusive(path, data)
     if c.exclusive_create == "hadoop":
         return _hadoop_create_exclusive(uri, data)
+    if c.exclusive_create == "conditional-put":
+        client, bucket, key, _ = _s3_target(uri)
+        return s3.conditional_put(client, bucket, key, data)
     raise StorageRefused(f"{uri}: no exclusive create on this filesystem ({c.kind})")
 
 

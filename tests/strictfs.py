@@ -11,11 +11,13 @@ POSIX, registered as ``hdfslike://`` and ``s3like://`` URIs (``storage.register`
 (``os._exit``: no cleanup runs), for crash-point tests.
 """
 import os
+import threading
 import time
 
 import pyarrow.fs as pafs
 
 from lesionspark import storage
+from lesionspark.lease import Lease, LeaseHeld
 
 _OPS = [0]
 
@@ -97,15 +99,22 @@ class Strict(pafs.FileSystemHandler):
 
 
 def _create_exclusive(uri: str, data: bytes) -> bool:
-    _step()
+    """What lesionspark does on HDFS: the file written whole under a temporary name, then renamed
+    by a rename that fails when the name exists (HDFS's ``FileSystem.rename``; here ``link(2)``,
+    then the temporary name removed). A file created in place would be seen empty while written."""
     path = uri.split("://", 1)[1]
+    tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    _step()
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    _step()
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+        os.link(tmp, path)
+        return True
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return True
+    finally:
+        os.remove(tmp)
 
 
 def register() -> None:
@@ -115,3 +124,29 @@ def register() -> None:
             ("s3like", storage.Contract("object", dir_rename=False, file_put_atomic=True, exclusive_create=None))):
         handler = pafs.PyFileSystem(Strict(kind))
         storage.register(kind, lambda uri, fs=handler: (fs, uri.split("://", 1)[1]), contract)
+
+
+def race(directory: str, n: int) -> list:
+    """``n`` threads take the lease of ``directory`` at once (each with wait 0); what each got:
+    ("held", generation) or ("refused", the holder's run id)."""
+    results, barrier, done = [], threading.Barrier(n), threading.Event()
+
+    def contend(i):
+        barrier.wait()
+        try:
+            with Lease(directory, f"run{i}", ttl_s=30, wait_s=0) as lease:
+                results.append(("held", lease.generation))
+                done.wait(10)
+        except LeaseHeld as exc:
+            results.append(("refused", exc.holder.get("run_id") or exc.holder.get("doubt")))
+        except Exception as exc:  # noqa: BLE001 (an answer all the same: the race must end)
+            results.append(("error", repr(exc)))
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    while len(results) < n:  # the holder answers, then holds until every other contender has
+        threading.Event().wait(0.01)
+    done.set()
+    for t in threads:
+        t.join()
+    return results

@@ -1,20 +1,23 @@
 """An S3 API server (moto) on loopback, reached through pyarrow's S3 filesystem with options made
 from the ``fs.s3a.*`` settings Spark uses: one configuration for both layers. The S3 contract
-holds there: files are read and replaced, directory moves (publish, commit) and the lease are
-refused before any work, and an executor gets the same options from its environment."""
+holds there: files are read and replaced, a publish (a directory move) is refused before any work,
+the lease is taken by conditional PUTs (``If-None-Match: *``) and refused on a store that ignores
+them, and an executor gets the same options from its environment."""
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pyarrow.fs as pafs
 import pytest
 
+import strictfs
 from lesionspark import storage
-from lesionspark.lease import Lease
+from lesionspark.lease import Lease, LeaseHeld
 
-moto_server = pytest.importorskip("moto.server")  # in requirements/lock.txt: CI installs it
+moto_app = pytest.importorskip("moto.moto_server.werkzeug_app")  # in requirements/lock.txt: CI installs it
 
 
 def _free_port() -> int:
@@ -23,23 +26,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Store:
+    """moto's S3 application as a store behaves. A store decides a conditional PUT atomically per
+    key; moto checks, then writes, so requests are served one at a time. The bucket ``legacy``
+    is a store that ignores conditional writes: its requests lose the If-None-Match header."""
+
+    def __init__(self):
+        self.app, self.lock = moto_app.DomainDispatcherApplication(moto_app.create_backend_app), threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/legacy/"):
+            environ.pop("HTTP_IF_NONE_MATCH", None)
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
 @pytest.fixture(scope="module")
 def s3():
+    from werkzeug.serving import make_server
     port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = make_server("127.0.0.1", port, Store(), threaded=True, request_handler=moto_app.MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     settings = {"spark.hadoop.fs.s3a.endpoint": f"http://127.0.0.1:{port}",
                 "spark.hadoop.fs.s3a.path.style.access": "true",
                 "spark.hadoop.fs.s3a.access.key": "test-key", "spark.hadoop.fs.s3a.secret.key": "test-secret",
                 "spark.hadoop.fs.s3a.endpoint.region": "us-east-1"}
     options = storage.s3_options(settings)
     storage.configure_s3(options)
-    pafs.S3FileSystem(**options, allow_bucket_creation=True).create_dir("derm")  # the bucket
+    for bucket in ("derm", "legacy"):
+        pafs.S3FileSystem(**options, allow_bucket_creation=True).create_dir(bucket)
     try:
         yield options
     finally:
         storage.configure_s3({})
-        server.stop()
+        server.shutdown()
+        thread.join()
 
 
 def test_files_are_written_read_and_replaced_through_the_s3a_settings(s3):
@@ -60,17 +82,42 @@ def test_the_contract_is_what_the_store_does(s3):
     assert not storage.contract("s3a://derm/root").dir_rename
 
 
-def test_publish_commit_and_lease_are_refused_before_any_work(s3):
+def test_publish_is_refused_before_any_work_and_the_lease_is_exclusive(s3):
     with pytest.raises(storage.StorageRefused, match="cannot move a directory"):
         with storage.AtomicDir("s3a://derm/root/datasets/ham10000", "r1"):
             raise AssertionError("no work may start")
-    with pytest.raises(storage.StorageRefused, match="commit"):
-        storage.require("s3a://derm/root", "commit")
-    with pytest.raises(storage.StorageRefused, match="single_writer"):
-        Lease("s3a://derm/root/tables/_lease", "r1")
-    with Lease("s3a://derm/root/tables/_lease", "r1", ttl_s=30, single_writer=True) as lease:
+    storage.require("s3a://derm/root", "commit")  # score moves its partitions' files one by one
+    with Lease("s3a://derm/root/tables/_lease", "r1", ttl_s=30) as lease:
         lease.check()
         assert lease.generation == 1
+        with pytest.raises(LeaseHeld, match="r1"):
+            Lease("s3a://derm/root/tables/_lease", "r2", wait_s=0).acquire()
+    with Lease("s3a://derm/root/tables/_lease", "r3", ttl_s=30) as lease:  # released: the next generation
+        assert lease.generation == 2
+    fs, path = storage.filesystem("s3a://derm/root/tables/_lease")
+    assert not [i for i in fs.get_file_info(pafs.FileSelector(path)) if ".tmp-probe" in i.base_name]
+
+
+def test_contenders_racing_on_s3_get_exactly_one_holder_every_time(s3):
+    for trial in range(12):
+        results = strictfs.race(f"s3a://derm/races/lease-{trial}", 6)
+        assert [r for r in results if r[0] == "held"] == [("held", 1)], (trial, results)
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused_unless_single_writer(s3):
+    with pytest.raises(storage.StorageRefused, match="ignores conditional writes.*single_writer"):
+        Lease("s3a://legacy/root/tables/_lease", "r1")
+    with Lease("s3a://legacy/root/tables/_lease", "r1", ttl_s=30, single_writer=True) as lease:
+        assert lease.generation == 1
+
+
+def test_a_conditional_put_is_ours_only_when_the_object_holds_our_bytes(s3):
+    """A retried PUT whose first try succeeded gets 412: the bytes read back say it was ours."""
+    target = "s3a://derm/root/excl/lease-000000000001.json"
+    assert storage.create_exclusive(target, b'{"run_id": "a"}') is True
+    assert storage.create_exclusive(target, b'{"run_id": "a"}') is True  # the retry of our own create
+    assert storage.create_exclusive(target, b'{"run_id": "b"}') is False
+    assert storage.read_bytes(target) == b'{"run_id": "a"}'
 
 
 def test_an_executor_gets_the_same_options_from_its_environment(s3):

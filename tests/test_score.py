@@ -331,11 +331,14 @@ class Killed(BaseException):
 
 
 @pytest.mark.slow  # a rerun for each crash point: the full suite, not the inner loop
-def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, genuine_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("per_file", [False, True], ids=["directories", "files (object stores)"])
+def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, genuine_dir, tmp_path, monkeypatch,
+                                                                      per_file):
     """A run staged and stopped at its commit; its commit then replayed from a copy of that state
     and stopped before each of its moves in turn (rejects, index, predictions), the next run
     finishing each time: every image ends with exactly one prediction or one reject for the model
-    version, and the tables hold what a run that was never stopped leaves."""
+    version, and the tables hold what a run that was never stopped leaves. Moved by partition
+    directories (POSIX, HDFS) and file by file (object stores: a kill inside a partition)."""
     from lesionspark import score as score_mod
     from lesionspark import storage
     from lesionspark.sql import register
@@ -372,7 +375,7 @@ def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, gen
             if calls[0] == point:
                 raise Killed(f"killed before move {point}")
         try:
-            score_mod._commit(storage.normalize_uri(str(root)), "stopped", fence)
+            score_mod._commit(storage.normalize_uri(str(root)), "stopped", fence, per_file=per_file)
             finished = True
         except Killed:
             finished = False
@@ -388,6 +391,10 @@ def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, gen
             assert after["scored"] == after["rejected"] == 0  # the next run found everything done
             break
     assert point >= 4  # before the first move, the rejects, the index and the predictions
+    partitions = list((base / "tables" / "_staging" / "stopped").rglob("run_id=*"))
+    if per_file:  # every file was a crash point, some of them inside a partition
+        assert any(len([f for f in p.iterdir() if f.is_file()]) > 1 for p in partitions)
+        assert point > 1 + len(partitions)
     assert len(set(results)) == 1, results  # every stopped commit ends as the whole one does
     assert sum(results[0]) == n_images - 1  # one content has two paths
 

@@ -4,7 +4,6 @@ Publish and lease are killed between storage operations (``LESIONSPARK_CRASH_AT`
 race for the lease over many trials."""
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,9 @@ def test_s3_options_come_from_the_s3a_settings_spark_uses():
 def test_each_filesystem_has_its_contract():
     assert storage.contract("/x").kind == "local" and storage.contract("hdfs://nn/x").exclusive_create == "hadoop"
     for u in ("s3a://b/x", "s3://b/x", "gs://b/x", "weird://b/x"):
-        assert not storage.contract(u).dir_rename and storage.contract(u).exclusive_create is None
+        assert not storage.contract(u).dir_rename
+    assert storage.contract("s3a://b/x").exclusive_create == "conditional-put"  # asked of the store: test_s3
+    assert storage.contract("gs://b/x").exclusive_create is None and storage.contract("weird://b/x").exclusive_create is None
 
 
 def test_a_local_root_with_a_cluster_master_is_refused_unless_shared():
@@ -87,14 +88,13 @@ def test_publish_replaces_a_directory_whole(tmp_path, scheme):
     assert names(out.rsplit("/", 1)[0]) == ["out"]  # no leftovers
 
 
-def test_publish_and_commit_are_refused_before_any_work_on_an_object_store(tmp_path):
+def test_publish_is_refused_before_any_work_on_an_object_store(tmp_path):
     out = uri(tmp_path, "s3like", "out")
     with pytest.raises(storage.StorageRefused, match="cannot move a directory"):
         with storage.AtomicDir(out, "r1"):
             raise AssertionError("no work may start")
     assert names(out.rsplit("/", 1)[0]) == []
-    with pytest.raises(storage.StorageRefused, match="commit"):
-        storage.require(out, "commit")
+    storage.require(out, "commit")  # score's commit moves files one by one there (test_score)
 
 
 PUBLISH = """
@@ -139,32 +139,10 @@ def test_a_publish_killed_between_any_two_storage_operations_leaves_the_old_or_t
     assert outcomes == {"old", "new"} and k >= 7  # 4 writes, 2 renames, 1 delete: every step was a crash point, and the run then finished
 
 
-def _race(directory: str, n: int) -> list:
-    results, barrier, done = [], threading.Barrier(n), threading.Event()
-
-    def contend(i):
-        barrier.wait()
-        try:
-            with Lease(directory, f"run{i}", ttl_s=30, wait_s=0) as lease:
-                results.append(("held", lease.generation))
-                done.wait(10)
-        except LeaseHeld as exc:
-            results.append(("refused", exc.holder["run_id"]))
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    while len(results) < n:  # the holder answers, then holds until every other contender has
-        threading.Event().wait(0.01)
-    done.set()
-    for t in threads:
-        t.join()
-    return results
-
-
 @pytest.mark.parametrize("scheme", ["local", "hdfslike"])
 def test_contenders_racing_for_a_lease_get_exactly_one_holder_every_time(tmp_path, scheme):
     for trial in range(25):
-        results = _race(uri(tmp_path, scheme, f"lease-{trial}"), 6)
+        results = strictfs.race(uri(tmp_path, scheme, f"lease-{trial}"), 6)
         assert [r for r in results if r[0] == "held"] == [("held", 1)], (trial, results)
 
 
