@@ -17,21 +17,27 @@ class ModelError(ConfigError):
 
 
 def resolve_model(root: str, spec: str) -> tuple[dict, str]:
-    """``name[:version|latest]`` -> (model card, model file URI). Refuses an unreadable card."""
-    name, _, version = spec.partition(":")
-    base = storage.join(storage.normalize_uri(root), "models", name)
-    if not version or version == "latest":
-        if not storage.exists(base + "/latest"):
-            raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
-        version = storage.read_bytes(base + "/latest").decode().strip()
-    model_dir = f"{base}/{version}"
+    """``name[:version|latest]`` in the root's registry, or the URI of a model version's folder (a
+    model published under another root: scoring an S3 root with a model trained on HDFS) ->
+    (model card, model file URI). Refuses an unreadable or incomplete card."""
+    if "://" in spec or spec.startswith(("/", ".", "~")):
+        model_dir = storage.normalize_uri(spec).rstrip("/")
+        label = model_dir
+    else:
+        name, _, version = spec.partition(":")
+        base = storage.join(storage.normalize_uri(root), "models", name)
+        if not version or version == "latest":
+            if not storage.exists(base + "/latest"):
+                raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
+            version = storage.read_bytes(base + "/latest").decode().strip()
+        model_dir, label = f"{base}/{version}", f"{name}:{version}"
     try:
         card = storage.read_json(model_dir + "/model_card.json")
     except Exception as exc:
-        raise ModelError(f"cannot read the model card of {name}:{version} ({exc}); refusing to use it") from None
+        raise ModelError(f"cannot read the model card of {label} ({exc}); refusing to use it") from None
     missing = [k for k in CARD_KEYS if k not in card]
     if missing:
-        raise ModelError(f"the model card of {name}:{version} lacks {missing}; refusing to use it")
+        raise ModelError(f"the model card of {label} lacks {missing}; refusing to use it")
     if not storage.exists(model_dir + "/model.keras"):
         raise ModelError(f"{model_dir}/model.keras is missing")
     return card, model_dir + "/model.keras"

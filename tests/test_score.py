@@ -193,6 +193,11 @@ def test_missing_model_or_archive_exit_2(tmp_path, archive):
     assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", "nope"]) == 2
     publish_untrained_model(tmp_path)
     assert main(["score", "--root", str(tmp_path), "--archive", str(tmp_path / "missing"), "--model", "cnn"]) == 2
+    # a model version folder named by its URI: a model published under another root (HDFS, for an S3 root)
+    from lesionspark.registry import resolve_model
+    card, model_uri = resolve_model("s3a://elsewhere/root", str(tmp_path / "models" / "cnn" / "v1") + "/")
+    assert (card["name"], card["version"]) == ("cnn", "v1") and model_uri.endswith("/models/cnn/v1/model.keras")
+    assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", str(tmp_path / "nowhere")]) == 2
     (tmp_path / "models" / "cnn" / "v1" / "model_card.json").write_text("{broken")
     assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", "cnn:v1"]) == 2
 
