@@ -138,3 +138,41 @@ def test_an_archive_on_the_store_is_listed_with_s3a_paths(spark, s3):
     rows = list_files(spark, ["s3a://derm/archive"], min_dirs=2).toPandas()
     assert sorted(rows["path"]) == sorted(f"s3a://derm/archive/{n}" for n in names if not n.startswith("."))
     assert dict(zip(rows["path"], rows["length"]))["s3a://derm/archive/ward A/x.jpg"] == len("ward A/x.jpg")
+
+
+def test_score_s_commit_moves_file_by_file_on_the_store_and_stops_at_the_fence(s3):
+    """On S3 (no directory moves) the commit moves each file of the run's partitions, flagged
+    overlays first and predictions last; a run fenced before its k-th move has moved exactly the
+    k - 1 files before it, each whole."""
+    from lesionspark.lease import LeaseLost
+    from lesionspark.score import _commit
+    staged = {"flagged/ab12.png": b"overlay"}
+    for table in ("score_rejects", "score_files", "predictions"):
+        for i in range(2):
+            staged[f"{table}/scored_date=2026-12-01/run_id=r1/part-{i}.parquet"] = f"{table} {i}".encode()
+    order = ["flagged/ab12.png"] + [k for t in ("score_rejects", "score_files", "predictions")
+                                    for k in sorted(staged) if k.startswith(t + "/")]
+
+    def target(key: str, root: str) -> str:
+        if key.startswith("flagged/"):
+            return f"{root}/explanations/cnn/v1/flagged/{key.split('/', 1)[1]}"
+        return f"{root}/tables/{key}"
+
+    for k in range(1, len(order) + 2):
+        root = f"s3a://derm/commit-{k}"
+        for key, data in staged.items():
+            storage.write_bytes(f"{root}/tables/_staging/r1/{key}", data)
+        calls = [0]
+
+        def fence():
+            calls[0] += 1
+            if calls[0] == k + 1:  # check 1 comes before anything, check j + 1 before move j: stop before move k
+                raise LeaseLost("taken over")
+        try:
+            moved = _commit(root, "r1", fence, f"{root}/explanations/cnn/v1/flagged")
+            assert moved == len(order)
+        except LeaseLost:
+            pass
+        done = [key for key in order if storage.exists(target(key, root))]
+        assert done == order[:k - 1], (k, done)
+        assert all(storage.read_bytes(target(key, root)) == staged[key] for key in done)
