@@ -124,23 +124,16 @@ def inherited_metadata(pdf: pd.DataFrame, parent, neighbour, steps) -> dict:
             "localization": pdf["localization"].to_numpy()[np.asarray(parent, int)]}
 
 
-def _train_data(train_uri: str):
-    import pyarrow.dataset as pads
-    fs, path = storage.filesystem(train_uri)
-    return pads.dataset(path, filesystem=fs, format="parquet", ignore_prefixes=[".", "_"])
-
-
 def class_counts(train_uri: str) -> dict[str, int]:
     """Rows per class of the training split, from its ``dx`` column alone (read on the driver with
     pyarrow: a few bytes a row, no Spark job)."""
-    counts = _train_data(train_uri).to_table(columns=["dx"]).column("dx").value_counts()
-    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
+    return storage.value_counts(train_uri, "dx")
 
 
 def read_class(train_uri: str, dx: str, batch_rows: int) -> Iterator[pd.DataFrame]:
     """The training split's records of class ``dx``, read with pyarrow in batches (no Spark)."""
     import pyarrow.compute as pc
-    for batch in _train_data(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx, batch_size=batch_rows):
+    for batch in storage.parquet_dataset(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx, batch_size=batch_rows):
         if batch.num_rows:
             yield batch.to_pandas()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import pandas as pd
 from . import __version__, storage
 from .classes import CLASSES
 from .config import Config, ConfigError
-from .metadata import REJECT_COLUMNS
+from .metadata import REJECT_COLUMNS, REJECT_SCHEMA
 from .parts import publish, scratch, writing
 from .progress import timed
 from .schema import FIELD_NAMES, lesion_schema, record_struct
@@ -44,67 +45,89 @@ def decoded_schema():
 
 
 LOCATED_FIELDS = ["image_id", "dx", "split", "sha256", "source", "reason", "detail"]
+SUMMARY_COLUMNS = ["image_id", "dx", "split", "source", "reason", "detail", "part", "n", "last", "digest"]
 
 
 def located_schema():
-    """What a decode task returns once it has written its records: per input, the fields that
-    accounting, rejects and the fingerprint need, and the part and row group it went to (null for
-    a reject). No image bytes."""
-    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
-    types = {f.name: f.dataType for f in decoded_schema().fields}
-    return StructType([StructField(n, types[n], True) for n in LOCATED_FIELDS]
-                      + [StructField("part", StringType(), True), StructField("row_group", IntegerType(), True)])
+    """What a decode task returns once it has written its records, no image bytes and no row per
+    record: a row per rejected input (its reject fields, ``n`` 1), and a row per (split, dx, part)
+    it wrote to: records ``n``, the part's last row group and the digest of those records (a
+    decimal string: a sum of 48-bit numbers)."""
+    from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+    types = {"n": LongType(), "last": IntegerType()}
+    return StructType([StructField(c, types.get(c, StringType()), True) for c in SUMMARY_COLUMNS])
+
+
+def row_digests(image_id, sha256, split) -> int:
+    """The sum over records of the first 48 bits of sha256("image_id|sha256|split"): independent
+    of the order and the tasks the records were written in."""
+    return sum(int(hashlib.sha256(f"{i}|{h}|{s}".encode()).hexdigest()[:12], 16)
+               for i, h, s in zip(image_id, sha256, split))
+
+
+def summarize(located: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``located`` (a row per input: ``LOCATED_FIELDS``, part, row_group) as ``located_schema``
+    rows: the rejects as they come, then one row per (split, dx, part)."""
+    groups: dict[tuple, tuple[int, int, int]] = {}
+    for batch in located:
+        ok = batch["reason"].isna().to_numpy()
+        if not ok.all():
+            rejects = batch.loc[~ok, LOCATED_FIELDS[:3] + ["source", "reason", "detail"]].copy()
+            rejects["n"] = 1
+            yield rejects.reindex(columns=SUMMARY_COLUMNS)
+        for key, g in batch[ok].groupby(["split", "dx", "part"]):
+            n, last, digest = groups.get(key, (0, -1, 0))
+            groups[key] = (n + len(g), max(last, int(g["row_group"].max())),
+                           digest + row_digests(g["image_id"], g["sha256"], g["split"]))
+    yield pd.DataFrame([{"split": s, "dx": dx, "part": part, "n": n, "last": last, "digest": str(digest)}
+                        for (s, dx, part), (n, last, digest) in groups.items()]).reindex(columns=SUMMARY_COLUMNS)
 
 
 def writing_decoder(make, parts_uri: str, size: int, cfg: Config):
     """``make`` (a decode function yielding ``decoded_schema`` batches) as a ``mapInPandas``
     function that writes the records into Petastorm parts under ``parts_uri`` and yields
     ``located_schema`` rows."""
-    return writing(make, parts_uri, lesion_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
-                   int(cfg.get("ingest.rows_per_file")), LOCATED_FIELDS)
+    write = writing(make, parts_uri, lesion_schema(size), int(cfg.get("ingest.rowgroup_size_mb")),
+                    int(cfg.get("ingest.rows_per_file")), LOCATED_FIELDS)
+    return lambda batches: summarize(write(batches))
 
 
-def _decode_once(spark, located, raw: str, what: str):
-    """Run the decode tasks once (they write the records' parts); their small rows go to Parquet at
-    ``raw`` through Spark's commit protocol, and one aggregate over them gives everything the driver
-    needs. (those rows as a DataFrame, the ``Located`` summary, seconds)."""
-    from pyspark.sql import functions as F
-    row_hash = F.sha2(F.concat_ws("|", "image_id", "sha256", "split"), 256)
+def _decode_once(located, what: str, spark):
+    """Run the decode tasks once (they write the records' parts) and bring their summary rows to the
+    driver (a job's result holds only successful task attempts' rows, so they name exactly the parts
+    to publish). (the ``Located`` summary, the decode rejects as pandas, seconds)."""
     with timed(log, what, spark=spark) as step:
-        located.write.parquet(raw)
-        located = spark.read.parquet(raw)
-        groups = located.groupBy("split", "dx", "reason", "part").agg(
-            F.count("*").alias("n"), F.max("row_group").alias("last"),
-            F.sum(F.conv(F.substring(row_hash, 1, 12), 16, 10).cast("decimal(38,0)")).alias("digest")).collect()
-        step.count = sum(r["n"] for r in groups)
-    return located, Located(groups), step.seconds
+        rows = located.toPandas()
+        step.count = int(rows["n"].sum())
+    rejects = rows[rows["reason"].notna()]
+    return Located(rows[rows["reason"].isna()].to_dict("records"), len(rejects)), rejects, step.seconds
 
 
 class Located:
-    """What the decode tasks reported, summed per (split, dx, reason, part): records written per
-    split and class, row groups per part, and the order-independent digest of what was written."""
+    """What the decode tasks reported, summed per (split, dx, part): records written per split and
+    class, row groups per part, and the order-independent digest of what was written."""
 
-    def __init__(self, groups):
-        ok = [r for r in groups if r["reason"] is None]
-        self.rows = sum(r["n"] for r in groups)
+    def __init__(self, groups: list[dict], n_rejected: int = 0):
+        self.rows = sum(int(r["n"]) for r in groups) + n_rejected
         self.written = {s: {dx: 0 for dx in CLASSES} for s in SPLITS}
         self.row_groups = {s: {} for s in SPLITS}
-        for r in ok:
-            self.written[r["split"]][r["dx"]] += r["n"]
+        for r in groups:
+            self.written[r["split"]][r["dx"]] += int(r["n"])
             parts = self.row_groups[r["split"]]
-            parts[r["part"]] = max(parts.get(r["part"], 0), r["last"] + 1)
-        self.digest = (sum(int(r["digest"]) for r in ok), sum(r["n"] for r in ok))
+            parts[r["part"]] = max(parts.get(r["part"], 0), int(r["last"]) + 1)
+        self.digest = (sum(int(r["digest"]) for r in groups), sum(int(r["n"]) for r in groups))
 
 
 def _write_rejects(spark, rejects: list, run_id: str, out: str) -> dict:
-    """Every reject row in one Parquet table at ``out``; {reason: count} as read back."""
+    """Every reject row in one Parquet table at ``out``; {reason: count} as read back (its reason
+    column, with pyarrow)."""
     from pyspark.sql import functions as F
     all_rejects = rejects[0]
     for r in rejects[1:]:
         all_rejects = all_rejects.unionByName(r)
     all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
     all_rejects.coalesce(1).write.mode("overwrite").parquet(out)
-    return {r["reason"]: r["count"] for r in spark.read.parquet(out).groupBy("reason").count().collect()}
+    return storage.value_counts(out, "reason")
 
 
 def _manifest(cfg: Config, run_id: str, inputs: dict, written: dict, rej_counts: dict, records: pd.DataFrame,
@@ -140,17 +163,15 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
 
     ``decode(parts_uri)`` gives the decode tasks as a DataFrame of ``located_schema`` rows (not yet
     computed; ``writing_decoder`` makes one): they run exactly once, each writing its records into
-    Petastorm parts under ``parts_uri`` and returning a small row per input. The splits are then
-    published from those rows; rejects, counts and fingerprint are read from them, with no Python
-    and no pass over the images."""
-    from pyspark.sql import functions as F
+    Petastorm parts under ``parts_uri`` and returning its rejects and a row per part it wrote to.
+    The splits are then published from those rows, and counts and fingerprint summed from them,
+    with no pass over the images."""
 
     name = cfg.get("dataset.name")
     size = int(cfg.get("dataset.image_size"))
     layout = storage.Layout(cfg.get("storage.root"))
     with storage.AtomicDir(layout.dataset(name), run_id) as staging, scratch(staging, SPLITS) as parts_uri:
-        raw = f"{parts_uri}/_located"
-        located, summary, decode_seconds = _decode_once(spark, decode(parts_uri), raw, what)
+        summary, decode_rejects, decode_seconds = _decode_once(decode(parts_uri), what, spark)
         written = summary.written
         with timed(log, "publish petastorm splits", "records", spark) as step:
             publish(parts_uri, staging, lesion_schema(size), summary.row_groups)
@@ -158,7 +179,8 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
                 log.info("  %-5s %6d records %s", s, sum(written[s].values()),
                          {k: v for k, v in written[s].items() if v})
             step.count = n_written = sum(sum(v.values()) for v in written.values())
-        rejects = rejects + [located.filter(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)]
+        if len(decode_rejects):
+            rejects = rejects + [spark.createDataFrame(decode_rejects[REJECT_COLUMNS], REJECT_SCHEMA)]
         rej_counts = _write_rejects(spark, rejects, run_id, f"{staging}/rejects")
         n_rejected = sum(rej_counts.values())
         log.info("ingest %s: %d inputs -> %d written + %d rejected", name, inputs["total"], n_written, n_rejected)

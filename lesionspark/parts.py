@@ -4,8 +4,9 @@
 A task that makes records (ingest's decode, hmnist's rows, balance's classes) writes them itself with
 pyarrow into parts under ``<scratch>/<key>/`` (key: the split; ``scratch`` beside the staging folder), in row groups of about ``rowgroup_mb``
 of record bytes and files of about ``rows_per_file`` records, and yields one small row per record
-that says where it went (``part``, ``row_group``). Spark writes those small rows through its own
-commit protocol, so the committed rows name exactly the parts of committed task attempts.
+that says where it went (``part``, ``row_group``; ingest sums them per part in the task,
+``dataset.summarize``). The driver takes those rows from a job's result, which holds only
+successful task attempts' rows, so they name exactly the parts of committed task attempts.
 ``publish`` then moves those parts, and only those, to ``<out>/<key>/`` under names without the
 attempt token (a failed or speculative attempt's parts stay behind and are deleted with the staging
 directory), and writes Petastorm's ``_common_metadata`` (the Unischema and the row groups of each
@@ -62,7 +63,7 @@ def task_names() -> tuple[int, str]:
 @contextmanager
 def scratch(staging: str, keys) -> Iterator[str]:
     """Where a run's parts (``<scratch>/<key>/``, made here for each of ``keys``: tasks never create
-    a directory) and small rows (``<scratch>/_located``) go: a sibling of the staging folder, never
+    a directory) go: a sibling of the staging folder, never
     inside it, deleted when the block ends (either way). A zombie task attempt that outlives its job
     can then only ever recreate this sibling (whose name starts like the staging folder's, so the
     next run's ``AtomicDir`` deletes it), never a folder inside the published dataset."""

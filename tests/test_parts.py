@@ -167,3 +167,37 @@ def test_one_pass_reads_return_every_row_of_many_small_row_groups(tmp_path):
     for _ in range(5):  # the thread pool failed this in the first read or two
         x, y, _ = load_split(f"file://{out}/val", "label")
         assert x.shape == (60, SIZE, SIZE, 3) and (y == 5).all()
+
+
+def test_a_decode_task_summary_is_its_rejects_and_one_row_per_part():
+    """``dataset.summarize``: rejects pass through with their reasons; written records become one
+    row per (split, dx, part) whose count, last row group and digest do not depend on how the rows
+    were batched or ordered."""
+    import hashlib
+    from lesionspark.dataset import SUMMARY_COLUMNS, summarize
+    rows = pd.DataFrame({
+        "image_id": [f"I{k}" for k in range(8)], "dx": ["nv", "nv", "mel", "nv", "df", "nv", "mel", "nv"],
+        "split": ["train"] * 5 + ["val"] * 3, "sha256": [f"{k:064x}" for k in range(8)],
+        "source": [f"/in/I{k}.jpg" for k in range(8)],
+        "reason": [None, "not_an_image", None, None, None, None, "too_large", None],
+        "detail": [None, "no decoder", None, None, None, None, "9 MB", None],
+        "part": ["p0", None, "p0", "p1", "p1", "p2", None, "p2"], "row_group": [0, 0, 1, 2, 0, 0, 0, 3]})
+
+    def run(batches):
+        out = pd.concat(list(summarize(iter(batches))), ignore_index=True)
+        assert list(out.columns) == SUMMARY_COLUMNS
+        return out
+    whole = run([rows])
+    shuffled = run([rows.iloc[[7, 3, 1]], rows.iloc[[0, 6, 2, 5, 4]]])
+    rejects = whole[whole["reason"].notna()].sort_values("image_id")
+    assert list(rejects["image_id"]) == ["I1", "I6"] and list(rejects["n"]) == [1, 1]
+    assert list(rejects["detail"]) == ["no decoder", "9 MB"]
+    key = ["split", "dx", "part"]
+    groups = whole[whole["reason"].isna()].sort_values(key).reset_index(drop=True)
+    assert groups[key + ["n", "last"]].values.tolist() == [
+        ["train", "df", "p1", 1, 0], ["train", "mel", "p0", 1, 1], ["train", "nv", "p0", 1, 0],
+        ["train", "nv", "p1", 1, 2], ["val", "nv", "p2", 2, 3]]
+    expected = sum(int(hashlib.sha256(f"I{k}|{k:064x}|val".encode()).hexdigest()[:12], 16) for k in (5, 7))
+    assert groups.loc[4, "digest"] == str(expected)
+    again = shuffled[shuffled["reason"].isna()].sort_values(key).reset_index(drop=True)
+    assert again[key + ["n", "last", "digest"]].equals(groups[key + ["n", "last", "digest"]])
