@@ -57,7 +57,7 @@ import time
 
 import pyarrow.fs as pafs
 
-from . import storage
+from . import s3, storage
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +266,16 @@ class Lease:
                 log.warning("lease: release failed (%s); it expires on its own", exc)
 
     def _cleanup(self, below: int) -> None:
-        """Delete generations older than ``below`` (never the one just read or anything newer)."""
+        """Delete generations older than ``below`` (never the one just read or anything newer), and
+        S3 probe objects (``storage.exclusive_create_missing``) a killed run left over an hour ago."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
             m = LEASE_FILE.match(info.base_name) or BEAT_FILE.match(info.base_name)
+            if info.base_name.startswith(s3.PROBE_PREFIX) and info.mtime is not None \
+                    and info.mtime.timestamp() < time.time() - 3600:
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:
+                    pass
             if m is not None:
                 if int(m.group(1)) < below:
                     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 
+PROBE_PREFIX = ".tmp-probe-"  # a temporary name: readers of the folder skip it (storage.TEMP_PREFIXES)
 _SUPPORT: dict[tuple, bool] = {}  # (endpoint, bucket) -> the probe's answer, once per process
 
 
@@ -68,7 +69,7 @@ def supports_conditional_put(s3, bucket: str, prefix: str, endpoint: str = "") -
     from botocore.exceptions import ClientError
     cache_key = (endpoint, bucket)
     if cache_key not in _SUPPORT:
-        key = f"{prefix.rstrip('/')}/.tmp-probe-{uuid.uuid4().hex}"
+        key = f"{prefix.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex}"
         s3.put_object(Bucket=bucket, Key=key, Body=b"probe")
         try:
             s3.put_object(Bucket=bucket, Key=key, Body=b"probe again", IfNoneMatch="*")

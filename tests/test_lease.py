@@ -129,6 +129,20 @@ def test_a_stray_file_in_the_lease_folder_counts_as_held(tmp_path):
     assert time.monotonic() - start < 2
 
 
+def test_probe_objects_a_killed_run_left_are_cleaned_after_an_hour_and_never_block(tmp_path):
+    """An S3 probe (``s3.supports_conditional_put``) whose run was killed before deleting it: a
+    temporary name, skipped by lease readers, deleted by a taker once it is an hour old (a younger
+    one may be another run's probe in flight)."""
+    import os
+    old, new = tmp_path / ".tmp-probe-old", tmp_path / ".tmp-probe-new"
+    old.write_text("probe")
+    new.write_text("probe")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    with Lease(str(tmp_path), "r", ttl_s=30, wait_s=0) as lease:
+        assert lease.generation == 1
+    assert not old.exists() and new.exists()
+
+
 def test_an_unreadable_newest_generation_counts_as_held_and_nothing_falls_back(tmp_path):
     with Lease(str(tmp_path), "first", ttl_s=30):
         pass  # generation 1, released: free to take
