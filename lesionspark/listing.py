@@ -222,8 +222,9 @@ def list_files(spark, uris: list[str], glob: str | None = None, regex: str | Non
         frontier = _subfolders(roots, frontier)
     # One job: the files directly in the expanded folders, and everything below the frontier.
     tasks = [(r, d, "files") for r, d in shallow] + [(r, d, "recursive") for r, d in frontier]
-    rdd = spark.sparkContext.parallelize(tasks, max(1, min(len(tasks), min_dirs)))
-    out = spark.createDataFrame(rdd, "root int, dir string, mode string").mapInPandas(
+    # from pandas (Arrow, on the driver): no Python job to turn Python rows into the JVM's
+    frame = spark.createDataFrame(pd.DataFrame(tasks, columns=["root", "dir", "mode"]).astype({"root": "int32"}))
+    out = frame.repartition(max(1, min(len(tasks), min_dirs))).mapInPandas(
         _lister(roots), LISTING_SCHEMA).drop("is_dir")
     if glob:
         out = out.filter(F.regexp_extract("path", r"([^/]*)$", 1).rlike(_glob_regex(glob)))
