@@ -181,11 +181,13 @@ def _remote_entries(root: Root, d: str, mode: str):
             yield root.uri_of(info.path), 0, 0, True
 
 
-def _lister(roots: list[Root]):
-    """mapInPandas function: ``root, dir, mode`` rows in; out, for each, what ``_list_dir`` lists."""
+def _lister(roots: list[Root], tasks: list[tuple[int, str, str]]):
+    """mapInPandas function: task numbers (``id``) in; out, for each ``(root, dir, mode)`` task,
+    what ``_list_dir`` lists."""
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            for r, d, mode in zip(batch["root"], batch["dir"], batch["mode"]):
+            for i in batch["id"]:
+                r, d, mode = tasks[i]
                 yield from _list_dir(roots[r], d, mode)
     return run
 
@@ -222,10 +224,9 @@ def list_files(spark, uris: list[str], glob: str | None = None, regex: str | Non
         frontier = _subfolders(roots, frontier)
     # One job: the files directly in the expanded folders, and everything below the frontier.
     tasks = [(r, d, "files") for r, d in shallow] + [(r, d, "recursive") for r, d in frontier]
-    # from pandas (Arrow, on the driver): no Python job to turn Python rows into the JVM's
-    frame = spark.createDataFrame(pd.DataFrame(tasks, columns=["root", "dir", "mode"]).astype({"root": "int32"}))
-    out = frame.repartition(max(1, min(len(tasks), min_dirs))).mapInPandas(
-        _lister(roots), LISTING_SCHEMA).drop("is_dir")
+    # Task numbers from spark.range (split evenly, no Python job, no shuffle); the tasks travel in the function.
+    out = spark.range(len(tasks), numPartitions=max(1, min(len(tasks), min_dirs))).mapInPandas(
+        _lister(roots, tasks), LISTING_SCHEMA).drop("is_dir")
     if glob:
         out = out.filter(F.regexp_extract("path", r"([^/]*)$", 1).rlike(_glob_regex(glob)))
     if regex:
