@@ -176,3 +176,24 @@ def test_score_s_commit_moves_file_by_file_on_the_store_and_stops_at_the_fence(s
         done = [key for key in order if storage.exists(target(key, root))]
         assert done == order[:k - 1], (k, done)
         assert all(storage.read_bytes(target(key, root)) == staged[key] for key in done)
+
+
+def test_a_holder_killed_on_s3_blocks_only_until_its_lease_expires(s3):
+    """A scoring run killed with SIGKILL while it holds the lease of an S3 root: the next run
+    watches the lease for one ttl, then takes the next generation by a conditional PUT."""
+    import signal
+    import time
+    from test_lease import HOLDER
+    env = {**os.environ, "LESIONSPARK_S3_OPTIONS_SECRET": json.dumps(s3)}
+    d = "s3a://derm/killed/tables/_lease"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, d, "doomed", "2", "600"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().startswith("held")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    killed_at = time.monotonic()
+    with pytest.raises(LeaseHeld):
+        Lease(d, "impatient", wait_s=0).acquire()  # live by its own word until it expires
+    with Lease(d, "next", ttl_s=2, wait_s=30, poll_s=0.2) as lease:
+        assert 1.5 < time.monotonic() - killed_at < 15  # watched for a full ttl first
+        assert lease.taken_over["run_id"] == "doomed" and lease.generation == 2
