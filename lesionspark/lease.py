@@ -89,8 +89,8 @@ class Lease:
     def __init__(self, directory: str, run_id: str, ttl_s: float = 60.0, wait_s: float = 0.0,
                  poll_s: float = 1.0, info: dict | None = None, single_writer: bool = False):
         self.dir = storage.normalize_uri(directory)
-        storage.require(self.dir, "lease", single_writer)  # refused before any work where it cannot hold
-        self.exclusive = storage.exclusive_create_missing(self.dir) is None
+        # refused before any work where it cannot hold; else whether an exclusive create exists here
+        self.exclusive = storage.require(self.dir, "lease", single_writer) is None
         self.fs, self.path = storage.filesystem(self.dir)
         self.run_id, self.ttl, self.wait, self.poll = run_id, float(ttl_s), float(wait_s), float(poll_s)
         self.info = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -110,6 +110,10 @@ class Lease:
 
     def _beat(self, gen: int) -> str:
         return f"{self.path}/beat-{gen:012d}.json"
+
+    def _uri(self, path: str) -> str:
+        """A lease file's URI (its scheme picks the storage primitive; a bare path would read as local)."""
+        return storage.join(self.dir, posixpath.basename(path))
 
     def _read(self, path: str) -> dict:
         with self.fs.open_input_stream(path) as fh:
@@ -175,8 +179,7 @@ class Lease:
         body = json.dumps({**self.info, "generation": gen, "expires": time.time() + self.ttl,
                            "ttl_s": self.ttl}).encode()
         if self.exclusive:
-            # the URI, not the path inside the filesystem: the URI's scheme picks the primitive
-            return storage.create_exclusive(storage.join(self.dir, posixpath.basename(self._name(gen))), body)
+            return storage.create_exclusive(self._uri(self._name(gen)), body)
         # storage.single_writer on an object store: write if absent, then read back who won
         if self.fs.get_file_info(self._name(gen)).type != pafs.FileType.NotFound:
             return False
@@ -226,7 +229,7 @@ class Lease:
         written = time.monotonic()
         body = json.dumps({"run_id": self.run_id, "generation": self.generation, "expires": time.time() + self.ttl,
                            "ttl_s": self.ttl, "renewed": written, **extra}).encode()
-        storage.replace_file(storage.join(self.dir, posixpath.basename(self._beat(self.generation))), body)
+        storage.replace_file(self._uri(self._beat(self.generation)), body)
         self._renewed_at = written
 
     def _renew_loop(self) -> None:
@@ -270,18 +273,13 @@ class Lease:
         S3 probe objects (``storage.exclusive_create_missing``) a killed run left over an hour ago."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
             m = LEASE_FILE.match(info.base_name) or BEAT_FILE.match(info.base_name)
-            if info.base_name.startswith(s3.PROBE_PREFIX) and info.mtime is not None \
-                    and info.mtime.timestamp() < time.time() - 3600:
+            stale_probe = info.base_name.startswith(s3.PROBE_PREFIX) and info.mtime is not None \
+                and info.mtime.timestamp() < time.time() - 3600
+            if stale_probe or (m is not None and int(m.group(1)) < below):
                 try:
                     self.fs.delete_file(info.path)
                 except OSError:
                     pass
-            if m is not None:
-                if int(m.group(1)) < below:
-                    try:
-                        self.fs.delete_file(info.path)
-                    except OSError:
-                        pass
 
     def __enter__(self) -> "Lease":
         return self.acquire()

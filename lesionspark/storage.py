@@ -85,21 +85,23 @@ def contract(uri: str) -> Contract:
     return _SCHEMES.get(scheme, OBJECT)  # unknown: promise the least
 
 
-def require(uri: str, what: str, single_writer: bool = False) -> None:
+def require(uri: str, what: str, single_writer: bool = False) -> str | None:
     """Refuse, before any work, a step the root's filesystem cannot make safe. ``what``:
     ``publish`` needs directory moves; ``lease`` needs an exclusive create (or
-    ``storage.single_writer: true``: the user promises one writer per root). Score's ``commit``
-    works everywhere: on object stores it moves its partitions' files one by one."""
+    ``storage.single_writer: true``: the user promises one writer per root), and returns why there
+    is none (None: there is one). Score's ``commit`` works everywhere: on object stores it moves
+    its partitions' files one by one."""
     c = contract(uri)
     if what == "publish" and not c.dir_rename:
         raise StorageRefused(f"{uri}: this filesystem ({c.kind}) cannot move a directory in one step, which "
                              f"{what} needs so that readers never see a half-written output; use an HDFS or "
                              "POSIX (local, NFS) storage root (docs/cluster.md: storage contract)")
-    why = exclusive_create_missing(uri) if what == "lease" and not single_writer else None
-    if why:
+    why = exclusive_create_missing(uri) if what == "lease" else None
+    if why and not single_writer:
         raise StorageRefused(f"{uri}: {why}, so two scoring runs could both take the lease; set "
                              "storage.single_writer: true if one scheduler alone ever scores this root, or use "
                              "an S3 endpoint with conditional writes, an HDFS or a POSIX root")
+    return why
 
 
 def exclusive_create_missing(uri: str) -> str | None:
