@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import time
 
@@ -21,7 +22,7 @@ from .clinical import card_fields, for_card
 from .config import Config, ConfigError
 from .dataset import require_manifest
 from .progress import timed
-from .registry import resolve_model
+from .registry import MAX_CARD_BYTES, resolve_model
 from .report import pick_examples, write_report
 from .results import calibrate_frame, scored, truth
 
@@ -202,8 +203,7 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
         write_metrics(root, rows, card["name"], card["version"], dataset, split)
     out = report_dir(root, card, dataset)
     with timed(log, f"report {out}"):
-        history_uri = model_uri.rsplit("/", 1)[0] + "/history.json"
-        history = storage.read_json(history_uri) if storage.exists(history_uri) else {}
+        history = _history(model_uri.rsplit("/", 1)[0] + "/history.json")
         grid_split = "test" if "test" in frames else splits[-1]
         write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
                      threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id,
@@ -216,6 +216,18 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     log.info("evaluate: %s", "; ".join(f"{s}: bal-acc {r['balanced_accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
                                       for s, r in summary["splits"].items()))
     return summary
+
+
+def _history(uri: str) -> dict:
+    """The model's training history for the report's curves; {} (with a warning) where there is no
+    regular, readable JSON file (a model folder named by URI can be anywhere: a FIFO must not hang)."""
+    if not storage.exists(uri):
+        return {}
+    try:
+        return json.loads(storage.read_regular(uri, MAX_CARD_BYTES))
+    except (OSError, ValueError) as exc:
+        log.warning("evaluate: no training curves: %s", exc)
+        return {}
 
 
 def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], threshold: float, split: str,

@@ -6,10 +6,13 @@ card that lacks what scoring needs.
 """
 from __future__ import annotations
 
+import json
+
 from . import storage
 from .config import ConfigError
 
 CARD_KEYS = ("name", "version", "architecture", "classes", "image_size", "resize", "preprocessing")
+MAX_CARD_BYTES = 16 << 20  # a card is a few KB; a model folder may be anywhere (a URI a user gives)
 
 
 class ModelError(ConfigError):
@@ -31,15 +34,19 @@ def resolve_model(root: str, spec: str) -> tuple[dict, str]:
                 raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
             version = storage.read_bytes(base + "/latest").decode().strip()
         model_dir, label = f"{base}/{version}", f"{name}:{version}"
-    try:
-        card = storage.read_json(model_dir + "/model_card.json")
+    try:  # a regular file only: a FIFO or a device under the card's name must not hang the run
+        card = json.loads(storage.read_regular(model_dir + "/model_card.json", MAX_CARD_BYTES))
     except Exception as exc:
         raise ModelError(f"cannot read the model card of {label} ({exc}); refusing to use it") from None
-    missing = [k for k in CARD_KEYS if k not in card]
+    missing = [k for k in CARD_KEYS if not isinstance(card, dict) or k not in card]
     if missing:
         raise ModelError(f"the model card of {label} lacks {missing}; refusing to use it")
-    if not storage.exists(model_dir + "/model.keras"):
-        raise ModelError(f"{model_dir}/model.keras is missing")
+    try:  # read by every scoring worker: a FIFO there would hang them all
+        kind = storage.file_type(model_dir + "/model.keras")
+    except OSError as exc:
+        kind = f"unreadable ({exc})"
+    if kind != "file":
+        raise ModelError(f"{model_dir}/model.keras is {'missing' if kind == 'notfound' else kind}, not a model file")
     return card, model_dir + "/model.keras"
 
 

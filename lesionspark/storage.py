@@ -268,9 +268,14 @@ def _hadoop_create_exclusive(uri: str, data: bytes) -> bool:
         return bool(fs.rename(tmp, target))
 
 
-def exists(uri: str) -> bool:
+def file_type(uri: str) -> str:
+    """What ``uri`` is: ``file``, ``directory``, ``notfound`` or ``unknown`` (a FIFO, socket or device)."""
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return fs.get_file_info(path).type.name.lower()
+
+
+def exists(uri: str) -> bool:
+    return file_type(uri) != "notfound"
 
 
 def has_files(uri: str) -> bool:

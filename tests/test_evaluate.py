@@ -175,3 +175,15 @@ def test_an_empty_split_is_a_clear_error():
                           "probabilities": [], "reason": [], "detail": []})
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         split_result(empty, list(CLASSES), 0.5, make_cfg("/tmp"))
+
+
+def test_a_history_that_is_not_a_regular_json_file_gives_no_curves_not_a_hang(tmp_path):
+    """A model folder named by URI can be anywhere: a FIFO or a broken file under history.json."""
+    import os
+    from lesionspark.evaluate import _history
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "good.json").write_text('{"loss": [1.0, 0.5]}')
+    assert _history(str(tmp_path / "fifo.json")) == {} and _history(str(tmp_path / "broken.json")) == {}
+    assert _history(str(tmp_path / "missing.json")) == {}
+    assert _history(str(tmp_path / "good.json")) == {"loss": [1.0, 0.5]}

@@ -412,3 +412,27 @@ def test_a_run_that_died_after_its_commit_is_reaped_as_committed(tmp_path):
     runlog.reap(str(tmp_path), "now")
     status = {r["run_id"]: r["status"] for r in runlog.read(str(tmp_path))}
     assert status == {"died-late": "committed", "died-early": "killed"}
+
+
+def test_a_hostile_model_folder_is_refused_with_exit_2_not_a_hang(tmp_path, archive):
+    """A model named by its folder's URI can be anywhere: a FIFO under the card's or the model's
+    name, a link loop, or a card that is not an object ends as a clear refusal, never a hang."""
+    import os
+    from lesionspark.cli import main
+    from lesionspark.registry import ModelError, resolve_model
+    a, _ = archive
+    publish_untrained_model(tmp_path / "good")
+    good = tmp_path / "good" / "models" / "cnn" / "v1"
+    for name, make in (("fifo-card", lambda d: os.mkfifo(d / "model_card.json")),
+                       ("loop-card", lambda d: os.symlink(d / "model_card.json", d / "model_card.json")),
+                       ("list-card", lambda d: (d / "model_card.json").write_text("[1, 2]")),
+                       ("fifo-model", lambda d: os.mkfifo(d / "model.keras")),
+                       ("dir-model", lambda d: (d / "model.keras").mkdir())):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        (d / ("model.keras" if name.endswith("model") else "model_card.json")).unlink()  # replaced by:
+        make(d)
+        with pytest.raises(ModelError):
+            resolve_model(str(tmp_path), str(d))
+    assert main(["score", "--root", str(tmp_path / "root"), "--archive", str(a),
+                 "--model", str(tmp_path / "fifo-card")]) == 2
