@@ -205,7 +205,7 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     with timed(log, f"report {out}"):
         history = _history(model_uri.rsplit("/", 1)[0] + "/history.json")
         grid_split = "test" if "test" in frames else splits[-1]
-        write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
+        out = write_report(out, card=card, manifest=manifest, history=history, frames=frames, results=results,
                      threshold_split=threshold_split, threshold=threshold, cfg=cfg, run_id=run_id,
                      gradcam=gradcam_examples(spark, layout.split(dataset, grid_split), frames[grid_split], card,
                                               model_uri, cfg, grid_split))

@@ -126,8 +126,9 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     if not n:
         raise ConfigError(f"explain: no images in {name}")
     tasks = max(1, min(spark.sparkContext.defaultParallelism * 4, -(-n // 64)))
-    with storage.AtomicDir(final, run_id) as staging:
-        fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{final}/overlays", int(cfg.get("score.threads")),
+    publish = storage.AtomicDir(final, run_id)
+    with publish as staging:  # the table names each overlay where readers will find it
+        fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{publish.published}/overlays", int(cfg.get("score.threads")),
                                int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader,
                                cfg.get("explain.method"), load_sidecar(cfg.get("score.metadata_csv"), card_fields(card)))
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
@@ -142,8 +143,8 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     summary = {"model": card["name"], "model_version": card["version"], "source": name, "images": n,
                "method": cfg.get("explain.method"), "explained": explained, "rejected": rejected,
                "empty": blank, "predicted_by_class": by_class,
-               "table": f"{final}/table", "overlays": f"{final}/overlays",
+               "table": f"{publish.published}/table", "overlays": f"{publish.published}/overlays",
                "seconds": round(time.perf_counter() - start, 1)}
     log.info("explain (%s): %d files of %s: %d overlays, %d with no positive evidence, %d rejected, under %s",
-             cfg.get("explain.method"), n, name, explained - blank, blank, rejected, final)
+             cfg.get("explain.method"), n, name, explained - blank, blank, rejected, publish.published)
     return summary

@@ -34,6 +34,7 @@ def resolve_model(root: str, spec: str) -> tuple[dict, str]:
                 raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
             version = storage.read_bytes(base + "/latest").decode().strip()
         model_dir, label = f"{base}/{version}", f"{name}:{version}"
+    model_dir = storage.resolve(model_dir)  # on object stores: the version folder the publish record names
     try:  # a regular file only: a FIFO or a device under the card's name must not hang the run
         card = json.loads(storage.read_regular(model_dir + "/model_card.json", MAX_CARD_BYTES))
     except Exception as exc:

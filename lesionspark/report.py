@@ -278,8 +278,9 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
 
 
 def write_report(uri: str, *, card, manifest, history, frames, results, threshold_split, threshold, cfg, run_id,
-                 gradcam=None) -> None:
-    """``gradcam``: (split, examples from ``pick_examples``, their images, their overlays or None) for
+                 gradcam=None) -> str:
+    """Publish the report at ``uri``; returns where readers find it (``storage.AtomicDir.published``).
+    ``gradcam``: (split, examples from ``pick_examples``, their images, their overlays or None) for
     the heatmap grid."""
     classes = list(card["classes"])
     title = f"{card['name']}:{card['version']}"
@@ -310,7 +311,9 @@ def write_report(uri: str, *, card, manifest, history, frames, results, threshol
         with open(f"{tmp}/metrics.json", "w") as fh:
             json.dump({"run_id": run_id, "threshold_split": threshold_split, "threshold": threshold,
                        "results": results}, fh, indent=2, default=str)
-        with storage.AtomicDir(uri, run_id) as staging:
+        publish = storage.AtomicDir(uri, run_id)
+        with publish as staging:
             for name in sorted(os.listdir(tmp)):
                 with open(f"{tmp}/{name}", "rb") as fh:
                     storage.write_bytes(f"{staging}/{name}", fh.read())
+    return publish.published

@@ -44,7 +44,7 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
         frames = []
         for info in fs.get_file_info(pafs.FileSelector(base)):
             if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
-                uri = storage.join(root, "datasets", info.base_name, "rejects")
+                uri = storage.join(storage.resolve(storage.join(root, "datasets", info.base_name)), "rejects")
                 if storage.exists(uri):
                     frames.append(spark.read.parquet(uri).withColumn("dataset", F.lit(info.base_name)))
         if frames:

@@ -72,7 +72,7 @@ def _training_split(layout: storage.Layout, name: str, manifest: dict, method: s
         return layout.split(name, "train"), manifest["counts"]["by_split"]["train"]["per_class"]
     if method not in ("smote", "oversample"):
         raise ConfigError(f"train.balance must be smote, oversample, weights or none, got {method!r}")
-    out = layout.balanced(name, method)
+    out = storage.resolve(layout.balanced(name, method))
     if not storage.exists(out + "/counts.json"):
         raise ConfigError(f"no {method} output for {name!r}: run `lesionspark balance --method {method}` first")
     counts = storage.read_json(out + "/counts.json")

@@ -21,6 +21,7 @@ import numpy as np
 from . import storage
 from .clinical import encode, width
 from .models import METADATA_INPUT
+from .petastorm_reader import make_reader
 from .progress import quiet_library_warnings
 from .threads import limit_threads
 from .trainspec import BEST, CHECKPOINT, TrainSpec
@@ -81,7 +82,6 @@ def load_split(url: str, label_field: str, rank: int = 0, size: int = 1, metadat
     ventilates the last items between those two checks, the read stops without them. It dropped
     1-4 of 40 single-row row groups in about half of the reads here (tests/test_parts.py). Training's
     endless reader (``num_epochs=None``) never ends, so it is not affected."""
-    from petastorm import make_reader
     from petastorm.predicates import in_lambda
     fields, kw = ["image", label_field, *metadata], {"transform_spec": metadata_transform(metadata)}
     if size > 1:
@@ -103,7 +103,6 @@ def _train_dataset(spec: TrainSpec, rank: int, size: int):
     """(reader, dataset) of this rank's shard of the training data: shuffled, batched, augmented,
     preprocessed, one-hot labels, repeating forever."""
     import tensorflow as tf
-    from petastorm import make_reader
     from petastorm.predicates import in_lambda
     from petastorm.tf_utils import make_petastorm_dataset
     from .augment import augment_batch

@@ -1,8 +1,9 @@
 """An S3 API server (moto) on loopback, reached through pyarrow's S3 filesystem with options made
 from the ``fs.s3a.*`` settings Spark uses: one configuration for both layers. The S3 contract
-holds there: files are read and replaced, a publish (a directory move) is refused before any work,
-the lease is taken by conditional PUTs (``If-None-Match: *``) and refused on a store that ignores
-them, and an executor gets the same options from its environment."""
+holds there: files are read and replaced, a publish writes a version folder and then names it in
+one PUT (there is no directory move), Petastorm reads a published dataset, the lease is taken by
+conditional PUTs (``If-None-Match: *``) and refused on a store that ignores them, and an executor
+gets the same options from its environment."""
 import json
 import os
 import socket
@@ -82,10 +83,49 @@ def test_the_contract_is_what_the_store_does(s3):
     assert not storage.contract("s3a://derm/root").dir_rename
 
 
-def test_publish_is_refused_before_any_work_and_the_lease_is_exclusive(s3):
-    with pytest.raises(storage.StorageRefused, match="cannot move a directory"):
-        with storage.AtomicDir("s3a://derm/root/datasets/ham10000", "r1"):
-            raise AssertionError("no work may start")
+def _publish_dataset(uri: str, run_id: str, ids: list[str]) -> None:
+    """What ingest does after decoding: task-written parts moved into a staging version, Petastorm
+    metadata written, the version published."""
+    from lesionspark import parts
+    from lesionspark.schema import lesion_schema
+    from test_parts import SIZE, records
+    with storage.AtomicDir(uri, run_id) as staging, parts.scratch(staging, ["train", "val"]) as parts_uri:
+        writer = parts.PartWriter(parts_uri, lesion_schema(SIZE), rowgroup_bytes=1, rows_per_file=4,
+                                  names=(0, "a1"))
+        names, groups = writer.add("train", records(ids))
+        writer.close()
+        committed = {}
+        for name, group in zip(names, groups):
+            committed[name] = max(committed.get(name, 0), group + 1)
+        parts.publish(parts_uri, staging, lesion_schema(SIZE), {"train": committed, "val": {}})
+        storage.write_json(f"{staging}/manifest.json", {"run_id": run_id})
+
+
+def _read_split(url: str) -> list[str]:
+    from lesionspark.petastorm_reader import make_reader
+    with make_reader(url, num_epochs=1, reader_pool_type="dummy", shuffle_row_groups=False) as reader:
+        return [row.image_id for row in reader]
+
+
+def test_a_dataset_is_published_on_the_store_and_read_back_with_petastorm(s3):
+    """No directory move on S3: the dataset is built in a version folder and published by one PUT
+    of its record; readers resolve it (storage.Layout) and Petastorm reads it through the same
+    pyarrow filesystem and options (no s3fs)."""
+    layout = storage.Layout("s3a://derm/root")
+    _publish_dataset(layout.dataset("ham"), "r1", [f"a{i}" for i in range(6)])
+    assert layout.split("ham", "train") == "s3a://derm/root/datasets/ham/_v-r1/train"
+    assert _read_split(layout.split("ham", "train")) == [f"a{i}" for i in range(6)]
+    assert _read_split(layout.split("ham", "val")) == []
+    pinned = layout.split("ham", "train")  # what a running reader resolved before the next publish
+    _publish_dataset(layout.dataset("ham"), "r2", ["b0", "b1"])
+    assert storage.read_json(layout.manifest("ham")) == {"run_id": "r2"}
+    assert _read_split(layout.split("ham", "train")) == ["b0", "b1"]
+    fs, path = storage.filesystem(layout.dataset("ham"))
+    assert sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))) == ["_PUBLISHED", "_v-r2"]
+    assert not storage.exists(pinned)  # replaced versions are deleted, as a replaced directory is
+
+
+def test_the_lease_is_exclusive_on_the_store(s3):
     storage.require("s3a://derm/root", "commit")  # score moves its partitions' files one by one
     with Lease("s3a://derm/root/tables/_lease", "r1", ttl_s=30) as lease:
         lease.check()

@@ -77,24 +77,60 @@ def test_replacing_a_file_leaves_the_new_content_and_nothing_else(tmp_path, sche
     assert files(d) == {"latest": "v2"}
 
 
-@pytest.mark.parametrize("scheme", ["local", "hdfslike"])
+@pytest.mark.parametrize("scheme", ["local", "hdfslike", "s3like"])
 def test_publish_replaces_a_directory_whole(tmp_path, scheme):
     out = uri(tmp_path, scheme, "out")
     for version in ("v1", "v2"):
-        with storage.AtomicDir(out, f"2026-{version}") as staging:
+        publish = storage.AtomicDir(out, f"2026-{version}")
+        with publish as staging:
             for i in range(3):
                 storage.write_bytes(f"{staging}/part-{i}", version.encode())
-    assert files(out) == {f"part-{i}": "v2" for i in range(3)}
+        assert storage.resolve(out) == publish.published
+    assert files(storage.resolve(out)) == {f"part-{i}": "v2" for i in range(3)}
     assert names(out.rsplit("/", 1)[0]) == ["out"]  # no leftovers
+    if scheme == "s3like":  # no directory move: the record names the version readers use
+        assert names(out) == [storage.PUBLISHED, "_v-2026-v2"]
+        assert storage.resolve(out) == f"{out}/_v-2026-v2"
+    else:
+        assert storage.resolve(out) == storage.normalize_uri(out)  # no record to read: no I/O
 
 
-def test_publish_is_refused_before_any_work_on_an_object_store(tmp_path):
+def test_on_an_object_store_readers_see_the_old_version_until_the_record_names_the_new(tmp_path):
     out = uri(tmp_path, "s3like", "out")
-    with pytest.raises(storage.StorageRefused, match="cannot move a directory"):
-        with storage.AtomicDir(out, "r1"):
+    with storage.AtomicDir(out, "r1") as staging:
+        storage.write_bytes(f"{staging}/part-0", b"r1")
+    with pytest.raises(RuntimeError):
+        with storage.AtomicDir(out, "r2") as staging:
+            storage.write_bytes(f"{staging}/part-0", b"r2")
+            assert files(storage.resolve(out)) == {"part-0": "r1"}  # written, not yet published
+            raise RuntimeError("the stage failed")
+    assert files(storage.resolve(out)) == {"part-0": "r1"} and names(out) == [storage.PUBLISHED, "_v-r1"]
+    with pytest.raises(ValueError, match="cannot name a version folder"):
+        storage.AtomicDir(out, "../r3")
+
+
+@pytest.mark.parametrize("record", ['{"version": "../../elsewhere"}', '{"version": "_v-r1/../../x"}',
+                                    '{"version": 7}', "not json", '{"other": 1}'])
+def test_a_hostile_publish_record_is_refused_not_followed(tmp_path, record):
+    """The record is read from a shared store: a path in it must never lead a reader elsewhere."""
+    out = uri(tmp_path, "s3like", "out")
+    with storage.AtomicDir(out, "r1") as staging:
+        storage.write_bytes(f"{staging}/part-0", b"r1")
+    storage.replace_file(f"{out}/{storage.PUBLISHED}", record.encode())
+    with pytest.raises(storage.StorageRefused, match="refusing"):
+        storage.resolve(out)
+    with pytest.raises(storage.StorageRefused):  # nor does a publish guess what to keep
+        with storage.AtomicDir(out, "r2"):
             raise AssertionError("no work may start")
-    assert names(out.rsplit("/", 1)[0]) == []
-    storage.require(out, "commit")  # score's commit moves files one by one there (test_score)
+
+
+def test_a_folder_copied_by_hand_onto_an_object_store_is_read_until_a_publish_replaces_it(tmp_path):
+    out = uri(tmp_path, "s3like", "out")
+    storage.write_bytes(f"{out}/part-0", b"by hand")
+    assert files(storage.resolve(out)) == {"part-0": "by hand"}
+    with storage.AtomicDir(out, "r1") as staging:
+        storage.write_bytes(f"{staging}/part-0", b"r1")
+    assert files(storage.resolve(out)) == {"part-0": "r1"} and names(out) == [storage.PUBLISHED, "_v-r1"]
 
 
 PUBLISH = """
@@ -116,27 +152,31 @@ def _publish(out: str, version: str, crash_at: int | None = None) -> int:
                           env={**os.environ, **env}, timeout=120).returncode
 
 
-def test_a_publish_killed_between_any_two_storage_operations_leaves_the_old_or_the_new(tmp_path):
+@pytest.mark.parametrize("scheme", ["hdfslike", "s3like"])
+def test_a_publish_killed_between_any_two_storage_operations_leaves_the_old_or_the_new(tmp_path, scheme):
     """Killed at every step of a publish over a good output, then recovered by the next run's start:
     readers find the old output whole or the new one whole, never a mix and never nothing."""
-    out = uri(tmp_path, "hdfslike", "out")
+    out = uri(tmp_path, scheme, "out")
     assert _publish(out, "2026-a") == 0
-    old = files(out)
+    old = files(storage.resolve(out))
     outcomes = set()
     for k in range(1, 60):
         code = _publish(out, "2026-b", crash_at=k)
         storage.AtomicDir(out, "2026-recover")._cleanup_leftovers()  # what the next run does first
-        now = files(out)
+        now = files(storage.resolve(out))
         assert now in (old, {f"part-{i}": "2026-b" for i in range(4)}), (k, now)
         outcomes.add("new" if now != old else "old")
         if code == 0:
             break
         assert code == 77
         assert _publish(out, "2026-a") == 0  # back to the old output for the next crash point
-        old = files(out)
+        old = files(storage.resolve(out))
     else:
         raise AssertionError("the publish never completed")
-    assert outcomes == {"old", "new"} and k >= 7  # 4 writes, 2 renames, 1 delete: every step was a crash point, and the run then finished
+    # every step was a crash point, and the run then finished: 4 writes, then 2 renames and a delete
+    # (hdfslike) or the record's PUT and a delete of the old version (s3like)
+    assert outcomes == {"old", "new"} and k == {"hdfslike": 8, "s3like": 7}[scheme]
+    assert names(out.rsplit("/", 1)[0]) == ["out"]
 
 
 @pytest.mark.parametrize("scheme", ["local", "hdfslike"])
