@@ -237,3 +237,34 @@ def test_a_holder_killed_on_s3_blocks_only_until_its_lease_expires(s3):
     with Lease(d, "next", ttl_s=2, wait_s=30, poll_s=0.2) as lease:
         assert 1.5 < time.monotonic() - killed_at < 15  # watched for a full ttl first
         assert lease.taken_over["run_id"] == "doomed" and lease.generation == 2
+
+
+@pytest.mark.slow  # Horovod ranks: the full suite, not the inner loop
+def test_a_model_is_trained_with_horovod_on_an_s3_root(spark, ingested_small, s3):
+    """A whole stage on the store: the manifest read, two Horovod ranks reading their Petastorm
+    shards, rank 0's checkpoints, the model version published by its record and ``latest``
+    replaced, then found by the registry. (The dataset is copied there as ingest would publish it:
+    ingest's rejects go through Spark's s3a writer, whose jars the pyspark wheel lacks.)"""
+    from lesionspark.registry import resolve_model
+    from lesionspark.train import train
+    cfg, _, layout = ingested_small
+    name, root = cfg.get("dataset.name"), "s3a://derm/train-root"
+    src_fs, src = storage.filesystem(layout.dataset(name))
+    with storage.AtomicDir(storage.Layout(root).dataset(name), "copied") as staging:
+        for info in src_fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+            if info.type == pafs.FileType.File:
+                storage.write_bytes(staging + info.path[len(src):], storage.read_bytes(info.path))
+    env = spark.sparkContext.environment  # what get_spark sets as spark.executorEnv from fs.s3a.*
+    env["LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
+    try:
+        card = train(spark, cfg.with_overrides({
+            "storage.root": root, "model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
+            "train.balance": "none", "train.num_proc": 2, "train.epochs": 1, "train.warmup_epochs": 0,
+            "train.horovod_verbose": 0}), run_id="on-s3")
+    finally:
+        env.pop("LESIONSPARK_S3_OPTIONS_SECRET")
+    assert card["epochs_run"] == 1 and [r["rank"] for r in card["ranks"]] == [0, 1]
+    assert card["ranks"][0]["trainable_sha256"] == card["ranks"][1]["trainable_sha256"]
+    found, model_uri = resolve_model(root, "cnn")
+    assert found["version"] == "on-s3" and model_uri == f"{root}/models/cnn/on-s3/_v-on-s3/model.keras"
+    assert storage.exists(f"{root}/runs/on-s3/state.json")  # rank 0 checkpointed on the store
