@@ -16,7 +16,7 @@ import pandas as pd
 from . import __version__, storage
 from .classes import CLASSES
 from .config import Config, ConfigError
-from .metadata import REJECT_COLUMNS, REJECT_SCHEMA
+from .metadata import REJECT_COLUMNS
 from .parts import publish, scratch, writing
 from .progress import timed
 from .schema import FIELD_NAMES, lesion_schema, record_struct
@@ -118,15 +118,22 @@ class Located:
         self.digest = (sum(int(r["digest"]) for r in groups), sum(int(r["n"]) for r in groups))
 
 
-def _write_rejects(spark, rejects: list, run_id: str, out: str) -> dict:
-    """Every reject row in one Parquet table at ``out``; {reason: count} as read back (its reason
-    column, with pyarrow)."""
-    from pyspark.sql import functions as F
-    all_rejects = rejects[0]
-    for r in rejects[1:]:
-        all_rejects = all_rejects.unionByName(r)
-    all_rejects = all_rejects.withColumn("run_id", F.lit(run_id)).withColumn("at", F.current_timestamp())
-    all_rejects.coalesce(1).write.mode("overwrite").parquet(out)
+def _write_rejects(rejects: list, run_id: str, out: str) -> dict:
+    """Every reject row (``rejects``: Spark or pandas DataFrames of ``REJECT_COLUMNS``) in one Parquet file under
+    ``out``, written with pyarrow through the root's filesystem, as the parts are: no Spark writer,
+    so an object-store root needs no s3a connector for ingest. The rows pass through the driver (a few
+    hundred bytes each). {reason: count} as read back (its reason column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    frames = [r if isinstance(r, pd.DataFrame) else r.toPandas() for r in rejects]
+    frame = pd.concat([f[REJECT_COLUMNS].astype(object) for f in frames], ignore_index=True)
+    frame["run_id"], frame["at"] = run_id, pd.Timestamp.now(tz="UTC")
+    schema = pa.schema([*((c, pa.string()) for c in REJECT_COLUMNS), ("run_id", pa.string()),
+                        ("at", pa.timestamp("us", tz="UTC"))])
+    sink = pa.BufferOutputStream()  # microseconds: what Spark reads as a timestamp
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), sink,
+                   coerce_timestamps="us", allow_truncated_timestamps=True)
+    storage.write_bytes(f"{out}/part-00000.parquet", sink.getvalue().to_pybytes())
     return storage.value_counts(out, "reason")
 
 
@@ -179,9 +186,7 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
                 log.info("  %-5s %6d records %s", s, sum(written[s].values()),
                          {k: v for k, v in written[s].items() if v})
             step.count = n_written = sum(sum(v.values()) for v in written.values())
-        if len(decode_rejects):
-            rejects = rejects + [spark.createDataFrame(decode_rejects[REJECT_COLUMNS], REJECT_SCHEMA)]
-        rej_counts = _write_rejects(spark, rejects, run_id, f"{staging}/rejects")
+        rej_counts = _write_rejects([*rejects, decode_rejects], run_id, f"{staging}/rejects")
         n_rejected = sum(rej_counts.values())
         log.info("ingest %s: %d inputs -> %d written + %d rejected", name, inputs["total"], n_written, n_rejected)
         for reason, n in sorted(rej_counts.items(), key=lambda kv: -kv[1]):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -240,31 +241,42 @@ def test_a_holder_killed_on_s3_blocks_only_until_its_lease_expires(s3):
 
 
 @pytest.mark.slow  # Horovod ranks: the full suite, not the inner loop
-def test_a_model_is_trained_with_horovod_on_an_s3_root(spark, ingested_small, s3):
-    """A whole stage on the store: the manifest read, two Horovod ranks reading their Petastorm
-    shards, rank 0's checkpoints, the model version published by its record and ``latest``
-    replaced, then found by the registry. (The dataset is copied there as ingest would publish it:
-    ingest's rejects go through Spark's s3a writer, whose jars the pyspark wheel lacks.)"""
+def test_ingest_balance_and_train_run_on_an_s3_root(spark, synth_small, s3):
+    """Whole stages on the store, inputs included: ingest lists and reads the images there, its
+    decode tasks write their Petastorm parts and the driver its rejects and manifest, all through
+    pyarrow's S3 filesystem, and the dataset is published by its record; balance reads and writes
+    the same way; two Horovod ranks read their shards from the store, rank 0 checkpoints there, and
+    the model version is published by its record and found by the registry."""
+    from conftest import make_cfg
+    from lesionspark.balance import balance
+    from lesionspark.ingest import ingest
     from lesionspark.registry import resolve_model
     from lesionspark.train import train
-    cfg, _, layout = ingested_small
-    name, root = cfg.get("dataset.name"), "s3a://derm/train-root"
-    src_fs, src = storage.filesystem(layout.dataset(name))
-    with storage.AtomicDir(storage.Layout(root).dataset(name), "copied") as staging:
-        for info in src_fs.get_file_info(pafs.FileSelector(src, recursive=True)):
-            if info.type == pafs.FileType.File:
-                storage.write_bytes(staging + info.path[len(src):], storage.read_bytes(info.path))
+    root, inputs = "s3a://derm/stages", "s3a://derm/inputs"
+    for folder in map(Path, synth_small["images"]):
+        for p in sorted(folder.rglob("*.jpg")):
+            storage.write_bytes(f"{inputs}/images/{folder.name}/{p.relative_to(folder)}", p.read_bytes())
+    storage.write_bytes(f"{inputs}/metadata.csv", Path(synth_small["metadata"]).read_bytes())
+    cfg = make_cfg(root, ingest__metadata=f"{inputs}/metadata.csv", ingest__images=f"{inputs}/images",
+                   dataset__image_size=32, balance__method="oversample", **{
+                       "model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
+                       "train.num_proc": 2, "train.epochs": 1, "train.warmup_epochs": 0,
+                       "train.horovod_verbose": 0})
     env = spark.sparkContext.environment  # what get_spark sets as spark.executorEnv from fs.s3a.*
     env["LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
     try:
-        card = train(spark, cfg.with_overrides({
-            "storage.root": root, "model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
-            "train.balance": "none", "train.num_proc": 2, "train.epochs": 1, "train.warmup_epochs": 0,
-            "train.horovod_verbose": 0}), run_id="on-s3")
+        manifest = ingest(spark, cfg, run_id="ingest-1")
+        balanced = balance(spark, cfg, run_id="balance-1")
+        card = train(spark, cfg, run_id="train-1")
     finally:
         env.pop("LESIONSPARK_S3_OPTIONS_SECRET")
+    layout, counts = storage.Layout(root), manifest["counts"]
+    assert layout.split(cfg.get("dataset.name"), "train") == f"{root}/datasets/{cfg.get('dataset.name')}/_v-ingest-1/train"
+    assert counts["written"] + counts["rejected"] == manifest["inputs"]["total"] and counts["written"] > 100
+    assert sum(storage.value_counts(layout.rejects(cfg.get("dataset.name")), "reason").values()) == counts["rejected"]
+    assert sum(balanced["after"].values()) > sum(balanced["before"].values())
+    assert card["balance"] == "oversample" and card["train_counts"] == balanced["after"]
     assert card["epochs_run"] == 1 and [r["rank"] for r in card["ranks"]] == [0, 1]
-    assert card["ranks"][0]["trainable_sha256"] == card["ranks"][1]["trainable_sha256"]
     found, model_uri = resolve_model(root, "cnn")
-    assert found["version"] == "on-s3" and model_uri == f"{root}/models/cnn/on-s3/_v-on-s3/model.keras"
-    assert storage.exists(f"{root}/runs/on-s3/state.json")  # rank 0 checkpointed on the store
+    assert found["version"] == "train-1" and model_uri == f"{root}/models/cnn/train-1/_v-train-1/model.keras"
+    assert storage.exists(f"{root}/runs/train-1/state.json")  # rank 0 checkpointed on the store
