@@ -25,6 +25,7 @@ from .progress import timed
 from .registry import MAX_CARD_BYTES, resolve_model
 from .report import pick_examples, write_report
 from .results import calibrate_frame, scored, truth
+from .splitread import read_split
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +42,19 @@ def report_dir(root: str, card: dict, dataset: str) -> str:
 
 
 def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> pd.DataFrame:
-    """Per-image probabilities of one Petastorm split, scored in executors."""
+    """Per-image probabilities of one Petastorm split, scored in executors (which read the split
+    with pyarrow: ``splitread``)."""
     from pyspark.sql import functions as F
     from .spark import sql_conf
     from .predict import score_partition, score_schema
-    records = spark.read.parquet(url)
-    images = records.select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content"),
-                            *card_fields(card)) \
+    fields = list(card_fields(card))
+    images = read_split(spark, url, ["image_id", "sha256", "image", *fields]) \
+        .select(F.col("image_id").alias("path"), "sha256", F.col("image").alias("content"), *fields) \
         .repartition(max(1, spark.sparkContext.defaultParallelism))
     scored = images.mapInPandas(score_partition(model_uri, card, int(cfg.get("score.batch_size")),
                                                 int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.threads"))),
                                 score_schema())
-    joined = records.select("image_id", "lesion_id", "dx", "label", "malignant").join(
+    joined = read_split(spark, url, ["image_id", "lesion_id", "dx", "label", "malignant"]).join(
         scored.select(F.col("path").alias("image_id"), "probabilities", "reason", "detail"), "image_id", "left")
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))):
         return joined.toPandas().sort_values("image_id", ignore_index=True)
@@ -89,8 +91,8 @@ def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg:
 
 def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri: str, cfg: Config, split: str):
     """(split, examples, overlays) for the report's Grad-CAM grid: a few images per class, read from
-    the split and explained on the driver."""
-    from pyspark.sql import functions as F
+    the split with pyarrow and explained on the driver."""
+    import pyarrow.compute as pc
     from .overlays import explain_arrays
     from .images import decode_each
     from .predict import load_model
@@ -99,8 +101,9 @@ def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri
     examples = pick_examples(good, probs, truth(good, classes), classes, int(cfg.get("evaluate.gradcam_examples")))
     if examples.empty:
         return None
-    rows = spark.read.parquet(url).filter(F.col("image_id").isin(list(examples["image_id"]))) \
-        .select("image_id", "image", *card_fields(card)).toPandas().set_index("image_id").loc[examples["image_id"]]
+    rows = storage.parquet_dataset(url).to_table(columns=["image_id", "image", *card_fields(card)],
+                                                 filter=pc.field("image_id").isin(list(examples["image_id"]))) \
+        .to_pandas().set_index("image_id").loc[examples["image_id"]]
     arrays, _, _ = decode_each(list(rows["image"]), int(card["image_size"]), card["resize"])
     images = np.stack(arrays)
     meta, _ = for_card(card, rows[list(card_fields(card))].to_dict("records"))

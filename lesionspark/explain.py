@@ -28,6 +28,7 @@ from .predict import file_metadata, image_metadata, load_model
 from .threads import limit_threads
 from .progress import timed
 from .registry import explanations_dir, resolve_model
+from .splitread import read_split
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,9 @@ def _sources(spark, cfg: Config, card: dict, root: str):
         url = layout.split(dataset, split)
         if not storage.exists(url):
             raise ConfigError(f"explain: dataset {dataset!r} has no split {split!r}")
-        rows = spark.read.parquet(url).select(F.col("image_id").alias("image"), F.col("image_id").alias("source_path"),
-                                              F.col("dx").alias("true_dx"), F.col("image").alias("content"),
-                                              *card_fields(card))
+        rows = read_split(spark, url, ["image_id", "dx", "image", *card_fields(card)]).select(
+            F.col("image_id").alias("image"), F.col("image_id").alias("source_path"), F.col("dx").alias("true_dx"),
+            F.col("image").alias("content"), *card_fields(card))
         name, reader = f"split-{_safe(split)}", None
     rows = rows.orderBy("image")
     return name, (rows.limit(limit) if limit > 0 else rows), reader

@@ -241,14 +241,16 @@ def test_a_holder_killed_on_s3_blocks_only_until_its_lease_expires(s3):
 
 
 @pytest.mark.slow  # Horovod ranks: the full suite, not the inner loop
-def test_ingest_balance_and_train_run_on_an_s3_root(spark, synth_small, s3):
+def test_ingest_balance_train_and_evaluate_run_on_an_s3_root(spark, synth_small, s3):
     """Whole stages on the store, inputs included: ingest lists and reads the images there, its
     decode tasks write their Petastorm parts and the driver its rejects and manifest, all through
     pyarrow's S3 filesystem, and the dataset is published by its record; balance reads and writes
     the same way; two Horovod ranks read their shards from the store, rank 0 checkpoints there, and
-    the model version is published by its record and found by the registry."""
+    the model version is published by its record and found by the registry; evaluate's tasks read
+    the splits from the store, and its metrics, report and card go there."""
     from conftest import make_cfg
     from lesionspark.balance import balance
+    from lesionspark.evaluate import evaluate
     from lesionspark.ingest import ingest
     from lesionspark.registry import resolve_model
     from lesionspark.train import train
@@ -261,13 +263,14 @@ def test_ingest_balance_and_train_run_on_an_s3_root(spark, synth_small, s3):
                    dataset__image_size=32, balance__method="oversample", **{
                        "model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
                        "train.num_proc": 2, "train.epochs": 1, "train.warmup_epochs": 0,
-                       "train.horovod_verbose": 0})
+                       "train.horovod_verbose": 0, "evaluate.bootstrap": 0})
     env = spark.sparkContext.environment  # what get_spark sets as spark.executorEnv from fs.s3a.*
     env["LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
     try:
         manifest = ingest(spark, cfg, run_id="ingest-1")
         balanced = balance(spark, cfg, run_id="balance-1")
         card = train(spark, cfg, run_id="train-1")
+        evaluated = evaluate(spark, cfg, run_id="eval-1")
     finally:
         env.pop("LESIONSPARK_S3_OPTIONS_SECRET")
     layout, counts = storage.Layout(root), manifest["counts"]
@@ -280,3 +283,9 @@ def test_ingest_balance_and_train_run_on_an_s3_root(spark, synth_small, s3):
     found, model_uri = resolve_model(root, "cnn")
     assert found["version"] == "train-1" and model_uri == f"{root}/models/cnn/train-1/_v-train-1/model.keras"
     assert storage.exists(f"{root}/runs/train-1/state.json")  # rank 0 checkpointed on the store
+    n_val = counts["by_split"]["val"]["total"]
+    assert evaluated["splits"]["val"]["n_images"] + evaluated["splits"]["val"]["n_rejected"] == n_val
+    assert evaluated["report"] == f"{root}/reports/cnn/train-1/_v-eval-1/report.md"
+    assert b"cnn:train-1" in storage.read_bytes(evaluated["report"])
+    assert resolve_model(root, "cnn")[0]["calibration"]["method"] == "temperature"  # the card, replaced there
+    assert storage.has_files(f"{root}/tables/metrics")
