@@ -41,6 +41,16 @@ def table_schema():
         ("explanation_empty", BooleanType()), ("reason", StringType()), ("detail", StringType()))])
 
 
+def _write_table(table: pd.DataFrame, uri: str) -> None:
+    """The explanation table (a row per image: a few hundred bytes, no pixels) as one Parquet file
+    under ``uri``, written with pyarrow through the root's filesystem: no Spark writer, so an
+    object-store root needs no s3a connector."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+    arrow = pa.Table.from_pandas(table, schema=to_arrow_schema(table_schema()), preserve_index=False)
+    storage.write_bytes(f"{uri}/part-00000.parquet", storage.parquet_bytes(arrow))
+
+
 def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_overlays: str, threads: int,
                       max_pixels: int, max_bytes: int, reader=None, method: str = DEFAULT_METHOD,
                       sidecar: dict | None = None):
@@ -134,12 +144,12 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
                                cfg.get("explain.method"), load_sidecar(cfg.get("score.metadata_csv"), card_fields(card)))
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"explain {n} images of {name}", spark=spark) as step:
-            rows.repartition(tasks).mapInPandas(fn, table_schema()).write.parquet(f"{staging}/table")
+            table = rows.repartition(tasks).mapInPandas(fn, table_schema()).toPandas()
             step.count = n
-        table = spark.read.parquet(f"{staging}/table")
-        by_class = {r["predicted_dx"]: r["count"] for r in table.groupBy("predicted_dx").count().collect()}
-        blank = table.filter("explanation_empty").count()
-    rejected = by_class.pop(None, 0)
+        _write_table(table, f"{staging}/table")
+    by_class = {str(k): int(v) for k, v in table["predicted_dx"].dropna().value_counts().items()}
+    rejected = int(table["predicted_dx"].isna().sum())
+    blank = int((table["explanation_empty"] == True).sum())  # noqa: E712 (None for a reject)
     explained = sum(by_class.values())  # more than the files where a DICOM object holds several frames
     summary = {"model": card["name"], "model_version": card["version"], "source": name, "images": n,
                "method": cfg.get("explain.method"), "explained": explained, "rejected": rejected,

@@ -241,16 +241,18 @@ def test_a_holder_killed_on_s3_blocks_only_until_its_lease_expires(s3):
 
 
 @pytest.mark.slow  # Horovod ranks: the full suite, not the inner loop
-def test_ingest_balance_train_and_evaluate_run_on_an_s3_root(spark, synth_small, s3):
+def test_ingest_balance_train_evaluate_and_explain_run_on_an_s3_root(spark, synth_small, s3):
     """Whole stages on the store, inputs included: ingest lists and reads the images there, its
     decode tasks write their Petastorm parts and the driver its rejects and manifest, all through
     pyarrow's S3 filesystem, and the dataset is published by its record; balance reads and writes
     the same way; two Horovod ranks read their shards from the store, rank 0 checkpoints there, and
     the model version is published by its record and found by the registry; evaluate's tasks read
-    the splits from the store, and its metrics, report and card go there."""
+    the splits from the store, and its metrics, report and card go there; explain's overlays and
+    table are published there by their record, the table naming where the overlays are."""
     from conftest import make_cfg
     from lesionspark.balance import balance
     from lesionspark.evaluate import evaluate
+    from lesionspark.explain import explain
     from lesionspark.ingest import ingest
     from lesionspark.registry import resolve_model
     from lesionspark.train import train
@@ -263,7 +265,7 @@ def test_ingest_balance_train_and_evaluate_run_on_an_s3_root(spark, synth_small,
                    dataset__image_size=32, balance__method="oversample", **{
                        "model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
                        "train.num_proc": 2, "train.epochs": 1, "train.warmup_epochs": 0,
-                       "train.horovod_verbose": 0, "evaluate.bootstrap": 0})
+                       "train.horovod_verbose": 0, "evaluate.bootstrap": 0, "explain.limit": 6})
     env = spark.sparkContext.environment  # what get_spark sets as spark.executorEnv from fs.s3a.*
     env["LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
     try:
@@ -271,6 +273,7 @@ def test_ingest_balance_train_and_evaluate_run_on_an_s3_root(spark, synth_small,
         balanced = balance(spark, cfg, run_id="balance-1")
         card = train(spark, cfg, run_id="train-1")
         evaluated = evaluate(spark, cfg, run_id="eval-1")
+        explained = explain(spark, cfg, run_id="explain-1")
     finally:
         env.pop("LESIONSPARK_S3_OPTIONS_SECRET")
     layout, counts = storage.Layout(root), manifest["counts"]
@@ -289,3 +292,8 @@ def test_ingest_balance_train_and_evaluate_run_on_an_s3_root(spark, synth_small,
     assert b"cnn:train-1" in storage.read_bytes(evaluated["report"])
     assert resolve_model(root, "cnn")[0]["calibration"]["method"] == "temperature"  # the card, replaced there
     assert storage.has_files(f"{root}/tables/metrics")
+    published = f"{root}/explanations/cnn/train-1/split-test/_v-explain-1"
+    assert explained["table"] == f"{published}/table" and explained["images"] == 6
+    table = storage.parquet_dataset(explained["table"]).to_table().to_pandas()
+    assert len(table) == 6 and table["overlay_path"].dropna().str.startswith(f"{published}/overlays/").all()
+    assert all(storage.file_type(p) == "file" for p in table["overlay_path"].dropna())
