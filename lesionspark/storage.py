@@ -424,7 +424,8 @@ def _published_version(uri: str) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StorageRefused(f"{record} is not a publish record ({exc}); refusing to guess what was published") from None
     if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
-        raise StorageRefused(f"{record} names {version!r}, not a version folder of {uri}; refusing to follow it")
+        raise StorageRefused(f"{record} names {str(version)[:80]!r}, not a version folder of {uri}; refusing to "
+                             "follow it")
     return version
 
 
