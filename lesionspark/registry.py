@@ -13,6 +13,7 @@ from .config import ConfigError
 
 CARD_KEYS = ("name", "version", "architecture", "classes", "image_size", "resize", "preprocessing")
 MAX_CARD_BYTES = 16 << 20  # a card is a few KB; a model folder may be anywhere (a URI a user gives)
+MAX_LATEST_BYTES = 4096  # ``latest`` holds one version name
 
 
 class ModelError(ConfigError):
@@ -32,7 +33,12 @@ def resolve_model(root: str, spec: str) -> tuple[dict, str]:
         if not version or version == "latest":
             if not storage.exists(base + "/latest"):
                 raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
-            version = storage.read_bytes(base + "/latest").decode().strip()
+            try:  # a regular file naming one folder of the registry, nothing else
+                version = storage.read_regular(base + "/latest", MAX_LATEST_BYTES).decode().strip()
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"cannot read {base}/latest ({exc})") from None
+            if not version or "/" in version or version in (".", ".."):
+                raise ModelError(f"{base}/latest names {version[:80]!r}, not a version of {name!r}")
         model_dir, label = f"{base}/{version}", f"{name}:{version}"
     model_dir = storage.resolve(model_dir)  # on object stores: the version folder the publish record names
     try:  # a regular file only: a FIFO or a device under the card's name must not hang the run

@@ -436,3 +436,10 @@ def test_a_hostile_model_folder_is_refused_with_exit_2_not_a_hang(tmp_path, arch
             resolve_model(str(tmp_path), str(d))
     assert main(["score", "--root", str(tmp_path / "root"), "--archive", str(a),
                  "--model", str(tmp_path / "fifo-card")]) == 2
+    # the registry's ``latest`` is a shared file too: a FIFO, or a name that leaves the registry
+    latest = tmp_path / "good" / "models" / "cnn" / "latest"
+    for make in (lambda: os.mkfifo(latest), lambda: latest.write_text("../../../good/models/cnn/v1")):
+        latest.unlink()
+        make()
+        with pytest.raises(ModelError, match="latest"):
+            resolve_model(str(tmp_path / "good"), "cnn")
