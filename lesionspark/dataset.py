@@ -119,21 +119,21 @@ class Located:
 
 
 def _write_rejects(rejects: list, run_id: str, out: str) -> dict:
-    """Every reject row (``rejects``: Spark or pandas DataFrames of ``REJECT_COLUMNS``) in one Parquet file under
-    ``out``, written with pyarrow through the root's filesystem, as the parts are: no Spark writer,
-    so an object-store root needs no s3a connector for ingest. The rows pass through the driver (a few
-    hundred bytes each). {reason: count} as read back (its reason column)."""
+    """Every reject row (``rejects``: Spark or pandas DataFrames of ``REJECT_COLUMNS``) in one
+    Parquet file under ``out``, written with pyarrow through the root's filesystem, as the parts
+    are: no Spark writer, so an object-store root needs no s3a connector for ingest. Spark's rows
+    come to the driver a partition at a time (``local_frames``). {reason: count} as read back."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    frames = [r if isinstance(r, pd.DataFrame) else r.toPandas() for r in rejects]
-    frame = pd.concat([f[REJECT_COLUMNS].astype(object) for f in frames], ignore_index=True)
-    frame["run_id"], frame["at"] = run_id, pd.Timestamp.now(tz="UTC")
+    from .spark import local_frames
+    at = pd.Timestamp.now(tz="UTC").floor("us")  # microseconds: what Spark reads as a timestamp
     schema = pa.schema([*((c, pa.string()) for c in REJECT_COLUMNS), ("run_id", pa.string()),
                         ("at", pa.timestamp("us", tz="UTC"))])
-    sink = pa.BufferOutputStream()  # microseconds: what Spark reads as a timestamp
-    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), sink,
-                   coerce_timestamps="us", allow_truncated_timestamps=True)
-    storage.write_bytes(f"{out}/part-00000.parquet", sink.getvalue().to_pybytes())
+
+    def frames():
+        for r in rejects:
+            for frame in [r] if isinstance(r, pd.DataFrame) else local_frames(r.select(*REJECT_COLUMNS)):
+                yield frame[REJECT_COLUMNS].astype(object).assign(run_id=run_id, at=at)
+    storage.write_parquet(f"{out}/part-00000.parquet", frames(), schema)
     return storage.value_counts(out, "reason")
 
 

@@ -90,9 +90,9 @@ def split_result(frame: pd.DataFrame, classes: list[str], threshold: float, cfg:
 
 
 def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri: str, cfg: Config, split: str):
-    """(split, examples, overlays) for the report's Grad-CAM grid: a few images per class, read from
-    the split with pyarrow and explained on the driver."""
-    import pyarrow.compute as pc
+    """(split, examples, overlays) for the report's Grad-CAM grid: a few images per class, picked
+    from the split by executors (only those rows come to the driver) and explained on the driver."""
+    from pyspark.sql import functions as F
     from .overlays import explain_arrays
     from .images import decode_each
     from .predict import load_model
@@ -101,9 +101,9 @@ def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri
     examples = pick_examples(good, probs, truth(good, classes), classes, int(cfg.get("evaluate.gradcam_examples")))
     if examples.empty:
         return None
-    rows = storage.parquet_dataset(url).to_table(columns=["image_id", "image", *card_fields(card)],
-                                                 filter=pc.field("image_id").isin(list(examples["image_id"]))) \
-        .to_pandas().set_index("image_id").loc[examples["image_id"]]
+    rows = read_split(spark, url, ["image_id", "image", *card_fields(card)]) \
+        .filter(F.col("image_id").isin(list(examples["image_id"]))).toPandas() \
+        .set_index("image_id").loc[examples["image_id"]]
     arrays, _, _ = decode_each(list(rows["image"]), int(card["image_size"]), card["resize"])
     images = np.stack(arrays)
     meta, _ = for_card(card, rows[list(card_fields(card))].to_dict("records"))

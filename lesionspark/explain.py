@@ -42,13 +42,11 @@ def table_schema():
 
 
 def _write_table(table: pd.DataFrame, uri: str) -> None:
-    """The explanation table (a row per image: a few hundred bytes, no pixels) as one Parquet file
-    under ``uri``, written with pyarrow through the root's filesystem: no Spark writer, so an
-    object-store root needs no s3a connector."""
-    import pyarrow as pa
+    """The explanation table (a row per image: a few hundred bytes, no pixels; at most
+    ``explain.limit`` rows) as one Parquet file under ``uri``, written with pyarrow through the
+    root's filesystem: no Spark writer, so an object-store root needs no s3a connector."""
     from pyspark.sql.pandas.types import to_arrow_schema
-    arrow = pa.Table.from_pandas(table, schema=to_arrow_schema(table_schema()), preserve_index=False)
-    storage.write_bytes(f"{uri}/part-00000.parquet", storage.parquet_bytes(arrow))
+    storage.write_parquet(f"{uri}/part-00000.parquet", [table], to_arrow_schema(table_schema()))
 
 
 def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_overlays: str, threads: int,

@@ -116,6 +116,22 @@ def task_count(spark, n: int, per_task: int) -> int:
     return slots * max(1, -(-n // (slots * max(1, per_task))))
 
 
+def local_frames(df, rows: int = 50_000):
+    """``df``'s rows on the driver as pandas frames of at most ``rows``, a partition at a time
+    (``toLocalIterator`` over at most the default parallelism's partitions: one small job each), so
+    the driver never holds them all."""
+    import pandas as pd
+    spark = df.sparkSession
+    chunk: list[tuple] = []
+    for row in df.coalesce(max(1, spark.sparkContext.defaultParallelism)).toLocalIterator():
+        chunk.append(tuple(row))
+        if len(chunk) == rows:
+            yield pd.DataFrame(chunk, columns=df.columns)
+            chunk = []
+    if chunk:
+        yield pd.DataFrame(chunk, columns=df.columns)
+
+
 @contextmanager
 def sql_conf(spark, **settings):
     """Set SQL confs for the duration of a block, then restore the session's own values."""

@@ -357,6 +357,17 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def write_parquet(uri: str, frames, schema: pa.Schema) -> None:
+    """pandas frames (an iterable) as one Parquet file at ``uri``, a row group each, written as they
+    come through the root's filesystem: the caller holds one frame at a time. Inside a staging or
+    version folder (on object stores a multipart upload, which appears whole when closed)."""
+    fs, path = filesystem(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as sink, pq.ParquetWriter(sink, schema) as writer:
+        for frame in frames:
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+
+
 def parquet_dataset(uri: str):
     """The Parquet files under ``uri`` as a pyarrow dataset (names starting with ``.`` or ``_``, which
     Spark skips, skipped too)."""
