@@ -2,7 +2,8 @@
 
     spark-submit --master yarn jobs/score.py --root hdfs:///lesionspark \
         --archive hdfs:///dermatology/archive --model cnn:latest
-Exit codes: 0 done; 2 model or archive missing (message on stderr/stdout); 1 the run failed.
+Exit codes: as ``lesionspark score`` (``lesionspark/cli.py``): 0 done; 1 the run failed; 2 model or archive
+missing; 3 drift with score.fail_on_drift; 4 lease lost; 75 root held by another run; 143 SIGTERM.
 """
 import sys
 

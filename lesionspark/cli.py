@@ -4,7 +4,9 @@ Every subcommand takes ``--conf FILE`` and trailing ``key.path=value`` overrides
 shortcuts for keys (``--size 64`` is ``dataset.image_size=64``). ``spark-submit jobs/<stage>.py``
 calls the same code with the same arguments.
 Exit codes: 0 done; 1 the stage failed; 2 bad arguments or configuration; score only: 3 drift with
-``score.fail_on_drift`` (the run was committed), 75 the storage root is held by another run.
+``score.fail_on_drift`` (the run was committed), 4 the run lost the root's lease, 75 the storage
+root is held by another run; 143 stopped by SIGTERM (score records the run as failed and releases
+the lease).
 
 Runs on the driver: parses arguments and calls one stage's library function.
 """
@@ -17,6 +19,8 @@ import sys
 
 from .config import Config, ConfigError
 from .spark import apply_umask
+from .signals import Terminated
+from .signals import install as install_sigterm
 
 log = logging.getLogger("lesionspark")
 
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    install_sigterm()
     try:
         cfg = load_config(args)
         apply_umask(cfg)  # before anything is written, the lease and run rows of score included
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         log.error("%s failed: %s", args.stage, exc)
         return 2 if isinstance(exc, ConfigError) else 1
+    except Terminated as exc:
+        log.error("%s: %s (exit %d)", args.stage, exc, exc.exit_code)
+        return exc.exit_code
     except Exception as exc:  # the message, not a stack trace, is what a scheduler shows
         code = getattr(exc, "exit_code", 1)
         if code == 1:

@@ -18,7 +18,7 @@ categories the model was given (an age as its decade) and which fields were miss
 from __future__ import annotations
 
 import csv
-import io
+import logging
 import math
 import re
 
@@ -26,6 +26,9 @@ import numpy as np
 
 from . import storage
 from .config import ConfigError
+from .metadata import csv_lines
+
+log = logging.getLogger(__name__)
 
 ENCODING = "onehot-v1"
 FIELDS = ("age", "sex", "localization")
@@ -153,20 +156,52 @@ def from_dicom(ds) -> dict:
 
 def read_sidecar(text: str) -> dict[str, dict]:
     """A side-car CSV (``image_id`` plus any of ``age``, ``sex``, ``localization``) as
-    ``{image_id: {field: value}}``; ValueError without an ``image_id`` column or with a repeated id."""
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "image_id" not in [c.strip() for c in reader.fieldnames]:
+    ``{image_id: {field: value}}``; ValueError without an ``image_id`` column or with a repeated id.
+    A line that is no CSV (an unterminated quote, a field over 128 KiB) is skipped on its own,
+    counted in a warning by line number (never its content): its image is scored with the missing
+    category, which ``predictions.metadata_missing`` records."""
+    lines = csv_lines(text)
+    _, header, error = next(lines, (1, None, None))
+    header = [c.strip() for c in header or []]
+    if error or "image_id" not in header:
         raise ValueError("the metadata side-car needs an image_id column (and any of age, sex, localization)")
     out: dict[str, dict] = {}
-    for row in reader:
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    skipped: list[int] = []
+    for number, fields, error in lines:
+        if error is None and fields is not None and not any(f.strip() for f in fields):
+            continue  # a blank line
+        if error is not None:
+            skipped.append(number)
+            continue
+        row = {k: (v or "").strip() for k, v in zip(header, fields)}  # a short row: the rest empty
         key = row.get("image_id", "")
         if not key:
             continue
         if key in out:
             raise ValueError(f"the metadata side-car names image_id {key!r} twice")
         out[key] = {f: row[f] for f in FIELDS if row.get(f)}
+    if skipped:
+        log.warning("metadata side-car: %d malformed line(s) skipped (lines %s); their images get the missing "
+                    "category", len(skipped), ", ".join(map(str, skipped[:20])) + (" ..." if len(skipped) > 20 else ""))
     return out
+
+
+def drop_shared(spark, files, sidecar: dict | None, column: str = "path") -> dict | None:
+    """``sidecar`` without the image ids that more than one listed file has (``IMG_0001.jpg`` in two
+    patients' folders): the side-car is keyed by image id alone, so which patient a row is for is
+    not known, and those files get the missing category instead of another patient's values.
+    ``files``: the listing (a DataFrame with a ``column`` of paths)."""
+    if not sidecar:
+        return sidecar
+    from pyspark.sql import functions as F
+    from .listing import STEM_FROM_PATH
+    keys = spark.createDataFrame([(k,) for k in sidecar], "stem string")
+    shared = {r["stem"] for r in files.select(F.regexp_extract(column, STEM_FROM_PATH, 1).alias("stem"))
+              .join(keys, "stem").groupBy("stem").count().filter("count > 1").collect()}
+    if shared:
+        log.warning("metadata side-car: %d image id(s) name more than one file in the archive; those files get "
+                    "the missing category", len(shared))
+    return {k: v for k, v in sidecar.items() if k not in shared}
 
 
 def load_sidecar(uri: str | None, fields) -> dict[str, dict] | None:

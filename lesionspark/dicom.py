@@ -9,7 +9,18 @@ Everything else becomes a reject with a reason, never a failed run:
 - ``dicom_no_pixel_data``, ``dicom_monochrome`` (the models see colour), ``dicom_undecodable``
   (a transfer syntax no installed decoder reads, or broken pixel data), ``dicom_unreadable``
   (not parseable as DICOM), ``too_many_pixels`` (the decompression-bomb guard, per frame and for
-  the whole object).
+  the whole object), ``over_memory_budget`` (the object would decode, or inflate, to more than
+  ``ingest.max_decoded_bytes``), ``too_many_frames`` (its frames at the model's size would take more
+  than that budget).
+
+The memory budget is judged from the header before any pixel is decoded: decoded bytes are frames x
+rows x columns x samples x bytes per sample (a palette's lookup output counted at 16 bits), and a
+multi-frame object's model-sized frames are frames x size x size x 3 x 4 bytes (as float32 for the
+model). An object over either is one reject row, never part of its frames: a content is recorded
+as done for a model version only when every frame was scored, and a reject says why the rest were
+not (raising the budget rescores it, ``score._done``). A deflated object is inflated first by a
+bounded inflater, whatever its File Meta group length says; samples of more than 8 bits are scaled
+to 8 a frame at a time, so nothing larger than one frame is ever held at a higher precision.
 
 Pixel data is decoded by pydicom with python-gdcm (JPEG baseline, extended and lossless, JPEG-LS,
 JPEG 2000) and pydicom's own RLE and deflate readers; YBR_FULL, YBR_FULL_422, YBR_ICT and YBR_RCT
@@ -34,7 +45,7 @@ import zlib
 import numpy as np
 
 from .clinical import from_dicom
-from .images import ImageRejected
+from .images import ImageRejected, fit_array
 
 MAGIC_AT, MAGIC = 128, b"DICM"
 DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
@@ -44,6 +55,7 @@ VISIBLE_LIGHT = "1.2.840.10008.5.1.4.1.1.77.1."
 NOT_SKIN = ("1.2.840.10008.5.1.4.1.1.77.1.5.", "1.2.840.10008.5.1.4.1.1.77.1.6")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 FRAME_GUARD = 4  # a whole object may hold at most this many max_image_pixels of frames
+MAX_DECODED_BYTES = 256 << 20  # ingest.max_decoded_bytes: an object's decoded pixels, and its model-sized frames
 IDENTIFIERS = ("study_uid", "series_uid", "sop_instance_uid", "modality", "patient_key")
 
 
@@ -104,67 +116,124 @@ def _check(ds, max_pixels: int) -> int:
     return frames
 
 
-def _to_rgb8(ds, arr: np.ndarray) -> np.ndarray:
-    """Frames x rows x columns x 3, uint8, from what pydicom decoded."""
+def decoded_bytes(ds, frames: int) -> int:
+    """What pydicom's decode of every frame allocates, from the header: frames x rows x columns x
+    samples x bytes per sample; for palette colour, the indices plus their 16-bit RGB lookup."""
+    try:
+        alloc = max(1, -(-int(ds.get("BitsAllocated") or 8) // 8))
+        samples = max(1, int(ds.get("SamplesPerPixel") or 1))
+    except (TypeError, ValueError):
+        raise ImageRejected("dicom_undecodable", "bits allocated or samples per pixel invalid") from None
+    pixels = frames * int(ds.Rows) * int(ds.Columns)
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        return pixels * alloc + pixels * 3 * 2
+    return pixels * max(samples, 3) * alloc
+
+
+def check_budget(ds, frames: int, max_bytes: int, size: int | None, max_frames: int | None) -> None:
+    """``ImageRejected`` before any decode when the object would exceed the memory budget: its
+    decoded pixels (``decoded_bytes``), or its frames at the model's ``size`` as float32, or (ingest:
+    one image per metadata row) more frames than ``max_frames``."""
+    if max_frames is not None and frames > max_frames:
+        raise ImageRejected("dicom_multiframe", f"{frames} frames: a training record is one image per metadata row")
+    need = decoded_bytes(ds, frames)
+    if need > max_bytes:
+        raise ImageRejected("over_memory_budget", f"{frames} frame(s) of {ds.Columns}x{ds.Rows} would decode to "
+                            f"{need} bytes > ingest.max_decoded_bytes={max_bytes}")
+    if size and frames * size * size * 3 * 4 > max_bytes:
+        raise ImageRejected("too_many_frames", f"{frames} frames at {size}x{size} would take "
+                            f"{frames * size * size * 12} bytes > ingest.max_decoded_bytes={max_bytes}")
+
+
+def _to_rgb8(ds, arr: np.ndarray, fit=None) -> list[np.ndarray]:
+    """Each frame as rows x columns x 3 uint8 (then ``fit``, when given), from what pydicom decoded:
+    converted a frame at a time, so only one frame is ever held at a higher precision."""
     from pydicom.pixels import apply_color_lut
-    if str(ds.PhotometricInterpretation) == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
-        bits = 16 if arr.dtype.itemsize > 1 else 8  # lookup tables hold 8- or 16-bit entries
-    else:
-        bits = int(ds.get("BitsStored") or 8 * arr.dtype.itemsize)
-    if arr.ndim == 3 and arr.shape[-1] == 3 and int(ds.get("NumberOfFrames") or 1) == 1:
+    palette = str(ds.PhotometricInterpretation) == "PALETTE COLOR"
+    single = int(ds.get("NumberOfFrames") or 1) == 1
+    if single and arr.ndim == (2 if palette else 3):
         arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ImageRejected("dicom_undecodable", f"decoded to shape {arr.shape}, not frames of RGB")
-    if arr.dtype != np.uint8 or bits != 8:
-        arr = np.clip(arr.astype(np.float64) * (255.0 / (2 ** bits - 1)), 0, 255).round().astype(np.uint8)
-    return arr
+    if arr.ndim != (3 if palette else 4) or (not palette and arr.shape[-1] != 3):
+        raise ImageRejected("dicom_undecodable", f"decoded to shape {arr.shape}, not frames of "
+                            f"{'palette indices' if palette else 'RGB'}")
+    out = []
+    for frame in arr:
+        if palette:
+            frame = apply_color_lut(frame, ds)
+            bits = 16 if frame.dtype.itemsize > 1 else 8  # lookup tables hold 8- or 16-bit entries
+        else:
+            bits = int(ds.get("BitsStored") or 8 * frame.dtype.itemsize)
+        if frame.dtype != np.uint8 or bits != 8:
+            wide = frame.astype(np.float32)  # one frame, scaled in place
+            wide *= np.float32(255.0 / (2 ** min(max(bits, 1), 32) - 1))
+            np.clip(wide, 0, 255, out=wide)
+            frame = np.rint(wide, out=wide).astype(np.uint8)
+            del wide
+        out.append(frame if fit is None else fit(frame))
+    return out
+
+
+def _syntax_and_start(data: bytes):
+    """(transfer syntax UID, offset of the dataset after the File Meta and command groups), read
+    exactly as pydicom reads them, so that a group length of 0 or a UID far into the meta group
+    cannot hide a deflated object."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
+    fp = DicomBytesIO(bytes(data))
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    _read_command_set_elements(fp)
+    return str(meta.get("TransferSyntaxUID") or ""), fp.tell()
 
 
 def _check_inflated_size(data: bytes, limit: int) -> None:
     """A deflated object (the whole dataset zlib-compressed) is inflated in one piece by pydicom:
     inflate it here first, at most ``limit`` bytes, so that a small file cannot become gigabytes."""
-    head = bytes(data[:4096])
-    if DEFLATED not in head:
+    syntax, start = _syntax_and_start(data)
+    if syntax != DEFLATED.decode():
         return
-    if head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
-        raise ImageRejected("dicom_unreadable", "a deflated object without a file meta group length")
-    start = 144 + int.from_bytes(head[140:144], "little")
-    if DEFLATED not in head[144:start]:
-        return  # the UID was elsewhere (a referenced syntax, say): not a deflated object
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflater, rest, total = zlib.decompressobj(-zlib.MAX_WBITS), bytes(data[start:]), 0
     try:
-        inflater.decompress(bytes(data[start:]), limit)
+        while rest and not inflater.eof:  # a MiB at a time, counted and dropped
+            total += len(inflater.decompress(rest, 1 << 20))
+            rest = inflater.unconsumed_tail
+            if total + (0 if rest else len(inflater.flush())) > limit:
+                raise ImageRejected("over_memory_budget", f"deflated data inflating past {limit} bytes "
+                                    "(ingest.max_decoded_bytes)")
     except zlib.error:
         raise ImageRejected("dicom_unreadable", "deflated data that does not inflate") from None
-    if inflater.unconsumed_tail:
-        raise ImageRejected("too_many_pixels", f"deflated data inflating past {limit} bytes "
-                            "(decompression-bomb guard)")
 
 
-def read_frames(data: bytes, max_pixels: int, salt: str | None = None) -> tuple[list[np.ndarray], dict, dict]:
-    """(full-size RGB uint8 frames, ``IDENTIFIERS``, the patient's age, sex and anatomic site for a
-    model's metadata input (``clinical.from_dicom``: used, never stored)) of a DICOM photograph;
-    ``ImageRejected`` with a reason for anything else, whatever a crafted object makes the parser or
-    a decoder raise."""
+def read_frames(data: bytes, max_pixels: int, salt: str | None = None, max_bytes: int = MAX_DECODED_BYTES,
+                size: int | None = None, mode: str = "squash",
+                max_frames: int | None = None) -> tuple[list[np.ndarray], dict, dict]:
+    """(RGB uint8 frames: full size, or ``size`` x ``size`` by ``images.fit_array`` when ``size`` is
+    given; ``IDENTIFIERS``; the patient's age, sex and anatomic site for a model's metadata input
+    (``clinical.from_dicom``: used, never stored)) of a DICOM photograph; ``ImageRejected`` with a
+    reason for anything else, whatever a crafted object makes the parser or a decoder raise.
+    ``max_bytes``: the memory budget (``check_budget``); ``max_frames``: more is a reject before decoding."""
     # pydicom logs odd values as it meets them, and a value can be a birth date or a name: silenced
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every odd value: the reject says enough
-            return _read_frames(data, max_pixels, salt)
+            return _read_frames(data, max_pixels, salt, max_bytes, size, mode, max_frames)
     except ImageRejected:
         raise
+    except MemoryError:
+        raise ImageRejected("over_memory_budget", "the decoder ran out of memory") from None
     except Exception as exc:  # noqa: BLE001 - whatever a crafted object does, it is this file's reject
         raise ImageRejected("dicom_unreadable", f"not a readable DICOM object ({type(exc).__name__})") from None
 
 
-def _read_frames(data: bytes, max_pixels: int, salt: str | None) -> tuple[list[np.ndarray], dict, dict]:
+def _read_frames(data: bytes, max_pixels: int, salt: str | None, max_bytes: int, size: int | None, mode: str,
+                 max_frames: int | None) -> tuple[list[np.ndarray], dict, dict]:
     import pydicom
-    _check_inflated_size(data, FRAME_GUARD * max_pixels * 3)  # as many bytes as the largest 8-bit object
+    _check_inflated_size(data, max_bytes)
     ds = pydicom.dcmread(io.BytesIO(bytes(data)))
     ids = identifiers(ds, salt)
     frames = _check(ds, max_pixels)
+    check_budget(ds, frames, max_bytes, size, max_frames)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the task's
@@ -172,7 +241,8 @@ def _read_frames(data: bytes, max_pixels: int, salt: str | None) -> tuple[list[n
         name = getattr(syntax, "name", None) or str(syntax or "no transfer syntax")
         raise ImageRejected("dicom_undecodable", f"pixel data ({name}) cannot be decoded: "
                             f"{type(exc).__name__}") from None
-    rgb = _to_rgb8(ds, arr)
+    rgb = _to_rgb8(ds, arr, None if size is None else (lambda f: fit_array(f, size, mode)))
+    del arr
     if len(rgb) != frames:
         raise ImageRejected("dicom_undecodable", f"{len(rgb)} frames decoded, {frames} declared")
-    return list(rgb), ids, from_dicom(ds)
+    return rgb, ids, from_dicom(ds)

@@ -19,11 +19,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from . import storage
+from . import pathkey, storage
 from .config import Config, ConfigError
 from .overlays import DEFAULT_METHOD, write_overlays
-from .frames import decode_images
-from .clinical import card_fields, load_sidecar
+from .dicom import MAX_DECODED_BYTES
+from .frames import decode_frames, image_chunks
+from .clinical import card_fields, drop_shared, load_sidecar
 from .predict import file_metadata, image_metadata, load_model
 from .threads import limit_threads
 from .progress import timed
@@ -51,38 +52,55 @@ def _write_table(table: pd.DataFrame, uri: str) -> None:
 
 def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_overlays: str, threads: int,
                       max_pixels: int, max_bytes: int, reader=None, method: str = DEFAULT_METHOD,
-                      sidecar: dict | None = None):
+                      sidecar: dict | None = None, max_decoded: int = MAX_DECODED_BYTES, batch_size: int = 64):
     """mapInPandas function: rows of ``image, source_path, true_dx`` and either ``content`` (bytes)
-    or, with ``reader``, ``length`` (the file is read here); a model with a metadata input gets the
-    rows' ``age, sex, localization``, or the DICOM tags and the side-car's (``predict.file_metadata``).
-    Writes overlays under the staging folder; the table names their final paths."""
+    or, with ``reader``, ``read_path`` and ``length`` (the file is read here, one at a time:
+    ``frames.image_chunks``; ``source_path`` is what the table stores: the path or its salted hash);
+    a model with a metadata input gets the rows' ``age, sex, localization``, or the DICOM tags and
+    the side-car's (``predict.file_metadata``). Writes overlays under the staging folder; the table
+    names their final paths."""
     classes = list(card["classes"])
+    size, mode = int(card["image_size"]), card["resize"]
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         limit_threads(threads)
         model = load_model(model_uri)
         for batch in batches:
-            if reader is not None:
-                contents, _, reasons, details = reader.fetch(batch["source_path"], batch["length"], max_bytes,
+            batch = batch.reset_index(drop=True)
+
+            def fetch(i):
+                if reader is None:
+                    return batch["content"].iat[i], None, None
+                contents, _, reasons, details = reader.fetch(batch["read_path"].iloc[i:i + 1],
+                                                             batch["length"].iloc[i:i + 1], max_bytes,
                                                              "score.max_file_bytes")
-            else:
-                contents, reasons, details = list(batch["content"]), [None] * len(batch), [None] * len(batch)
-            # a row per image: every frame of a DICOM object is one, named <image>-f<frame>
-            images = decode_images(contents, int(card["image_size"]), card["resize"], max_pixels, None, reasons,
-                                   details)
-            names = [batch["image"].iat[im.file] + ("" if im.frame is None else f"-f{im.frame}") for im in images]
-            meta, _ = image_metadata(card, images, file_metadata(card, batch, "source_path", sidecar))
-            written, probs, blank = write_overlays(model, card, [im.array for im in images], names, staging_overlays,
-                                                   method=method, metadata=meta)
-            out = batch[["image", "source_path", "true_dx"]].iloc[[im.file for im in images]].reset_index(drop=True)
-            out["image"] = names
-            out["predicted_dx"] = [None if p is None else classes[int(np.argmax(p))] for p in probs]
-            out["confidence"] = [None if p is None else float(np.max(p)) for p in probs]
-            out["overlay_path"] = [None if w is None else final_overlays + w[len(staging_overlays):] for w in written]
-            out["explanation_empty"] = blank
-            out["reason"], out["detail"] = [im.reason for im in images], [im.detail for im in images]
-            yield out
+                return contents[0], reasons[0], details[0]
+
+            def decode(i, data, reason, detail):
+                return decode_frames([data], size, mode, max_pixels, None, [reason], [detail], max_decoded, first=i)[0]
+
+            for images in image_chunks(len(batch), fetch, decode, batch_size):
+                yield _explained(model, card, classes, batch, images, staging_overlays, final_overlays, method,
+                                 file_metadata(card, batch, "read_path" if reader else "source_path", sidecar))
     return run
+
+
+def _explained(model, card: dict, classes: list, batch: pd.DataFrame, images: list, staging_overlays: str,
+               final_overlays: str, method: str, per_file: list) -> pd.DataFrame:
+    """The table rows of a chunk of images (every frame of a DICOM object is one, named
+    ``<image>-f<frame>``), their overlays written under the staging folder."""
+    names = [batch["image"].iat[im.file] + ("" if im.frame is None else f"-f{im.frame}") for im in images]
+    meta, _ = image_metadata(card, images, per_file)
+    written, probs, blank = write_overlays(model, card, [im.array for im in images], names, staging_overlays,
+                                           method=method, metadata=meta)
+    out = batch[["image", "source_path", "true_dx"]].iloc[[im.file for im in images]].reset_index(drop=True)
+    out["image"] = names
+    out["predicted_dx"] = [None if p is None else classes[int(np.argmax(p))] for p in probs]
+    out["confidence"] = [None if p is None else float(np.max(p)) for p in probs]
+    out["overlay_path"] = [None if w is None else final_overlays + w[len(staging_overlays):] for w in written]
+    out["explanation_empty"] = blank
+    out["reason"], out["detail"] = [im.reason for im in images], [im.detail for im in images]
+    return out
 
 
 def _safe(name: str) -> str:
@@ -101,12 +119,16 @@ def _sources(spark, cfg: Config, card: dict, root: str):
             raise ConfigError(f"explain.images: {folder} does not exist")
         follow = bool(cfg.get("score.follow_links"))
         files = list_files(spark, [folder], regex=cfg.get("score.path_regex"), follow_links=follow)
+        secret = pathkey.salt(cfg)
+        stored = pathkey.column(spark, secret)  # score.hash_paths: neither the path nor the name is stored
         key = F.udf(lambda p: f"{_safe(p.rsplit('/', 1)[-1].rsplit('.', 1)[0])}-"
                               f"{hashlib.sha1(p.encode()).hexdigest()[:8]}", "string")
-        rows = files.select(key("path").alias("image"), F.col("path").alias("source_path"),
+        image = F.concat(F.lit("img-"), F.substring(stored, 1, 16)) if secret else key("path")
+        rows = files.select(image.alias("image"), stored.alias("source_path"), F.col("path").alias("read_path"),
                             F.lit(None).cast("string").alias("true_dx"), "length")
-        name = f"folder-{_safe(folder.rstrip('/').rsplit('/', 1)[-1])}"
-        reader = Reader([folder], follow)
+        base = folder.rstrip("/").rsplit("/", 1)[-1]
+        name = f"folder-{pathkey.digest(secret, folder)[:16] if secret else _safe(base)}"
+        reader = Reader([folder], follow, float(cfg.get("score.read_timeout_s")))
     else:
         layout = storage.Layout(root)
         dataset = cfg.get("evaluate.dataset") or card.get("dataset") or cfg.get("dataset.name")
@@ -120,6 +142,13 @@ def _sources(spark, cfg: Config, card: dict, root: str):
         name, reader = f"split-{_safe(split)}", None
     rows = rows.orderBy("image")
     return name, (rows.limit(limit) if limit > 0 else rows), reader
+
+
+def _sidecar(spark, cfg: Config, card: dict, rows, reader):
+    """``score.metadata_csv`` for a model with a metadata input, without the image ids that name
+    more than one of the listed files (``clinical.drop_shared``)."""
+    sidecar = load_sidecar(cfg.get("score.metadata_csv"), card_fields(card))
+    return drop_shared(spark, rows, sidecar, "read_path") if reader is not None else sidecar
 
 
 def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
@@ -139,7 +168,8 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     with publish as staging:  # the table names each overlay where readers will find it
         fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{publish.published}/overlays", int(cfg.get("score.threads")),
                                int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader,
-                               cfg.get("explain.method"), load_sidecar(cfg.get("score.metadata_csv"), card_fields(card)))
+                               cfg.get("explain.method"), _sidecar(spark, cfg, card, rows, reader),
+                               int(cfg.get("ingest.max_decoded_bytes")), int(cfg.get("score.batch_size")))
         with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
                 timed(log, f"explain {n} images of {name}", spark=spark) as step:
             table = rows.repartition(tasks).mapInPandas(fn, table_schema()).toPandas()

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .dicom import IDENTIFIERS, is_dicom, read_frames
-from .images import ImageRejected, decode_each, fit_array
+from .dicom import IDENTIFIERS, MAX_DECODED_BYTES, is_dicom, read_frames
+from .images import ImageRejected, decode_each
 
 NO_IDS = dict.fromkeys(IDENTIFIERS)
 
@@ -30,16 +30,18 @@ class Image(NamedTuple):
 
 
 def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
-                  details: list) -> list[list[Image]]:
+                  details: list, max_bytes: int = MAX_DECODED_BYTES, max_frames: int | None = None,
+                  first: int = 0) -> list[list[Image]]:
     """Each file's images: one for a JPEG or PNG, one per frame of a DICOM photograph (with its
-    study identifiers), one reject for anything else. Rows that already have a reason keep it."""
+    study identifiers), one reject for anything else. Rows that already have a reason keep it.
+    ``max_bytes``: an object's memory budget (``dicom.check_budget``); ``max_frames``: a DICOM object
+    of more frames is a reject before it is decoded; ``first``: the ``file`` number of ``contents[0]``."""
     out = []
-    for i, (data, reason, detail) in enumerate(zip(contents, reasons, details)):
+    for i, (data, reason, detail) in enumerate(zip(contents, reasons, details), start=first):
         if reason is None and is_dicom(data):
             try:
-                frames, ids, clinical = read_frames(data, max_pixels, salt)
-                out.append([Image(i, k + 1, fit_array(f, size, mode), None, None, ids, clinical)
-                            for k, f in enumerate(frames)])
+                frames, ids, clinical = read_frames(data, max_pixels, salt, max_bytes, size, mode, max_frames)
+                out.append([Image(i, k + 1, f, None, None, ids, clinical) for k, f in enumerate(frames)])
             except ImageRejected as rej:
                 out.append([Image(i, None, None, rej.code, rej.detail, NO_IDS, {})])
             continue
@@ -49,24 +51,38 @@ def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | N
 
 
 def decode_images(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
-                  details: list) -> list[Image]:
+                  details: list, max_bytes: int = MAX_DECODED_BYTES, first: int = 0) -> list[Image]:
     """``decode_frames`` as one list, a row per image."""
-    return [image for per_file in decode_frames(contents, size, mode, max_pixels, salt, reasons, details)
+    return [image for per_file in decode_frames(contents, size, mode, max_pixels, salt, reasons, details, max_bytes,
+                                                first=first)
             for image in per_file]
 
 
-def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list, details: list):
+def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list, details: list,
+                  max_bytes: int = MAX_DECODED_BYTES):
     """One image per file, for training records (one label per metadata row): (arrays or None,
-    reasons, details). A DICOM object of several frames is a reject: which frame the label is for
-    is not known."""
+    reasons, details). A DICOM object of several frames is a reject (``dicom_multiframe``), judged
+    from its header before any frame is decoded: which frame the label is for is not known."""
     arrays, out_reasons, out_details = [], [], []
-    for images in decode_frames(contents, size, mode, max_pixels, None, reasons, details):
-        if len(images) > 1:
-            arrays.append(None)
-            out_reasons.append("dicom_multiframe")
-            out_details.append(f"{len(images)} frames: a training record is one image per metadata row")
-            continue
+    for images in decode_frames(contents, size, mode, max_pixels, None, reasons, details, max_bytes, max_frames=1):
         arrays.append(images[0].array)
         out_reasons.append(images[0].reason)
         out_details.append(images[0].detail)
     return arrays, out_reasons, out_details
+
+
+def image_chunks(n_files: int, fetch, decode, flush_at: int):
+    """Files read and decoded one at a time, their images yielded in chunks of at least ``flush_at``
+    (the rest at the end): a worker holds one file's bytes and the model-sized images of one chunk,
+    whatever the batch's size. ``fetch(i)``: (bytes or None, reason, detail) of file ``i``;
+    ``decode(i, data, reason, detail)``: its ``Image`` list."""
+    pending: list[Image] = []
+    for i in range(n_files):
+        data, reason, detail = fetch(i)
+        pending += decode(i, data, reason, detail)
+        del data
+        if len(pending) >= flush_at:
+            yield pending
+            pending = []
+    if pending:
+        yield pending

@@ -19,6 +19,7 @@ from . import storage
 from .config import Config
 from .dataset import IngestError, located_schema, write_dataset, writing_decoder
 from .hmnist import ingest_hmnist
+from .dicom import MAX_DECODED_BYTES
 from .frames import decode_single
 from .listing import Reader, list_files
 from .metadata import REJECT_SCHEMA, parse_metadata
@@ -33,7 +34,8 @@ META_FIELDS = ["image_id", "lesion_id", "dx", "label", "malignant", "dx_type", "
                "localization", "split"]
 
 
-def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, reader, max_bytes: int) -> pd.DataFrame:
+def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, reader, max_bytes: int,
+                 max_decoded: int = MAX_DECODED_BYTES) -> pd.DataFrame:
     """Read each file of a batch once (rows carry ``path``, ``length`` and the metadata), hash it,
     decode, resize and PNG-encode it. Runs in executors. Rows that cannot become records keep
     ``image=None`` and get ``reason``/``detail``. One file at a time: a worker holds one file's bytes
@@ -42,7 +44,7 @@ def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, rea
     images, hashes, reasons, details = [], [], [], []
     for path, length in zip(batch["path"], batch["length"]):
         contents, sha, pre_reason, pre_detail = reader.fetch([path], [length], max_bytes, "ingest.max_file_bytes")
-        arrays, reason, detail = decode_single(contents, size, mode, max_pixels, pre_reason, pre_detail)
+        arrays, reason, detail = decode_single(contents, size, mode, max_pixels, pre_reason, pre_detail, max_decoded)
         images.append(None if arrays[0] is None else encode_image(schema, arrays[0]))
         hashes += sha
         reasons += reason
@@ -55,11 +57,12 @@ def decode_batch(batch: pd.DataFrame, size: int, mode: str, max_pixels: int, rea
     return out[list(FIELD_NAMES) + ["split", "reason", "detail"]]
 
 
-def _decode_partition(size: int, mode: str, max_pixels: int, reader, max_bytes: int, clock=None):
+def _decode_partition(size: int, mode: str, max_pixels: int, reader, max_bytes: int, clock=None,
+                      max_decoded: int = MAX_DECODED_BYTES):
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             start = time.perf_counter()
-            out = decode_batch(batch, size, mode, max_pixels, reader, max_bytes)
+            out = decode_batch(batch, size, mode, max_pixels, reader, max_bytes, max_decoded)
             if clock is not None:
                 clock.add(files=len(batch), read_decode_encode=time.perf_counter() - start)
             yield out
@@ -180,9 +183,9 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     n_chosen = n_files - non_chosen - orphan_chosen
     tasks = task_count(spark, n_chosen, int(cfg.get("ingest.files_per_task")))
     clock = PhaseClock(spark, ("files", "read_decode_encode"))
-    reader = Reader(image_uris, bool(cfg.get("ingest.follow_links")))
+    reader = Reader(image_uris, bool(cfg.get("ingest.follow_links")), float(cfg.get("ingest.read_timeout_s")))
     make = _decode_partition(size, mode, int(cfg.get("ingest.max_image_pixels")), reader,
-                             int(cfg.get("ingest.max_file_bytes")), clock)
+                             int(cfg.get("ingest.max_file_bytes")), clock, int(cfg.get("ingest.max_decoded_bytes")))
     # Hashed by image id and sorted in each task: the same inputs give the same parts, row for row.
     to_read = to_read.repartition(tasks, "image_id").sortWithinPartitions("image_id")
 

@@ -241,8 +241,13 @@ class Lease:
                 self.lost = str(exc)
                 log.error("lease: %s", exc)
                 return
-            except OSError as exc:  # a storage hiccup: try again at the next tick
-                log.warning("lease: renewal failed (%s); retrying", exc)
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup, or a JVM error on a NameNode blip
+                stalled = time.monotonic() - self._renewed_at
+                if stalled > self.ttl * 2 / 3:  # failing for too long: stop before another run may take over
+                    self.lost = f"renewal failing for {stalled:.1f}s ({type(exc).__name__}: {str(exc)[:200]})"
+                    log.error("lease: %s", self.lost)
+                    return
+                log.warning("lease: renewal failed (%s: %s); retrying", type(exc).__name__, str(exc)[:200])
 
     def check(self) -> None:
         """Raise ``LeaseLost`` unless this run still holds the newest, unexpired generation."""

@@ -19,10 +19,12 @@ curates holds what pyarrow's listing cannot: names that are not UTF-8 (a Latin-1
 from an old Windows share), symbolic links (loops, links out of the archive, dangling ones), FIFOs,
 sockets and devices. Rules:
 
-- A name that is not valid UTF-8 is listed with each undecodable byte written ``%XX`` and each ``%``
-  of that name as ``%25`` (``M%FCller.jpg``); the reader maps it back to the bytes, so the file is read,
-  hashed and scored like any other, and the next run lists it under the same spelling (the index
-  matches it). Valid names are listed as they are.
+- Every ``%`` of a local path is listed as ``%25``, and each byte that is not valid UTF-8 as
+  ``%XX`` (a Latin-1 ``M\xfcller.jpg`` lists as ``M%FCller.jpg``; a file literally named
+  ``M%FCller.jpg`` as ``M%25FCller.jpg``: two names never list alike). The reader maps a listed
+  path back to its bytes, so the file is read, hashed and scored like any other, and the next run
+  lists it under the same spelling (the index matches it). Names without ``%`` that are valid
+  UTF-8 are listed as they are.
 - Links are not followed by default (``follow_links``): a link is listed as an entry and rejected
   (``symlink_not_followed``), a linked folder is not entered. With ``follow_links``, linked folders
   are entered once each (loops are cut by device and inode), and a link that leaves the listed
@@ -84,21 +86,16 @@ def _visible(name: str) -> bool:
 
 
 def escape_name(raw: bytes) -> str:
-    """A file name as listed: itself when it is UTF-8, else undecodable bytes as ``%XX`` and ``%`` as ``%25``."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", "surrogateescape").replace("%", "%25")
-        return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+    """A local path as listed: every ``%`` written ``%25`` and every byte that is not part of valid
+    UTF-8 written ``%XX``, so that two different names never list alike (a Latin-1 ``M\\xfcller.jpg``
+    lists as ``M%FCller.jpg``, a file literally named ``M%FCller.jpg`` as ``M%25FCller.jpg``)."""
+    text = raw.decode("utf-8", "surrogateescape").replace("%", "%25")
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
 
 
 def local_bytes(path: str) -> bytes:
-    """The bytes path of a listed local path: itself if it exists so spelled, else its escapes undone."""
-    raw = os.fsencode(path)
-    if os.path.lexists(raw) or "%" not in path:
-        return raw
-    out = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), path.encode("utf-8"))
-    return out if os.path.lexists(out) else raw
+    """The bytes of a local path as listed (``escape_name`` undone)."""
+    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), path.encode("utf-8", "surrogateescape"))
 
 
 class EntryRejected(Exception):
@@ -109,10 +106,13 @@ class EntryRejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-def scan_local(top: bytes, recursive: bool, follow_links: bool, want_dirs: bool):
+def scan_local(top: bytes, recursive: bool, follow_links: bool, want_dirs: bool, within: bytes | None = None):
     """(path bytes, size, mtime ns, is_dir) under ``top``, hidden names skipped. Entries that are not
     regular files or folders (links not followed, FIFOs, sockets, devices) come as files, for the
-    reader to reject. With ``follow_links``, linked folders are entered once each (device, inode)."""
+    reader to reject. With ``follow_links``, linked folders are entered once each (device, inode),
+    and only where they lead inside ``within`` (the listed archive; default ``top``): a link to a
+    folder elsewhere comes as a file, which the reader rejects (``link_outside_archive``)."""
+    inside = os.path.realpath(within or top)
     seen: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
@@ -131,7 +131,8 @@ def scan_local(top: bytes, recursive: bool, follow_links: bool, want_dirs: bool)
             try:
                 lst = e.stat(follow_symlinks=False)
                 is_link = stat.S_ISLNK(lst.st_mode)
-                is_dir = stat.S_ISDIR(lst.st_mode) or (is_link and follow_links and e.is_dir(follow_symlinks=True))
+                is_dir = stat.S_ISDIR(lst.st_mode) or (is_link and follow_links and e.is_dir(follow_symlinks=True)
+                                                       and _leads_inside(e.path, inside))
             except OSError:
                 continue
             if is_dir:
@@ -141,6 +142,13 @@ def scan_local(top: bytes, recursive: bool, follow_links: bool, want_dirs: bool)
                     stack.append(e.path)
             elif not want_dirs:
                 yield e.path, lst.st_size, lst.st_mtime_ns, False
+
+
+def _leads_inside(path: bytes, inside: bytes) -> bool:
+    try:
+        return os.path.commonpath([os.path.realpath(path, strict=True), inside]) == inside
+    except (OSError, ValueError):
+        return False
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
@@ -157,7 +165,7 @@ def _list_dir(root: Root, d: str, mode: str, batch_rows: int = 20_000) -> Iterat
     if root.local:
         entries = ((root.uri_of(escape_name(raw)), size, mtime_ns // 1_000_000, is_dir)
                    for raw, size, mtime_ns, is_dir in scan_local(local_bytes(d), recursive, root.follow_links,
-                                                                 mode == "dirs"))
+                                                                 mode == "dirs", os.fsencode(root.path)))
     else:
         entries = _remote_entries(root, d, mode)
     for row in entries:
@@ -216,7 +224,9 @@ def list_files(spark, uris: list[str], glob: str | None = None, regex: str | Non
             raise FileNotFoundError(f"{root.uri} is not a folder")
     min_dirs = min_dirs or 4 * spark.sparkContext.defaultParallelism
     # The top of the tree, a level at a time on the driver, until there are folders for every core.
-    frontier, shallow = [(i, r.path) for i, r in enumerate(roots)], []
+    # local folders travel as listed (escaped), as their subfolders come back from the listing
+    frontier = [(i, escape_name(os.fsencode(r.path)) if r.local else r.path) for i, r in enumerate(roots)]
+    shallow: list[tuple[int, str]] = []
     for _ in range(max_depth):
         if len(frontier) >= min_dirs or not frontier:
             break
@@ -253,31 +263,42 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {PATH_LIKE.sub('<path>', str(exc))[:300]}"
 
 
-class Reader:
-    """Reads listed files in executors through the same pyarrow filesystems (picklable)."""
+READ_TIMEOUT_S = 300.0  # score.read_timeout_s / ingest.read_timeout_s
 
-    def __init__(self, uris: list[str], follow_links: bool = False):
+
+class Reader:
+    """Reads listed files in executors through the same pyarrow filesystems (picklable).
+
+    A file's size is judged before any byte is read (``lstat`` of a local entry, the store's size of
+    a remote object): a file over the limit is rejected unread and unhashed (a sparse file of 16 TiB
+    costs one ``lstat``), and tried again by every run until it is removed or the limit raised. A
+    read is made in 8 MiB chunks against a deadline (``read_timeout_s``): a file that is still
+    being read when it passes is ``read_timeout``, with no hash, tried again next run."""
+
+    def __init__(self, uris: list[str], follow_links: bool = False, read_timeout_s: float = READ_TIMEOUT_S):
         self.roots = [Root(u, follow_links) for u in uris]
+        self.read_timeout_s = float(read_timeout_s)
 
     def _locate(self, path: str):
         root = self.roots[_root_of(self.roots, path)]
         return root, to_fs_path(path, root.prefix)
 
-    def _open_local(self, root: Root, p: str):
-        """A regular file under ``root`` opened for reading, or ``EntryRejected``; nothing else is opened
-        (a FIFO would block, a device could act on open)."""
+    def _open_local(self, root: Root, p: str, limit: int):
+        """A regular file under ``root`` of at most ``limit`` bytes opened for reading, or
+        ``EntryRejected``; nothing else is opened (a FIFO would block, a device could act on open)."""
         raw = local_bytes(p)
         lst = os.lstat(raw)
-        if stat.S_ISLNK(lst.st_mode):
-            if not root.follow_links:
-                raise EntryRejected("symlink_not_followed", "a symbolic link (score.follow_links is off)")
+        if stat.S_ISLNK(lst.st_mode) and not root.follow_links:
+            raise EntryRejected("symlink_not_followed", "a symbolic link (score.follow_links is off)")
+        if stat.S_ISLNK(lst.st_mode) or root.follow_links:
+            # every component is resolved, not only the last: a linked folder may lead out too
             try:
                 target = os.path.realpath(raw, strict=True)
             except OSError as exc:
                 reason = "symlink_loop" if exc.errno == errno.ELOOP else "dangling_symlink"
                 raise EntryRejected(reason, f"the link cannot be resolved ({errno.errorcode.get(exc.errno, exc.errno)})") \
                     from None
-            top = os.path.realpath(local_bytes(root.path))
+            top = os.path.realpath(os.fsencode(root.path))
             if os.path.commonpath([target, top]) != top:
                 raise EntryRejected("link_outside_archive", "the link points outside the listed folder")
             raw, lst = target, os.stat(target)
@@ -286,53 +307,67 @@ class Reader:
                 "socket" if stat.S_ISSOCK(lst.st_mode) else "device" if stat.S_ISCHR(lst.st_mode) or \
                 stat.S_ISBLK(lst.st_mode) else "special file"
             raise EntryRejected("special_file", f"a {kind}, not a regular file: not opened")
+        _check_size(lst.st_size, limit)
         fd = os.open(raw, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the check and the open
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # swapped between the check and the open
             os.close(fd)
             raise EntryRejected("special_file", "changed into a special file while being opened")
+        try:
+            _check_size(st.st_size, limit)
+        except EntryRejected:
+            os.close(fd)
+            raise
         return os.fdopen(fd, "rb")
 
-    def _open(self, path: str):
+    def _open(self, path: str, limit: int):
         fault = os.environ.get("LESIONSPARK_INJECT_READ_FAULT")  # tests: an I/O error on matching paths
         if fault and re.search(fault, path):
             raise OSError(errno.EIO, "Input/output error (injected by LESIONSPARK_INJECT_READ_FAULT)")
         root, p = self._locate(path)
-        return self._open_local(root, p) if root.local else root.fs.open_input_stream(p)
+        if root.local:
+            return self._open_local(root, p, limit)
+        fh = root.fs.open_input_file(p)
+        try:
+            _check_size(fh.size(), limit)
+        except EntryRejected:
+            fh.close()
+            raise
+        return fh
 
     def read(self, path: str, limit: int) -> bytes:
-        """The file's bytes; raises ``ValueError`` past ``limit`` bytes (nothing more is read)."""
-        with self._open(path) as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise ValueError(f"more than {limit} bytes")
-        return data
-
-    def sha256(self, path: str) -> str:
-        """SHA-256 of a file of any size, streamed in 8 MiB chunks."""
-        h = hashlib.sha256()
-        with self._open(path) as fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-        return h.hexdigest()
-
+        """The file's bytes: ``EntryRejected`` when it is over ``limit`` bytes (judged before reading,
+        and again as it is read) or its read passes the deadline."""
+        import time
+        deadline = time.monotonic() + self.read_timeout_s
+        chunks, total = [], 0
+        with self._open(path, limit) as fh:
+            while chunk := fh.read(min(CHUNK, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise EntryRejected("file_too_large", f"grew past {total - len(chunk)} bytes while being read")
+                if time.monotonic() > deadline:
+                    raise EntryRejected("read_timeout", f"still reading after {self.read_timeout_s:g} s "
+                                        f"({total} bytes read)")
+        return b"".join(chunks)
 
     def fetch(self, paths, lengths, max_bytes: int, limit_key: str):
         """Read and hash many listed files, each once: (contents or None, sha256 or None, reasons,
-        details). Files over ``max_bytes`` are hashed as a stream and rejected unread into memory;
-        a file that vanished or cannot be opened gets ``unreadable``, an entry that is no regular
-        file its ``EntryRejected`` reason, and neither has a hash."""
+        details). A file over ``max_bytes`` (as listed, or by its size when opened) is rejected
+        unread (``file_too_large``); a file that vanished or cannot be opened gets ``unreadable``, an
+        entry that is no regular file its ``EntryRejected`` reason; none of these has a hash."""
         contents, shas, reasons, details = [], [], [], []
         for path, length in zip(paths, lengths):
             data = sha = reason = detail = None
             try:
-                if length > max_bytes:
-                    sha = self.sha256(path)
-                    reason, detail = "file_too_large", f"{length} bytes > {limit_key}={max_bytes}"
-                else:
-                    data = self.read(path, max_bytes)
-                    sha = hashlib.sha256(data).hexdigest()
+                _check_size(length, max_bytes)
+                data = self.read(path, max_bytes)
+                sha = hashlib.sha256(data).hexdigest()
             except EntryRejected as rej:
                 reason, detail = rej.reason, rej.detail
+                if reason == "file_too_large":
+                    detail = f"{detail} > {limit_key}={max_bytes}"
             except (OSError, ValueError) as exc:
                 reason, detail = "unreadable", describe_error(exc)
             contents.append(data)
@@ -340,3 +375,8 @@ class Reader:
             reasons.append(reason)
             details.append(detail)
         return contents, shas, reasons, details
+
+
+def _check_size(size, limit: int) -> None:
+    if size is not None and size > limit:
+        raise EntryRejected("file_too_large", f"{size} bytes")

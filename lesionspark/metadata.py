@@ -5,8 +5,8 @@ Runs on the driver (the file is small: about 100 bytes a row).
 from __future__ import annotations
 
 import csv
-import io
 import math
+import re
 
 import pandas as pd
 
@@ -31,6 +31,22 @@ def _age(raw: str) -> float | None:
     if math.isnan(value) or not 0 <= value <= 130:
         raise ValueError(f"age {raw!r} out of range")
     return value
+
+
+def csv_lines(text: str):
+    """(line number, fields or None, error or None) for each line of a CSV text, each line parsed on
+    its own: a record is one line (HAM10000's and the side-car's are), so an unterminated quote or a
+    field over the csv module's limit (128 KiB) spoils its own line only, never the lines after it."""
+    lines = re.split(r"\r\n|\r|\n", text.lstrip("\ufeff"))
+    if lines[-1] == "":
+        lines.pop()  # the end of the last line, or of an empty text
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows = list(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            yield number, None, f"not a CSV line ({exc})"
+            continue
+        yield number, (rows[0] if rows else []), None
 
 
 def _header(reader, source: str) -> tuple[list[str], dict[str, int]]:
@@ -90,20 +106,27 @@ def parse_metadata(text: str, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     ``malignant`` and ``line``. ``rejects`` has ``image_id, source, reason, detail`` for every row
     that was not usable: malformed CSV rows, missing fields, unknown ``dx``, invalid ``age``,
     duplicated ``image_id`` (an identical repeat keeps the first row; conflicting repeats are all
-    rejected). Every data row of the file ends up in exactly one of the two.
+    rejected). Every data line of the file ends up in exactly one of the two (``csv_lines``: a line
+    that is no CSV, such as one with an unterminated quote, is a ``malformed_csv_row`` of its own).
     """
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    header, index = _header(reader, source)
+    lines = (fields if error is None else [] for _, fields, error in csv_lines(text))
+    header, index = _header(lines, source)
     good, bad = [], []
-    for fields in reader:
+    for number, fields, error in csv_lines(text):
+        if number == 1:
+            continue
+        if error is not None:
+            bad.append({"image_id": None, "source": f"{source}:{number}", "reason": "malformed_csv_row",
+                        "detail": error})
+            continue
         if not fields or all(not f.strip() for f in fields):
             continue  # blank line: not a record
-        record, rejected = _record(fields, len(header), index, reader.line_num)
+        record, rejected = _record(fields, len(header), index, number)
         if record is not None:
             good.append(record)
         else:
             image_id, reason, detail = rejected
-            bad.append({"image_id": image_id, "source": f"{source}:{reader.line_num}", "reason": reason,
+            bad.append({"image_id": image_id, "source": f"{source}:{number}", "reason": reason,
                         "detail": detail})
     records = pd.DataFrame(good, columns=["image_id", "lesion_id", "dx", "label", "malignant", "dx_type",
                                           "age", "sex", "localization", "line"])

@@ -12,9 +12,10 @@ import pandas as pd
 
 from . import calibration, storage
 from .clinical import FIELDS, card_fields, for_card, missing, sidecar_key
-from .dicom import IDENTIFIERS
-from .frames import decode_images
+from .dicom import IDENTIFIERS, MAX_DECODED_BYTES
+from .frames import decode_frames, image_chunks
 from .images import decode_each
+from .modelfile import check_file
 from .overlays import write_overlays
 from .threads import limit_threads
 
@@ -34,6 +35,8 @@ def load_model(model_uri: str):
     if model_uri not in _MODELS:
         import tensorflow as tf
         with storage.local_copy(model_uri, suffix=".keras") as local:
+            with open(local, "rb") as fh:  # only the classes lesionspark builds (modelfile.ALLOWED)
+                check_file(fh)
             # safe_mode: a Lambda layer in a planted model file is refused, not deserialised and run
             _MODELS[model_uri] = tf.keras.models.load_model(local, compile=False, safe_mode=True)
     return _MODELS[model_uri]
@@ -50,11 +53,16 @@ def predict_arrays(model, card: dict, images: np.ndarray, batch_size: int, metad
 
 def predict_images(model, card: dict, arrays: list, batch_size: int, metadata=None) -> list:
     """Probability lists for decoded images, in order; None where the image is None (a reject).
-    ``metadata``: one encoded vector per image (rows of rejects included), or None."""
+    ``metadata``: one encoded vector per image (rows of rejects included), or None. Stacked and
+    made float32 ``batch_size`` images at a time."""
     keep = [i for i, a in enumerate(arrays) if a is not None]
-    meta = None if metadata is None else metadata[keep]
-    probs = iter(predict_arrays(model, card, np.stack([arrays[i] for i in keep]), batch_size, meta) if keep else [])
-    return [None if a is None else list(next(probs)) for a in arrays]
+    out: list = [None] * len(arrays)
+    for at in range(0, len(keep), batch_size):
+        part = keep[at:at + batch_size]
+        meta = None if metadata is None else metadata[part]
+        for i, p in zip(part, predict_arrays(model, card, np.stack([arrays[i] for i in part]), batch_size, meta)):
+            out[i] = list(p)
+    return out
 
 
 def file_metadata(card: dict, batch: pd.DataFrame, path_column: str, sidecar: dict | None) -> list[dict]:
@@ -117,60 +125,74 @@ def explain_flagged(model, card: dict, arrays: list, probs: list, shas: list, me
     return [None if p is None else final_dir + p[len(staging_dir):] for p in paths]
 
 
-def read_alternates(reader, batch: pd.DataFrame, contents: list, shas: list, reasons: list, details: list,
-                    max_bytes: int) -> pd.DataFrame:
-    """For each known content whose chosen path could not be read (``unreadable``), read its other
-    paths (``alt_paths``) in order and take the first whose bytes still hash to the known content; the
-    row then names that path. The lists are updated in place; the batch is returned with the paths
-    it now names. A content with no readable path stays an ``unreadable`` reject without a hash
+def read_alternate(reader, files: pd.DataFrame, i: int, fetched: tuple, max_bytes: int) -> tuple:
+    """When file ``i`` is a known content whose chosen path could not be read (``unreadable``), its
+    other paths (``alt_paths``) in order, until one's bytes still hash to the known content; ``files``
+    then names that path (updated in place). (bytes, sha256, reason, detail): the first path's, or
+    the alternate's. A content with no readable path stays an ``unreadable`` reject without a hash
     (tried again next run)."""
-    if "known_sha256" not in batch:
-        return batch
-    batch = batch.copy()
-    for i, (reason, known) in enumerate(zip(reasons, batch["known_sha256"])):
-        alts = batch["alt_paths"].iat[i]
-        if reason != "unreadable" or known is None or alts is None or not len(alts):
-            continue
-        for path, key, length in zip(alts, batch["alt_keys"].iat[i], batch["alt_lengths"].iat[i]):
-            c, s, r, _ = reader.fetch([path], [length], max_bytes, "score.max_file_bytes")
-            if r[0] is None and s[0] == known:
-                contents[i], shas[i], reasons[i], details[i] = c[0], s[0], None, None
-                batch.iloc[i, batch.columns.get_loc("path")] = path
-                batch.iloc[i, batch.columns.get_loc("path_key")] = key
-                batch.iloc[i, batch.columns.get_loc("length")] = length
-                break
-    return batch
+    if "known_sha256" not in files or fetched[2] != "unreadable":
+        return fetched
+    known, alts = files["known_sha256"].iat[i], files["alt_paths"].iat[i]
+    if known is None or alts is None or not len(alts):
+        return fetched
+    for path, key, length in zip(alts, files["alt_keys"].iat[i], files["alt_lengths"].iat[i]):
+        c, s, r, d = reader.fetch([path], [length], max_bytes, "score.max_file_bytes")
+        if r[0] is None and s[0] == known:
+            for column, value in (("path", path), ("path_key", key), ("length", length)):
+                files.iloc[i, files.columns.get_loc(column)] = value
+            return c[0], s[0], None, None
+    return fetched
 
 
 def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels: int, threads: int,
                 max_bytes: int, passthrough: list[str], clock=None, explain: tuple[float, str, str, str] | None = None,
-                salt: str | None = None, sidecar: dict | None = None):
+                salt=None, sidecar: dict | None = None, max_decoded: int = MAX_DECODED_BYTES):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
     each file is read once, hashed where its bytes are, decoded and predicted, a row per image
-    (every frame of a DICOM object is one); files that cannot be scored carry a reason. The model
+    (every frame of a DICOM object is one); files that cannot be scored carry a reason. Files are
+    read and decoded one at a time and predicted ``batch_size`` images at a time
+    (``frames.image_chunks``), so a worker's memory does not grow with the files' sizes. The model
     is loaded once per Python worker. ``explain``: (review threshold, staging folder, method, final
-    folder): heatmap overlays of the flagged images, their paths in ``explanation_path``. ``salt``:
-    for the DICOM patient key (``dicom.patient_key``). ``sidecar``: ``{image id: {field: value}}``
-    for a model's metadata input (``image_metadata``)."""
+    folder): heatmap overlays of the flagged images, their paths in ``explanation_path``. ``salt``: a
+    broadcast of the salt for the DICOM patient key (``dicom.patient_key``, ``pathkey.share``), or
+    None. ``sidecar``: ``{image id: {field: value}}``
+    for a model's metadata input (``image_metadata``). ``max_decoded``: an object's memory budget."""
     import time
+    size, mode = int(card["image_size"]), card["resize"]
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         limit_threads(threads)
         model = load_model(model_uri)
+        secret = None if salt is None else salt.value
         for batch in batches:
-            t0 = time.perf_counter()
-            contents, shas, reasons, details = reader.fetch(batch["path"], batch["length"], max_bytes,
-                                                            "score.max_file_bytes")
-            batch = read_alternates(reader, batch, contents, shas, reasons, details, max_bytes)
-            t1 = time.perf_counter()
-            images = decode_images(contents, int(card["image_size"]), card["resize"], max_pixels, salt, reasons,
-                                   details)
-            meta, used = image_metadata(card, images, file_metadata(card, batch, "path", sidecar))
-            t2 = time.perf_counter()
-            rows = predict_images(model, card, [im.array for im in images], batch_size, meta)
+            files, shas = batch.reset_index(drop=True), [None] * len(batch)
+            spent = {"read_hash": 0.0, "decode": 0.0}
+
+            def fetch(i):
+                t0 = time.perf_counter()
+                got = reader.fetch(files["path"].iloc[i:i + 1], files["length"].iloc[i:i + 1], max_bytes,
+                                   "score.max_file_bytes")
+                data, shas[i], reason, detail = read_alternate(reader, files, i, tuple(x[0] for x in got), max_bytes)
+                spent["read_hash"] += time.perf_counter() - t0
+                return data, reason, detail
+
+            def decode(i, data, reason, detail):
+                t0 = time.perf_counter()
+                images = decode_frames([data], size, mode, max_pixels, secret, [reason], [detail], max_decoded,
+                                       first=i)[0]
+                spent["decode"] += time.perf_counter() - t0
+                return images
+
+            predict_s = 0.0
+            for images in image_chunks(len(files), fetch, decode, batch_size):
+                t0 = time.perf_counter()
+                meta, used = image_metadata(card, images, file_metadata(card, files, "path", sidecar))
+                rows = predict_images(model, card, [im.array for im in images], batch_size, meta)
+                yield _image_rows(files[passthrough], images, shas, rows, model, card, explain, meta, used)
+                predict_s += time.perf_counter() - t0
             if clock is not None:
-                clock.add(files=len(batch), read_hash=t1 - t0, decode=t2 - t1, predict=time.perf_counter() - t2)
-            yield _image_rows(batch[passthrough], images, shas, rows, model, card, explain, meta, used)
+                clock.add(files=len(batch), predict=predict_s, **spent)
     return run
 
 

@@ -17,10 +17,10 @@ import datetime as dt
 import logging
 import time
 
-from . import storage
+from . import pathkey, storage
 from .classes import malignant_outputs
 from .config import Config, ConfigError
-from .clinical import card_fields, load_sidecar
+from .clinical import card_fields, drop_shared, load_sidecar
 from .dicom import IDENTIFIERS
 from .listing import Reader, list_files
 from .predict import score_files, score_files_schema
@@ -58,14 +58,6 @@ class DriftAlert(RuntimeError):
     exit_code = 3
 
 
-def path_key(salt: str | None):
-    """How paths are stored: as they are, or (privacy) a salted SHA-256 of the path."""
-    from pyspark.sql import functions as F
-    if salt is None:
-        return F.col("path")
-    return F.sha2(F.concat(F.lit(salt), F.col("path")), 256)
-
-
 def _table(layout_root: str, name: str) -> str:
     return storage.join(layout_root, "tables", name)
 
@@ -78,12 +70,28 @@ def _read_table(spark, uri: str, schema: str):
     return spark.createDataFrame([], schema)
 
 
-def _done(spark, tables: dict, model: str, version: str):
-    """Contents already predicted or rejected for this model version (``image_sha256``)."""
+# Rejects that a limit decided (score_rejects.limits records the limits in force): done only while
+# those limits stand, so that raising a limit rescores them. A file over score.max_file_bytes, or
+# one whose read passed its deadline, has no hash and is judged again by every run anyway.
+LIMIT_REASONS = ("too_many_pixels", "over_memory_budget", "too_many_frames")
+
+
+def limits(cfg: Config) -> str:
+    """The decode limits in force, as ``score_rejects.limits`` records them."""
+    return (f"max_image_pixels={int(cfg.get('ingest.max_image_pixels'))},"
+            f"max_decoded_bytes={int(cfg.get('ingest.max_decoded_bytes'))}")
+
+
+def _done(spark, tables: dict, model: str, version: str, current_limits: str):
+    """Contents already predicted or rejected for this model version (``image_sha256``); a reject
+    by a limit counts only while the limits it was judged under still stand."""
     from pyspark.sql import functions as F
-    frames = [_read_table(spark, tables[t], "image_sha256 string, model string, model_version string")
-              .filter((F.col("model") == model) & (F.col("model_version") == version)).select("image_sha256")
-              for t in ("predictions", "score_rejects")]
+    preds = _read_table(spark, tables["predictions"], "image_sha256 string, model string, model_version string")
+    rejects = _read_table(spark, tables["score_rejects"],
+                          "image_sha256 string, model string, model_version string, reason string, limits string")
+    stands = ~F.col("reason").isin(*LIMIT_REASONS) | (F.coalesce(F.col("limits"), F.lit("")) == current_limits)
+    frames = [df.filter((F.col("model") == model) & (F.col("model_version") == version)).select("image_sha256")
+              for df in (preds, rejects.filter(stands))]
     return frames[0].unionByName(frames[1]).filter(F.col("image_sha256").isNotNull()).distinct()
 
 
@@ -96,16 +104,16 @@ def plan(spark, cfg: Config, archive: str, model: str, version: str, tables: dic
     has no prediction or reject for this model version yet (a new model version rescoring an archive,
     or a run that died between committing its index and its predictions)."""
     from pyspark.sql import functions as F
-    salt = cfg.get("score.path_salt") if cfg.get("score.hash_paths") else None
     listing = list_files(spark, [archive], regex=cfg.get("score.path_regex"),
-                         follow_links=bool(cfg.get("score.follow_links"))).withColumn("path_key", path_key(salt))
+                         follow_links=bool(cfg.get("score.follow_links"))) \
+        .withColumn("path_key", pathkey.column(spark, pathkey.salt(cfg)))
     index = _read_table(spark, tables["score_files"],
                         "path_key string, length long, modificationTime timestamp, image_sha256 string")
     index = index.select("path_key", "length", "modificationTime", "image_sha256").dropDuplicates(
         ["path_key", "length", "modificationTime"])
     files = listing.join(index, ["path_key", "length", "modificationTime"], "left").select(
         "path", "path_key", "length", "modificationTime", "image_sha256")
-    done = _done(spark, tables, model, version)
+    done = _done(spark, tables, model, version, limits(cfg))
     # a known content is read from its first path; up to ALTERNATES more paths are tried if that fails
     paths = F.sort_array(F.collect_list(F.struct("path", "path_key", "length", "modificationTime")))
     seen_todo = files.filter(F.col("image_sha256").isNotNull()).join(done, "image_sha256", "left_anti") \
@@ -233,17 +241,19 @@ def _plan_counts(spark, cfg: Config, archive: str, model: str, version: str, tab
     return files, to_read, done, listed, n_read, n_new or 0
 
 
-def _read_predict(spark, cfg: Config, to_read, n_read: int, archive: str, card: dict, model_uri: str,
+def _read_predict(spark, cfg: Config, files, to_read, n_read: int, archive: str, card: dict, model_uri: str,
                   root: str, staging: str, threshold: float, clock: PhaseClock) -> None:
     """Step 2: each file read once where its row is (hash, decode, predict), the raw results
     written once under ``<staging>/raw``; flagged images' overlays staged beside them."""
     tasks = task_count(spark, n_read, int(cfg.get("score.files_per_task")))
     overlays = (threshold, f"{staging}/flagged", cfg.get("explain.method"),
                 f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None
-    fn = score_files(Reader([archive], bool(cfg.get("score.follow_links"))), model_uri, card,
+    fn = score_files(Reader([archive], bool(cfg.get("score.follow_links")), float(cfg.get("score.read_timeout_s"))), model_uri, card,
                      int(cfg.get("score.batch_size")), int(cfg.get("ingest.max_image_pixels")),
                      int(cfg.get("score.threads")), int(cfg.get("score.max_file_bytes")), list(PASSTHROUGH), clock,
-                     overlays, cfg.get("score.path_salt"), load_sidecar(cfg.get("score.metadata_csv"), card_fields(card)))
+                     overlays, pathkey.share(spark, cfg.get("score.path_salt")),
+                     drop_shared(spark, files, load_sidecar(cfg.get("score.metadata_csv"), card_fields(card))),
+                     int(cfg.get("ingest.max_decoded_bytes")))
     schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("score.arrow_batch_rows"))), \
             timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -265,13 +275,13 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
     clock = PhaseClock(spark, ("files", "read_hash", "decode", "predict"))
     raw = f"{staging}/raw" if n_read else None
     if n_read:
-        _read_predict(spark, cfg, to_read, n_read, archive, card, model_uri, root, staging, threshold, clock)
+        _read_predict(spark, cfg, files, to_read, n_read, archive, card, model_uri, root, staging, threshold, clock)
     to_read.unpersist()
 
     # 3. From the raw results (small rows): index rows, one prediction or reject per new content.
     now = dt.datetime.now(dt.timezone.utc)
     with timed(log, "write tables", "rows", spark) as step:
-        counts = _write_results(spark, raw, done, card, run_id, now, staging, threshold)
+        counts = _write_results(spark, raw, done, card, run_id, now, staging, threshold, limits(cfg))
         step.count = sum(counts[t] for t in TABLES)
     lost = _check_accounting(spark, files, raw, done, staging) if n_read else 0
     if lost:
@@ -331,7 +341,7 @@ def run_stats(spark, staging: str, card: dict, cfg: Config, n_scored: int) -> di
     return out
 
 
-def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, threshold: float):
+def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, threshold: float, current_limits: str):
     """(predictions, rejects, index rows) of a run from its raw results."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -362,15 +372,16 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
     rejects = chosen.filter(F.col("reason").isNotNull()).unionByName(results.filter(F.col("image_sha256").isNull())) \
         .select(F.col("path_key").alias("image_path"), "image_sha256", F.lit(model).alias("model"),
                 F.lit(version).alias("model_version"), "reason", "detail", F.lit(run_id).alias("run_id"),
-                F.lit(now).cast("timestamp").alias("at"))
+                F.lit(now).cast("timestamp").alias("at"),
+                F.when(F.col("reason").isin(*LIMIT_REASONS), F.lit(current_limits)).alias("limits"))
     return preds, rejects, index_rows
 
 
 def _write_results(spark, raw: str | None, done, card: dict, run_id: str, now, staging: str,
-                   threshold: float) -> dict:
+                   threshold: float, current_limits: str) -> dict:
     if raw is None:
         return {"predictions": 0, "images": 0, "score_rejects": 0, "score_files": 0, "by_reason": {}}
-    frames = dict(zip(TABLES, _results_frames(spark, raw, done, card, run_id, now, threshold)))
+    frames = dict(zip(TABLES, _results_frames(spark, raw, done, card, run_id, now, threshold, current_limits)))
     for table, df in frames.items():
         df.write.partitionBy(*(["scored_date"] if table == "predictions" else []), "run_id") \
             .parquet(f"{staging}/{table}")

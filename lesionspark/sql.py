@@ -5,6 +5,7 @@ Runs on the driver.
 from __future__ import annotations
 
 import logging
+import os
 
 from . import storage
 from .config import ConfigError
@@ -67,46 +68,113 @@ class SqlRefused(ConfigError):
     """A statement the read-only SQL command does not run (exit code 2)."""
 
 
-# Parsed-plan nodes that write, change the session or the catalog, or run code: refused by default.
-WRITES = ("org.apache.spark.sql.catalyst.plans.logical.Command",
-          "org.apache.spark.sql.catalyst.plans.logical.InsertIntoStatement",
-          "org.apache.spark.sql.catalyst.plans.logical.InsertIntoDir",
-          "org.apache.spark.sql.catalyst.plans.logical.ParsedStatement")
+# The read-only guard is an allow-list over Spark's own parse of the statement: every node of the
+# parsed plan (subqueries and CTE definitions included) must be one of these query operators, and
+# every function it calls one of Spark's built-ins less those that reach the JVM or the host.
+# Anything else (commands, INSERT, CREATE, SET, ADD JAR, CACHE, script transforms, ...) is refused.
+QUERY_NODES = frozenset((
+    "Project", "Filter", "Aggregate", "Join", "LateralJoin", "Sort", "GlobalLimit", "LocalLimit", "Offset",
+    "Tail", "SubqueryAlias", "UnresolvedRelation", "UnresolvedWith", "Union", "Intersect", "Except", "Distinct",
+    "Deduplicate", "OneRowRelation", "UnresolvedInlineTable", "LocalRelation", "Generate", "Window", "Pivot",
+    "Unpivot", "Sample", "RepartitionByExpression", "Repartition", "UnresolvedHint", "WithWindowDefinition",
+    "UnresolvedSubqueryColumnAliases", "UnresolvedTableValuedFunction"))
+# Built-in functions refused: reflection into any Java class (System.getenv, System.load, Thread.sleep,
+# Hadoop's FileUtil), and XPath, which parses XML with the JVM's resolvers.
+REFUSED_FUNCTIONS = frozenset(("reflect", "java_method", "try_reflect", "xpath", "xpath_boolean", "xpath_double",
+                               "xpath_float", "xpath_int", "xpath_long", "xpath_number", "xpath_short",
+                               "xpath_string"))
 
 
-def _nodes(plan):
-    """Every node of a parsed (unresolved) JVM plan, depth first."""
-    stack = [plan]
-    while stack:
-        node = stack.pop()
-        yield node
-        children = node.children()
-        stack.extend(children.apply(i) for i in range(children.size()))
+def _seq(seq) -> list:
+    return [seq.apply(i) for i in range(seq.size())]
+
+
+def _walk(spark, plan):
+    """(plan node, its expressions' trees, depth first) of a parsed JVM plan, subqueries and CTE
+    definitions (inner children) included."""
+    subquery = spark._jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.expressions.SubqueryExpression")
+    plans = [plan]
+    while plans:
+        node = plans.pop()
+        exprs, seen = _seq(node.expressions()), []
+        while exprs:
+            e = exprs.pop()
+            seen.append(e)
+            exprs += _seq(e.children())
+            if subquery.isInstance(e):
+                plans.append(e.plan())
+        yield node, seen
+        plans += _seq(node.children()) + _seq(node.innerChildren())
+
+
+def jvm_class(obj) -> str:
+    return obj.getClass().getSimpleName()
+
+
+def builtin_functions(spark) -> frozenset:
+    """The names of Spark's built-in functions (not the session's registered ones), less the refused."""
+    analysis = spark._jvm.org.apache.spark.sql.catalyst.analysis
+    names = set()
+    for registry in (analysis.FunctionRegistry.builtin(), analysis.TableFunctionRegistry.builtin()):
+        names |= {f.funcName().lower() for f in _seq(registry.listFunction().toSeq())}
+    return frozenset(names - REFUSED_FUNCTIONS)
 
 
 def check_read_only(spark, query: str) -> None:
-    """Refuse anything but a query: statements that write (INSERT, INSERT OVERWRITE DIRECTORY, CTAS),
-    change the catalog or session (CREATE, DROP, SET, CACHE), add code (ADD JAR, CREATE FUNCTION) or
-    read raw files (``text.`file:/etc/passwd```: refused by ``spark.sql.runSQLOnFiles=false``, set by
-    ``run_query``). Judged on Spark's own parse of the statement, not on its text."""
-    jvm = spark._jvm
+    """Refuse anything but a query built from ``QUERY_NODES`` and built-in functions: statements
+    that write (INSERT, INSERT OVERWRITE DIRECTORY, CTAS), change the catalog or session (CREATE,
+    DROP, SET, CACHE), add code (ADD JAR, CREATE FUNCTION), run a program (``SELECT TRANSFORM ...
+    USING``), call into Java (``reflect``, ``java_method``) or name a function or table in another
+    namespace. Raw file reads (``text.`file:/etc/passwd```) are refused by
+    ``spark.sql.runSQLOnFiles=false``, set by ``run_query``. Judged on Spark's own parse of the
+    statement, not on its text."""
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
     except Exception as exc:  # a parse error: Spark's message says where
         raise SqlRefused(f"the statement does not parse: {str(exc).splitlines()[0]}") from None
-    kinds = [jvm.java.lang.Class.forName(k) for k in WRITES]
-    for node in _nodes(plan):
-        if any(k.isInstance(node) for k in kinds):
-            raise SqlRefused(f"only queries run by default (SELECT, WITH, VALUES, TABLE); this statement is a "
+    allowed = builtin_functions(spark)
+    for node, exprs in _walk(spark, plan):
+        kind = jvm_class(node)
+        if kind not in QUERY_NODES:
+            raise SqlRefused(f"only queries run by default (SELECT, WITH, VALUES, TABLE); this statement holds a "
                              f"{node.nodeName()}. lesionspark sql --allow-writes runs it")
+        if kind == "UnresolvedRelation":
+            parts = [str(p) for p in _seq(node.multipartIdentifier())]
+            if len(parts) > 2 or any("/" in p or ":" in p for p in parts):
+                raise SqlRefused(f"table {node.tableName()} is not one of the root's tables (reading files by "
+                                 "path needs --allow-writes)")
+        names = [node.name().mkString(".")] if kind == "UnresolvedTableValuedFunction" else []
+        names += [e.nameParts().mkString(".") for e in exprs if jvm_class(e) == "UnresolvedFunction"]
+        for name in names:
+            if name.lower() not in allowed:
+                raise SqlRefused(f"function {name} is not allowed in a read-only query (built-in functions "
+                                 "run, except reflection and XPath). lesionspark sql --allow-writes runs it")
+
+
+def _place(uri: str) -> tuple[str, str]:
+    """(filesystem, normalised path) of a URI: a local path with every link and ``..`` resolved; a
+    remote one with ``..`` and ``.`` folded, under its scheme and authority."""
+    import posixpath
+    from urllib.parse import urlparse
+    uri = storage.normalize_uri(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return "file", os.path.realpath(parsed.path or "/")
+    return f"{parsed.scheme}://{parsed.netloc}", posixpath.normpath("/" + parsed.path.lstrip("/"))
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def check_out(root: str, out: str) -> str:
-    """``--out`` must not be the storage root or inside it (an overwrite there deletes data)."""
-    root_uri, out_uri = storage.normalize_uri(root).rstrip("/"), storage.normalize_uri(out).rstrip("/")
-    if out_uri == root_uri or out_uri.startswith(root_uri + "/"):
-        raise SqlRefused(f"--out {out} is inside the storage root {root_uri}: write results elsewhere")
-    return out_uri
+    """``--out`` must not be the storage root, inside it, or a folder that holds it (an overwrite
+    there deletes data), however it is spelled (``file:/...``, ``a/../b``, ``.``, a link)."""
+    (root_fs, root_path), (out_fs, out_path) = _place(root), _place(out)
+    if root_fs == out_fs and (_within(out_path, root_path) or _within(root_path, out_path)):
+        where = "is inside the storage root" if _within(out_path, root_path) else "holds the storage root"
+        raise SqlRefused(f"--out {out} {where} {root_path}: write results elsewhere")
+    return storage.normalize_uri(out).rstrip("/")
 
 
 def run_query(spark, root: str, query: str, out: str | None = None, metastore: bool = False, limit: int = 50,

@@ -56,11 +56,12 @@ def test_a_side_car_that_is_not_a_readable_csv_is_a_clear_error_before_any_work(
     os.mkfifo(fifo)  # opening it would block until a writer came
     loop.symlink_to(loop)
     big.write_text("image_id,age\na," + "9" * (1 << 18) + "\n")  # a field past the csv module's limit
-    cases = {fifo: "not a regular file", tmp_path: "not a regular file", loop: "", big: "field",
+    cases = {fifo: "not a regular file", tmp_path: "not a regular file", loop: "",
              tmp_path / "gone.csv": "not a regular file"}
     for path, message in cases.items():
         with pytest.raises(ConfigError, match=f"score.metadata_csv: .*{message}"):
             clinical.load_sidecar(str(path), FIELDS)
+    assert clinical.load_sidecar(str(big), FIELDS) == {}  # its one line skipped alone (test_hostile_csv)
     good = tmp_path / "ok.csv"
     good.write_bytes(b"\xef\xbb\xbfimage_id,sex\nx,\xff\n")  # a BOM and an undecodable byte
     assert clinical.load_sidecar(str(good), FIELDS) == {"x": {"sex": "\ufffd"}}

@@ -210,3 +210,22 @@ def test_a_fifo_under_a_lease_name_is_doubt_not_a_hang(tmp_path):
     assert "beat-000000000001.json" in out[0][1]["doubt"]
     with pytest.raises(LeaseHeld, match="in doubt"):
         Lease(str(tmp_path), "third", wait_s=0).acquire()
+
+
+def test_a_renewal_error_of_any_kind_is_retried_then_ends_the_lease_not_the_thread(tmp_path, monkeypatch):
+    """A Py4J error on a NameNode blip is no OSError: it is retried while the lease is fresh, and once
+    renewal has failed for 2/3 of the ttl the run is told it lost the lease (never a silent thread end)."""
+    from lesionspark import lease as lease_module
+    from lesionspark.lease import LeaseLost
+    with Lease(str(tmp_path), "r", ttl_s=1.5, wait_s=0) as held:
+        def blip(*a, **k):
+            raise RuntimeError("py4j.protocol.Py4JJavaError: NameNode is in safe mode")
+        monkeypatch.setattr(lease_module.storage, "replace_file", blip)
+        deadline = time.time() + 10
+        while held.lost is None and time.time() < deadline:
+            assert held._thread.is_alive() or held.lost is not None  # never ends without saying so
+            time.sleep(0.05)
+        assert held.lost  # the stall, or the failing renewal, named
+        with pytest.raises(LeaseLost):
+            held.check()
+        monkeypatch.undo()

@@ -68,9 +68,30 @@ def test_reader_reads_hashes_and_rejects_with_reasons(tree):
     reader = Reader([str(a), str(b)])
     paths = [f"file:{a}/ward B/été 1.jpg", f"file:{a}/top.JPG", f"file:{a}/gone.jpg", f"file:{b}/other.jpg"]
     contents, shas, reasons, details = reader.fetch(paths, [20, 10, 5, 5], 15, "score.max_file_bytes")
-    assert contents[0] is None and reasons[0] == "file_too_large"  # not kept in memory...
-    assert shas[0] == hashlib.sha256(b"x" * 20).hexdigest()  # ...but hashed as a stream
+    assert contents[0] is None and reasons[0] == "file_too_large"  # judged by its size: not read,
+    assert shas[0] is None  # not hashed (tried again by the next run)
     assert "20 bytes > score.max_file_bytes=15" in details[0]
     assert contents[1] == b"t" * 10 and shas[1] == hashlib.sha256(b"t" * 10).hexdigest() and reasons[1] is None
     assert (contents[2], shas[2], reasons[2]) == (None, None, "unreadable") and "FileNotFoundError" in details[2]
     assert contents[3] == b"o" * 5
+
+
+def test_a_latin1_name_and_its_escaped_spelling_list_as_two_files(spark, tmp_path):
+    """``M\\xfcller.jpg`` (Latin-1) beside a file literally named ``M%FCller.jpg``: each is listed
+    once, under its own spelling, and read as its own bytes."""
+    top = tmp_path / "share%41"  # a % in the listed folder itself
+    top.mkdir()
+    with open(os.fsencode(str(top)) + b"/M\xfcller.jpg", "wb") as fh:
+        fh.write(b"latin-1 file")
+    (top / "M%FCller.jpg").write_bytes(b"literal percent file")
+    (top / "sub%2F").mkdir()
+    (top / "sub%2F" / "x.jpg").write_bytes(b"deeper")
+    for min_dirs in (1, 64):  # the top listed in the task, or expanded on the driver first
+        paths = sorted(r.path for r in list_files(spark, [str(top)], min_dirs=min_dirs).collect())
+        assert len(paths) == len(set(paths)) == 3, paths
+        contents, _, reasons, _ = Reader([str(top)]).fetch(paths, [100] * 3, 1000, "k")
+        assert reasons == [None] * 3
+        assert sorted(contents) == [b"deeper", b"latin-1 file", b"literal percent file"]
+        by_path = dict(zip(paths, contents))
+        assert by_path[f"file:{str(top).replace('%', '%25')}/M%FCller.jpg"] == b"latin-1 file"
+        assert by_path[f"file:{str(top).replace('%', '%25')}/M%25FCller.jpg"] == b"literal percent file"

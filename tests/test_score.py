@@ -125,14 +125,16 @@ def test_rerun_scores_nothing_and_new_files_are_picked_up(spark, scored, archive
     a, _ = archive
     index_rows = len(_table(root, "score_files"))
     again = score(spark, cfg, run_id="r2")
-    assert again["scored"] == 0 and again["new_files"] == 0 and again["skipped"] == again["listed"] == n_images
-    assert again["read"] == 0 and len(_table(root, "score_files")) == index_rows  # the 0-byte file too
+    # the file over score.max_file_bytes was never read nor hashed: judged again from its size, unread
+    assert again["scored"] == 0 and again["new_files"] == 1 and again["rejected"] == 1
+    assert again["skipped"] == again["listed"] - 1 == n_images - 1
+    assert again["read"] == 1 and len(_table(root, "score_files")) == index_rows  # the 0-byte file too
     new = sorted(Path(synth_small["images"][0]).glob("*.jpg"))[50:53]
     (a / "2026-11-04").mkdir()
     for p in new:
         shutil.copy(p, a / "2026-11-04" / p.name)
     third = score(spark, cfg, run_id="r3")
-    assert third["new_files"] == 3 and third["scored"] == 3 and third["listed"] == n_images + 3
+    assert third["new_files"] == 3 + 1 and third["scored"] == 3 and third["listed"] == n_images + 3
     preds = _table(root, "predictions")
     assert preds["image_sha256"].is_unique and len(preds) == first["scored"] + 3
     for p in new:
@@ -443,3 +445,35 @@ def test_a_hostile_model_folder_is_refused_with_exit_2_not_a_hang(tmp_path, arch
         make()
         with pytest.raises(ModelError, match="latest"):
             resolve_model(str(tmp_path / "good"), "cnn")
+
+
+@pytest.mark.slow  # a scoring run in its own process
+def test_sigterm_ends_the_run_as_failed_and_releases_the_lease(archive, tmp_path):
+    """A scheduler's timeout sends SIGTERM: the run row says failed (not running) and the lease is
+    free at once, not after its ttl."""
+    from lesionspark.lease import Lease
+    a, _ = archive
+    publish_untrained_model(tmp_path)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", spark__master="local[1]",
+                   score__lease_ttl_s=600)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(cfg.to_yaml())
+    cmd = [str(Path(sys.executable).parent / "lesionspark"), "score", "--conf", str(conf),
+           "spark.conf.spark.ui.showConsoleProgress=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(r.get("status") == "running" for r in runlog.read(str(tmp_path))):
+            assert proc.poll() is None, "the run finished before it could be stopped"
+            time.sleep(0.2)
+        time.sleep(2)  # into the Spark work
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    rows = runlog.read(str(tmp_path))
+    assert [r["status"] for r in rows] == ["failed"] and "SIGTERM" in rows[0]["error"]
+    with Lease(str(tmp_path / "tables" / "_lease"), "next", wait_s=0):  # free now, not in 600 s
+        pass
