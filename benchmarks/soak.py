@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import publish  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -46,8 +47,10 @@ def main():
     ap.add_argument("--kill", type=float, default=0.3, help="share of runs killed with SIGKILL")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=None, help="a `lesionspark synth` output folder to reuse")
-    ap.add_argument("--poison", action="store_true", help="each step also adds a non-UTF-8 name, a zeroed EXIF, "
-                    "a link, a loop link, a dangling link and a FIFO")
+    ap.add_argument("--poison", action="store_true", help="each step also adds a non-UTF-8 name and a file "
+                    "literally named as its escaped spelling, a zeroed EXIF, a link, a loop link, a dangling link, a "
+                    "link to a folder outside, a FIFO, a sparse 1 TiB file and the hostile DICOM objects of "
+                    "tests/hostile.py (10,000 frames, deflate bombs that hide their syntax, 16-bit RLE)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="lesionspark-soak-"))
@@ -65,6 +68,12 @@ def main():
               f"score.lease_ttl_s={args.ttl}", "spark.master=local[1]", "spark.conf.spark.ui.enabled=false",
               "spark.conf.spark.ui.showConsoleProgress=false"]
     (work / "logs").mkdir()
+
+    hostile_objects = {}
+    if args.poison:
+        import hostile
+        hostile_objects = {"frames.dcm": hostile.many_frames(10_000), "zero-length.dcm": hostile.deflate_zero_group_length(),
+                           "far-uid.dcm": hostile.deflate_uid_past_4k(), "rle16.dcm": hostile.sixteen_bit_rle(1000, 1000)}
 
     def grow(k: int) -> None:
         d = archive / f"day{k:02d}"
@@ -87,6 +96,13 @@ def main():
             os.symlink("..", d / f"loop{k}.jpg")
             os.symlink(work / "nowhere.jpg", d / f"dangling{k}.jpg")
             os.mkfifo(d / f"pipe{k}.jpg")
+            shutil.copy(src, d / f"M%FCller{k}.jpg")  # the Latin-1 name's escaped spelling, literally
+            (work / "outside").mkdir(exist_ok=True)
+            os.symlink(work / "outside", d / f"outside{k}.dcm")  # a link to a folder outside the archive
+            with open(d / f"sparse{k}.jpg", "wb") as fh:
+                fh.truncate(1 << 40)
+            for name, data in hostile_objects.items():
+                (d / f"{k}-{name}").write_bytes(data)
 
     procs = []
 
@@ -124,12 +140,17 @@ def main():
     rejects = pq.read_table(str(root / "tables" / "score_rejects")).to_pandas()
     keys = preds.groupby(["image_sha256", "model", "model_version"]).size()
     done = set(preds["image_sha256"]) | set(rejects["image_sha256"].dropna())
-    rejected_paths = {p.split(":", 1)[-1] for p in rejects[rejects["image_sha256"].isna()]["image_path"]}
+    from lesionspark.listing import local_bytes
+    rejected_paths = {os.fsdecode(local_bytes(p.split(":", 1)[-1]))
+                      for p in rejects[rejects["image_sha256"].isna()]["image_path"]}
     entries = [os.path.join(os.fsdecode(dp), os.fsdecode(n))
                for dp, dirs, names in os.walk(os.fsencode(str(archive)))
-               for n in names + dirs if n.lower().endswith(b".jpg")]
+               for n in names + dirs if n.lower().endswith((b".jpg", b".dcm"))]
     files = [p for p in entries if os.path.isfile(p) and not os.path.islink(p)]
-    lost = [p for p in files if hashlib.sha256(Path(p).read_bytes()).hexdigest() not in done]
+    # a file over score.max_file_bytes is rejected unread and unhashed: a reject row names it
+    big = [p for p in files if os.path.getsize(p) > 50 << 20]
+    lost = [p for p in big if p not in rejected_paths]
+    lost += [p for p in files if p not in big and hashlib.sha256(Path(p).read_bytes()).hexdigest() not in done]
     # entries with no content (links, FIFOs): a reject row names them (non-UTF-8 names are not among them)
     lost += [p for p in entries if p not in files and p not in rejected_paths]
     runs = runlog.read(str(root))

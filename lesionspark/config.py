@@ -30,6 +30,53 @@ def _merge(base: dict, over: Mapping) -> dict:
     return out
 
 
+# Sections whose keys are the user's own (Spark's settings, an architecture's parameters, per-class
+# counts): any key is accepted there.
+FREE_FORM = ("spark.conf", "model.params", "balance.counts")
+
+
+def _kind(value) -> str:
+    return "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(value, list) else \
+        "true or false" if isinstance(value, bool) else "a whole number" if isinstance(value, int) else \
+        "a number" if isinstance(value, float) else "a string" if isinstance(value, str) else type(value).__name__
+
+
+def _fits(value, default) -> bool:
+    """Whether ``value`` may replace ``default`` (null, and a default of null, fit anything)."""
+    if value is None or default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return isinstance(value, (list, str))  # one URI where a list of them is expected
+    if isinstance(default, Mapping):
+        return isinstance(value, Mapping)
+    return isinstance(value, str)
+
+
+def check_keys(over: Mapping, defaults: Mapping, prefix: str = "") -> None:
+    """``ConfigError`` for a key the defaults do not have (naming the nearest one that exists) or a
+    value of the wrong type, anywhere in ``over``: a typo (``score.treads=4``) is refused at start,
+    never silently ignored."""
+    import difflib
+    for key, value in over.items():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            near = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else \
+                f"; {prefix.rstrip('.') or 'the top level'} has {', '.join(map(str, defaults))}"
+            raise ConfigError(f"unknown configuration key {path!r}{hint}")
+        default = defaults[key]
+        if not _fits(value, default):
+            raise ConfigError(f"configuration key {path!r} must be {_kind(default)}, not {value!r}")
+        if isinstance(default, Mapping) and isinstance(value, Mapping) and path not in FREE_FORM:
+            check_keys(value, default, path + ".")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (['a','b','c'], value parsed as YAML: numbers, bools, lists, null)."""
     if "=" not in item:
@@ -60,12 +107,20 @@ class Config:
                 user = yaml.safe_load(fh) or {}
             if not isinstance(user, Mapping):
                 raise ConfigError(f"{path}: the top level must be a mapping")
+            try:
+                check_keys(user, defaults)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
             data = _merge(data, user)
         if extra:
             data = _merge(data, extra)
         cfg = cls(data)
         for item in overrides:
             keys, value = parse_override(item)
+            nested: Any = value
+            for part in reversed(keys):
+                nested = {part: nested}
+            check_keys(nested, defaults)
             cfg.set(".".join(keys), value)
         return cfg
 

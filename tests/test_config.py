@@ -63,3 +63,21 @@ def test_training_data_follows_balance_method_unless_set():
         assert training_data(cfg) == cfg.get("balance.method") == "smote", conf
     assert training_data(Config.load()) == "weights"
     assert training_data(Config.load(overrides=["balance.method=smote", "train.balance=none"])) == "none"
+
+
+def test_a_typo_or_a_wrong_type_is_refused_at_start_naming_the_nearest_key(tmp_path, capsys):
+    from lesionspark.cli import main
+    from lesionspark.config import Config, ConfigError
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'score.treads'; did you mean 'score.threads'\?"):
+        Config.load(overrides=["score.treads=4"])
+    with pytest.raises(ConfigError, match="'score.threads' must be a whole number, not 'four'"):
+        Config.load(overrides=["score.threads=four"])
+    conf = tmp_path / "c.yaml"
+    conf.write_text("score:\n  hash_path: true\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown configuration key 'score.hash_path'; did you mean 'score.hash_paths'"):
+        Config.load(str(conf))
+    # free-form sections take any key: Spark's settings, an architecture's parameters
+    cfg = Config.load(overrides=["spark.conf.spark.sql.adaptive.enabled=false", "model.params.filters=[8, 16]"])
+    assert cfg.get("model.params.filters") == [8, 16]
+    assert main(["score", "--archive", str(tmp_path), "score.treads=4"]) == 2
+    assert "did you mean 'score.threads'" in capsys.readouterr().err

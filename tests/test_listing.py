@@ -95,3 +95,23 @@ def test_a_latin1_name_and_its_escaped_spelling_list_as_two_files(spark, tmp_pat
         by_path = dict(zip(paths, contents))
         assert by_path[f"file:{str(top).replace('%', '%25')}/M%FCller.jpg"] == b"latin-1 file"
         assert by_path[f"file:{str(top).replace('%', '%25')}/M%25FCller.jpg"] == b"literal percent file"
+
+
+def test_follow_links_never_enters_a_folder_outside_the_archive(spark, tmp_path):
+    """A linked folder is entered only where it leads inside the listed folder: a link to a folder
+    elsewhere, or to ``/``, is one entry the reader rejects, and nothing under it is listed or read."""
+    archive, outside = tmp_path / "archive", tmp_path / "elsewhere"
+    (archive / "ward").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"not the archive's")
+    (archive / "ward" / "a.jpg").write_bytes(b"inside")
+    os.symlink(outside, archive / "ward" / "ext")
+    os.symlink("/", archive / "root")
+    os.symlink(archive / "ward", archive / "again")  # inside: entered once
+    listed = sorted(r.path for r in list_files(spark, [str(archive)], follow_links=True).collect())
+    # ward and again are one folder, entered once; ext and root listed as entries, not entered
+    assert sorted(p.rsplit("/", 1)[-1] for p in listed) == ["a.jpg", "ext", "root"], listed
+    reader = Reader([str(archive)], follow_links=True)
+    _, _, reasons, _ = reader.fetch([f"file:{archive}/ward/ext", f"file:{archive}/root",
+                                     f"file:{archive}/ward/ext/secret.jpg"], [0, 0, 20], 100, "k")
+    assert reasons == ["link_outside_archive"] * 3  # the last: a path through the link, resolved whole

@@ -477,3 +477,21 @@ def test_sigterm_ends_the_run_as_failed_and_releases_the_lease(archive, tmp_path
     assert [r["status"] for r in rows] == ["failed"] and "SIGTERM" in rows[0]["error"]
     with Lease(str(tmp_path / "tables" / "_lease"), "next", wait_s=0):  # free now, not in 600 s
         pass
+
+
+def test_a_reject_by_a_limit_is_decided_again_when_the_limit_is_raised(spark, genuine_dir, tmp_path):
+    a = tmp_path / "archive"
+    a.mkdir()
+    for p in sorted((genuine_dir / "images").glob("*.jpg"))[:2]:
+        shutil.copy(p, a / p.name)  # 600x450: 270,000 pixels
+    publish_untrained_model(tmp_path)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", ingest__max_image_pixels=100_000)
+    first = score(spark, cfg, run_id="tight")
+    assert first["rejected_by_reason"] == {"too_many_pixels": 2}
+    rejects = _table(tmp_path, "score_rejects")
+    assert set(rejects["limits"]) == {"max_image_pixels=100000,max_decoded_bytes=268435456"}
+    again = score(spark, cfg, run_id="same")
+    assert again["read"] == 0 and again["rejected"] == 0  # decided while the limits stand
+    raised = score(spark, cfg.with_overrides({"ingest.max_image_pixels": 40_000_000}), run_id="raised")
+    assert raised["read"] == 2 and raised["scored"] == 2
+    assert len(_table(tmp_path, "predictions")) == 2
