@@ -4,7 +4,8 @@ every transfer syntax pydicom decodes here).
 
 A finding is an input that makes it raise (anything escaping is a failed Spark task), return
 anything but one well-formed row per image, run longer than ``--timeout`` seconds, or push the
-process past ``--rss-mb``. Coverage counts the instrumented Python of lesionspark and pydicom
+process past ``--rss-mb``; an input that the decode deadline (``frames.DECODE_TIMEOUT_S``, set to
+half of ``--timeout`` here) turns into a ``decode_timeout`` row is saved as ``slow-*`` too. Coverage counts the instrumented Python of lesionspark and pydicom
 (PIL's and the codecs' C code is run, not instrumented). The seeds: the genuine HAM10000 JPEGs
 (shrunk), PNGs made from them, pydicom's own test files in each transfer syntax, and the hostile
 objects of ``tests/hostile.py``, small. Crashes are written to ``--artifacts``; each becomes a test.
@@ -28,6 +29,10 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
 with atheris.instrument_imports(include=["lesionspark", "pydicom"]):
+    import pydicom  # noqa: F401  (imported here, so that its parser is instrumented too)
+    import pydicom.filereader  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+    from lesionspark import frames
     from lesionspark.frames import decode_frames
 
 SIZE, MAX_PIXELS, BUDGET = 32, 4_000_000, 64 << 20
@@ -59,8 +64,15 @@ def seeds(folder: Path) -> int:
     return len(out)
 
 
+ARTIFACTS: list[Path] = []
+
+
 def check(data: bytes) -> None:
     images = decode_frames([data], SIZE, "squash", MAX_PIXELS, "salt", [None], [None], BUDGET)
+    if images[0][0].reason == "decode_timeout":  # the deadline caught a loop: a finding all the same
+        import hashlib
+        (ARTIFACTS[0] / f"slow-{hashlib.sha1(data).hexdigest()}").write_bytes(data)
+        print(f"fuzz: decode_timeout on a {len(data)}-byte input", flush=True)
     assert len(images) == 1 and images[0], "one file, at least one row"
     for im in images[0]:
         assert (im.array is None) != (im.reason is None), "an image or a reason, never both or neither"
@@ -83,6 +95,8 @@ def main():
     n = seeds(corpus)
     artifacts = Path(args.artifacts or tempfile.mkdtemp(prefix="lesionspark-fuzz-artifacts-"))
     artifacts.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.append(artifacts)
+    frames.DECODE_TIMEOUT_S = args.timeout / 2  # the decode deadline fires first; libFuzzer's catches C loops
     print(f"fuzz: {n} seeds in {corpus}; findings to {artifacts}", flush=True)
     argv = [sys.argv[0], str(corpus), f"-max_total_time={args.seconds}", f"-timeout={args.timeout}",
             f"-rss_limit_mb={args.rss_mb}", f"-artifact_prefix={artifacts}/", "-print_final_stats=1", *rest]

@@ -37,8 +37,8 @@ FREE_FORM = ("spark.conf", "model.params", "balance.counts")
 
 def _kind(value) -> str:
     return "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(value, list) else \
-        "true or false" if isinstance(value, bool) else "a whole number" if isinstance(value, int) else \
-        "a number" if isinstance(value, float) else "a string" if isinstance(value, str) else type(value).__name__
+        "true or false" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else \
+        "a string" if isinstance(value, str) else type(value).__name__
 
 
 def _fits(value, default) -> bool:
@@ -47,9 +47,7 @@ def _fits(value, default) -> bool:
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
+    if isinstance(default, (int, float)):  # a whole-number default takes 10.0 too (the code converts)
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, list):
         return isinstance(value, (list, str))  # one URI where a list of them is expected

@@ -173,6 +173,32 @@ def _to_rgb8(ds, arr: np.ndarray, fit=None) -> list[np.ndarray]:
     return out
 
 
+JPEG2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+JP2_SIGNATURE, JP2C = b"\x00\x00\x00\x0c\x6a\x50\x20\x20", b"\x6a\x70\x32\x63"
+
+
+def _check_j2k_boxes(ds, frames: int) -> None:
+    """A JPEG 2000 frame in a JP2 wrapper whose boxes before the codestream include one of length 0:
+    pydicom 3.0.1 walks the boxes adding each length and never leaves that loop (found by
+    ``benchmarks/fuzz_decode.py``). Walked here as pydicom walks them, and refused."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax not in JPEG2000:
+        return
+    from pydicom.encaps import generate_frames
+    for frame in generate_frames(ds.PixelData, number_of_frames=frames):
+        if not frame.startswith(JP2_SIGNATURE):
+            continue
+        offset = 12
+        while offset < len(frame):
+            length = int.from_bytes(frame[offset:offset + 4], "big")
+            if frame[offset + 4:offset + 8] == JP2C:
+                break
+            if length == 0:
+                raise ImageRejected("dicom_undecodable", "a JPEG 2000 box of length 0 before the codestream")
+            offset += length
+
+
 def _syntax_and_start(data: bytes):
     """(transfer syntax UID, offset of the dataset after the File Meta and command groups), read
     exactly as pydicom reads them, so that a group length of 0 or a UID far into the meta group
@@ -234,6 +260,7 @@ def _read_frames(data: bytes, max_pixels: int, salt: str | None, max_bytes: int,
     ids = identifiers(ds, salt)
     frames = _check(ds, max_pixels)
     check_budget(ds, frames, max_bytes, size, max_frames)
+    _check_j2k_boxes(ds, frames)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the task's

@@ -6,6 +6,9 @@ takes one image per metadata row (``decode_single``).
 """
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -14,6 +17,34 @@ from .dicom import IDENTIFIERS, MAX_DECODED_BYTES, is_dicom, read_frames
 from .images import ImageRejected, decode_each
 
 NO_IDS = dict.fromkeys(IDENTIFIERS)
+# A file's decode longer than this is a reject (decode_timeout): a crafted object can send a parser
+# into a loop (a JPEG 2000 box of length 0 did, in pydicom), and one file must not stall a run.
+# Enforced by SIGALRM where the decode runs in a process's main thread (Spark's Python workers),
+# so it interrupts Python code; a loop inside a C decoder is not interrupted.
+DECODE_TIMEOUT_S = 60.0
+
+
+class DecodeTimeout(BaseException):
+    """Raised by ``deadline`` (a BaseException: a library's ``except Exception`` cannot swallow it)."""
+
+
+@contextmanager
+def deadline(seconds: float):
+    """``DecodeTimeout`` in the block after ``seconds``; a no-op outside the main thread."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise DecodeTimeout()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class Image(NamedTuple):
@@ -38,16 +69,24 @@ def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | N
     of more frames is a reject before it is decoded; ``first``: the ``file`` number of ``contents[0]``."""
     out = []
     for i, (data, reason, detail) in enumerate(zip(contents, reasons, details), start=first):
-        if reason is None and is_dicom(data):
-            try:
-                frames, ids, clinical = read_frames(data, max_pixels, salt, max_bytes, size, mode, max_frames)
-                out.append([Image(i, k + 1, f, None, None, ids, clinical) for k, f in enumerate(frames)])
-            except ImageRejected as rej:
-                out.append([Image(i, None, None, rej.code, rej.detail, NO_IDS, {})])
-            continue
-        arrays, r, d = decode_each([data], size, mode, max_pixels, [reason], [detail])
-        out.append([Image(i, None, arrays[0], r[0], d[0], NO_IDS, {})])
+        try:
+            with deadline(DECODE_TIMEOUT_S if reason is None else 0):
+                out.append(_decode_one(i, data, reason, detail, size, mode, max_pixels, salt, max_bytes, max_frames))
+        except DecodeTimeout:
+            out.append([Image(i, None, None, "decode_timeout", f"decoding took over {DECODE_TIMEOUT_S:g} s",
+                              NO_IDS, {})])
     return out
+
+
+def _decode_one(i, data, reason, detail, size, mode, max_pixels, salt, max_bytes, max_frames) -> list[Image]:
+    if reason is None and is_dicom(data):
+        try:
+            frames, ids, clinical = read_frames(data, max_pixels, salt, max_bytes, size, mode, max_frames)
+            return [Image(i, k + 1, f, None, None, ids, clinical) for k, f in enumerate(frames)]
+        except ImageRejected as rej:
+            return [Image(i, None, None, rej.code, rej.detail, NO_IDS, {})]
+    arrays, r, d = decode_each([data], size, mode, max_pixels, [reason], [detail])
+    return [Image(i, None, arrays[0], r[0], d[0], NO_IDS, {})]
 
 
 def decode_images(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,

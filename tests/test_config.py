@@ -70,8 +70,11 @@ def test_a_typo_or_a_wrong_type_is_refused_at_start_naming_the_nearest_key(tmp_p
     from lesionspark.config import Config, ConfigError
     with pytest.raises(ConfigError, match=r"unknown configuration key 'score.treads'; did you mean 'score.threads'\?"):
         Config.load(overrides=["score.treads=4"])
-    with pytest.raises(ConfigError, match="'score.threads' must be a whole number, not 'four'"):
+    with pytest.raises(ConfigError, match="'score.threads' must be a number, not 'four'"):
         Config.load(overrides=["score.threads=four"])
+    with pytest.raises(ConfigError, match="'score.hash_paths' must be true or false, not 'sometimes'"):
+        Config.load(overrides=["score.hash_paths=sometimes"])
+    assert Config.load(overrides=["score.lease_ttl_s=10.0"]).get("score.lease_ttl_s") == 10.0
     conf = tmp_path / "c.yaml"
     conf.write_text("score:\n  hash_path: true\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown configuration key 'score.hash_path'; did you mean 'score.hash_paths'"):

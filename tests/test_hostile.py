@@ -107,3 +107,28 @@ def test_files_are_read_one_at_a_time_and_their_images_flushed_in_chunks():
     first = next(chunks)
     assert first == [(0, "bytes0"), (1, "bytes1"), (1, "bytes1"), (1, "bytes1")] and fetched == [0, 1]
     assert list(chunks) == [[(2, "bytes2"), (3, "bytes3")], [(4, "bytes4")]] and fetched == [0, 1, 2, 3, 4]
+
+
+FUZZ = Path(__file__).parent / "data" / "fuzz"
+
+
+def test_fuzz_finding_a_jpeg2000_box_of_length_zero_is_a_reject_not_a_hang():
+    """benchmarks/fuzz_decode.py found it: pydicom 3.0.1 loops forever over JP2 boxes when one
+    before the codestream has length 0 (27 KB, a mutation of pydicom's GDCMJ2K_TextGBR.dcm)."""
+    start = time.monotonic()
+    with pytest.raises(ImageRejected) as rej:
+        read_frames((FUZZ / "j2k-box-length-0.dcm").read_bytes(), MAX_PIXELS, size=32)
+    assert rej.value.code == "dicom_undecodable" and "length 0" in rej.value.detail
+    assert time.monotonic() - start < 10
+
+
+def test_the_decode_deadline_turns_a_parser_loop_into_a_reject(monkeypatch):
+    """The safety net under the specific checks: with the box check taken away, the same object is
+    stopped by the per-file deadline (SIGALRM in the worker's main thread)."""
+    from lesionspark import dicom, frames
+    monkeypatch.setattr(dicom, "_check_j2k_boxes", lambda ds, n: None)
+    monkeypatch.setattr(frames, "DECODE_TIMEOUT_S", 1.0)
+    data = (FUZZ / "j2k-box-length-0.dcm").read_bytes()
+    out = frames.decode_frames([data, hostile.many_frames(2)], 32, "squash", MAX_PIXELS, None, [None] * 2, [None] * 2)
+    assert out[0][0].reason == "decode_timeout" and out[0][0].array is None
+    assert [im.frame for im in out[1]] == [1, 2]  # the next file decodes as usual: the alarm was cleared
