@@ -45,7 +45,8 @@ import zlib
 import numpy as np
 
 from .clinical import from_dicom
-from .images import ImageRejected, fit_array
+from .images import DECODE_TIMEOUT_S, ImageRejected, fit_array
+from .isolate import ChildFailed, in_child
 
 MAGIC_AT, MAGIC = 128, b"DICM"
 DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
@@ -199,6 +200,32 @@ def _check_j2k_boxes(ds, frames: int) -> None:
             offset += length
 
 
+def _pixels(ds):
+    """``ds.pixel_array``, with GDCM never in this process: the decoders that report errors as
+    exceptions (pydicom's own, Pillow's) are tried first, in pydicom's order; GDCM, which can abort
+    the process on a crafted object, last, in a forked child (``isolate.in_child``)."""
+    from pydicom.pixels.decoders.base import get_decoder
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        plugins = get_decoder(syntax).available_plugins
+    except Exception:  # noqa: BLE001 - native or unknown syntax: pydicom's own path decides
+        plugins = ()
+    if "gdcm" not in plugins:
+        return ds.pixel_array
+    for plugin in (p for p in plugins if p != "gdcm"):
+        try:
+            ds.pixel_array_options(decoding_plugin=plugin)
+            return ds.pixel_array
+        except Exception:  # noqa: BLE001 - the next decoder may read it
+            continue
+    ds.pixel_array_options(decoding_plugin="gdcm")
+    try:
+        return in_child(lambda: ds.pixel_array, DECODE_TIMEOUT_S)
+    except ChildFailed as failed:
+        raise ImageRejected("decode_timeout" if failed.reason == "decode_timeout" else "dicom_undecodable",
+                            f"pixel data ({getattr(syntax, 'name', syntax)}): {failed.detail}") from None
+
+
 def _syntax_and_start(data: bytes):
     """(transfer syntax UID, offset of the dataset after the File Meta and command groups), read
     exactly as pydicom reads them, so that a group length of 0 or a UID far into the meta group
@@ -262,7 +289,9 @@ def _read_frames(data: bytes, max_pixels: int, salt: str | None, max_bytes: int,
     check_budget(ds, frames, max_bytes, size, max_frames)
     _check_j2k_boxes(ds, frames)
     try:
-        arr = ds.pixel_array
+        arr = _pixels(ds)
+    except ImageRejected:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the task's
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or str(syntax or "no transfer syntax")

@@ -14,14 +14,13 @@ from typing import NamedTuple
 import numpy as np
 
 from .dicom import IDENTIFIERS, MAX_DECODED_BYTES, is_dicom, read_frames
+from . import images
 from .images import ImageRejected, decode_each
 
 NO_IDS = dict.fromkeys(IDENTIFIERS)
-# A file's decode longer than this is a reject (decode_timeout): a crafted object can send a parser
-# into a loop (a JPEG 2000 box of length 0 did, in pydicom), and one file must not stall a run.
-# Enforced by SIGALRM where the decode runs in a process's main thread (Spark's Python workers),
-# so it interrupts Python code; a loop inside a C decoder is not interrupted.
-DECODE_TIMEOUT_S = 60.0
+# images.DECODE_TIMEOUT_S is enforced here by SIGALRM where the decode runs in a process's main
+# thread (Spark's Python workers), so it interrupts Python code; a native decoder that might loop or
+# crash runs in a child with the same deadline (isolate.in_child).
 
 
 class DecodeTimeout(BaseException):
@@ -70,10 +69,10 @@ def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | N
     out = []
     for i, (data, reason, detail) in enumerate(zip(contents, reasons, details), start=first):
         try:
-            with deadline(DECODE_TIMEOUT_S if reason is None else 0):
+            with deadline(images.DECODE_TIMEOUT_S if reason is None else 0):
                 out.append(_decode_one(i, data, reason, detail, size, mode, max_pixels, salt, max_bytes, max_frames))
         except DecodeTimeout:
-            out.append([Image(i, None, None, "decode_timeout", f"decoding took over {DECODE_TIMEOUT_S:g} s",
+            out.append([Image(i, None, None, "decode_timeout", f"decoding took over {images.DECODE_TIMEOUT_S:g} s",
                               NO_IDS, {})])
     return out
 

@@ -16,6 +16,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 RESIZE_MODES = ("squash", "crop")
+# A file's decode longer than this is a reject (decode_timeout): a crafted object can send a parser
+# into a loop (a JPEG 2000 box of length 0 did, in pydicom), and one file must not stall a run.
+DECODE_TIMEOUT_S = 60.0
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")  # MPO: multi-picture JPEG (stereo, some dermatoscopes); frame 0 is used
 JPEG_FAMILY = ("JPEG", "MPO")
 

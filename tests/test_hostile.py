@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import hostile  # noqa: E402
 from lesionspark.dicom import read_frames  # noqa: E402
-from lesionspark.frames import decode_single, image_chunks  # noqa: E402
+from lesionspark.frames import decode_frames, decode_single, image_chunks  # noqa: E402
 from lesionspark.images import ImageRejected  # noqa: E402
 from lesionspark.listing import Reader  # noqa: E402
 
@@ -125,10 +125,31 @@ def test_fuzz_finding_a_jpeg2000_box_of_length_zero_is_a_reject_not_a_hang():
 def test_the_decode_deadline_turns_a_parser_loop_into_a_reject(monkeypatch):
     """The safety net under the specific checks: with the box check taken away, the same object is
     stopped by the per-file deadline (SIGALRM in the worker's main thread)."""
-    from lesionspark import dicom, frames
+    from lesionspark import dicom, frames, images
     monkeypatch.setattr(dicom, "_check_j2k_boxes", lambda ds, n: None)
-    monkeypatch.setattr(frames, "DECODE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(images, "DECODE_TIMEOUT_S", 1.0)
     data = (FUZZ / "j2k-box-length-0.dcm").read_bytes()
     out = frames.decode_frames([data, hostile.many_frames(2)], 32, "squash", MAX_PIXELS, None, [None] * 2, [None] * 2)
     assert out[0][0].reason == "decode_timeout" and out[0][0].array is None
     assert [im.frame for im in out[1]] == [1, 2]  # the next file decodes as usual: the alarm was cleared
+
+
+def test_fuzz_finding_a_decoder_that_aborts_the_process_is_one_reject():
+    """benchmarks/fuzz_decode.py found it: on this 5 KB JPEG 2000 object GDCM throws a C++
+    exception nothing catches, and the process aborts (in a Spark worker: the task, then the run).
+    GDCM now runs in a forked child; the parent gets a reject and goes on."""
+    out = decode_frames([(FUZZ / "j2k-gdcm-abort.dcm").read_bytes(), hostile.many_frames(1)], 32, "squash",
+                        MAX_PIXELS, None, [None] * 2, [None] * 2)
+    assert out[0][0].reason == "dicom_undecodable" and "crashed (SIGABRT)" in out[0][0].detail
+    assert out[1][0].array is not None  # this process is alive and decodes the next file
+
+
+def test_a_child_that_raises_or_outlives_its_deadline_is_a_failure_with_a_reason():
+    from lesionspark.isolate import ChildFailed, in_child
+    assert in_child(lambda: np.arange(6, dtype=np.uint16).reshape(2, 3), 10).tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(ChildFailed) as failed:
+        in_child(lambda: 1 / 0, 10)
+    assert failed.value.reason == "decoder_error" and "ZeroDivisionError" in failed.value.detail
+    with pytest.raises(ChildFailed) as failed:
+        in_child(lambda: time.sleep(30), 0.5)
+    assert failed.value.reason == "decode_timeout"
