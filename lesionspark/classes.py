@@ -1,4 +1,4 @@
-"""The class map every stage shares (DESIGN.md: Classes).
+"""The class map every stage shares (docs/contracts.md: Classes).
 
 Plain data and pure functions: imported wherever a stage runs (driver, executors, ranks).
 """

@@ -235,7 +235,7 @@ def _history(uri: str) -> dict:
 
 def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], threshold: float, split: str,
                       cfg: Config, result: dict) -> None:
-    """Write into the model card what scheduled scoring needs (DESIGN.md: Model card): the temperature
+    """Write into the model card what scheduled scoring needs (docs/contracts.md: Model card): the temperature
     fitted on ``split`` (``calibration``), the operating threshold chosen there for the target
     sensitivity (review flags), and the reference distribution of predicted classes and confidence
     there (drift); all on calibrated outputs (``frame``). Replaced atomically."""

@@ -102,7 +102,7 @@ def _duplicate_ids(records: pd.DataFrame) -> list[tuple[int, str, str]]:
 def parse_metadata(text: str, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(records, rejects)``.
 
-    ``records`` has one row per usable metadata row: the DESIGN.md fields plus ``label``,
+    ``records`` has one row per usable metadata row: the lesion-record fields (docs/contracts.md) plus ``label``,
     ``malignant`` and ``line``. ``rejects`` has ``image_id, source, reason, detail`` for every row
     that was not usable: malformed CSV rows, missing fields, unknown ``dx``, invalid ``age``,
     duplicated ``image_id`` (an identical repeat keeps the first row; conflicting repeats are all

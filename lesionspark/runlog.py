@@ -1,4 +1,4 @@
-"""The ``score_runs`` table: one row per scoring run, whatever became of it (DESIGN.md).
+"""The ``score_runs`` table: one row per scoring run, whatever became of it (docs/contracts.md).
 
 Each run's row is one Parquet file in ``tables/score_runs/run_id=<id>/``, written by pyarrow and
 replaced atomically (a ``_tmp`` file renamed over it): ``waiting`` while it asks for the lease,

@@ -1,4 +1,4 @@
-"""Petastorm Unischema of lesion records (DESIGN.md: Lesion records) and record encoding.
+"""Petastorm Unischema of lesion records (docs/contracts.md: Lesion records) and record encoding.
 
 Imported on the driver (Petastorm writes) and in executors (records encoded in decode tasks).
 """
@@ -11,7 +11,7 @@ from petastorm.codecs import CompressedImageCodec, ScalarCodec
 from petastorm.unischema import Unischema, UnischemaField
 from pyspark.sql.types import BinaryType, ByteType, DataType, FloatType, IntegerType, StringType, StructField, StructType
 
-# Scalar fields in DESIGN.md order; the image field is inserted after them by size.
+# Scalar fields in docs/contracts.md order; the image field is inserted after them by size.
 SCALAR_FIELDS = (
     ("image_id", np.str_, StringType(), False),
     ("lesion_id", np.str_, StringType(), False),
@@ -31,7 +31,7 @@ FIELD_NAMES = tuple(f[0] for f in SCALAR_FIELDS[:5]) + ("image",) + tuple(f[0] f
 def record_struct(extra: dict[str, DataType] | None = None, all_nullable: bool = True) -> StructType:
     """The Spark schema of a lesion record as the stages pass it around before Petastorm encodes it:
     ``FIELD_NAMES`` typed as ``SCALAR_FIELDS`` says, the image as its PNG bytes, then ``extra``
-    columns. ``all_nullable`` False: only the fields DESIGN.md lets be null (and the extra ones)."""
+    columns. ``all_nullable`` False: only the fields docs/contracts.md lets be null (and the extra ones)."""
     types = {name: spark_type for name, _, spark_type, _ in SCALAR_FIELDS}
     nullable = {name: null for name, _, _, null in SCALAR_FIELDS}
     fields = [StructField(n, BinaryType() if n == "image" else types[n], all_nullable or nullable.get(n, False))

@@ -1,4 +1,4 @@
-"""The storage root (DESIGN.md: One storage root): URIs, filesystems, atomic replacement, and what
+"""The storage root (docs/contracts.md: One storage root): URIs, filesystems, atomic replacement, and what
 each filesystem promises (``Contract``): every publish, commit and lease uses only that.
 
 | filesystem | replace a file | move a directory | exclusive create | listing |
@@ -549,7 +549,7 @@ def _delete_info(fs: pafs.FileSystem, info: pafs.FileInfo) -> None:
 
 
 class Layout:
-    """Paths under the storage root, as DESIGN.md lays them out. ``dataset`` and ``balanced`` name
+    """Paths under the storage root, as docs/contracts.md lays them out. ``dataset`` and ``balanced`` name
     what is published (``AtomicDir``'s target); the paths inside a dataset are where readers find
     them (``resolve``: on object stores, inside the published version)."""
 

@@ -495,3 +495,15 @@ def test_a_reject_by_a_limit_is_decided_again_when_the_limit_is_raised(spark, ge
     raised = score(spark, cfg.with_overrides({"ingest.max_image_pixels": 40_000_000}), run_id="raised")
     assert raised["read"] == 2 and raised["scored"] == 2
     assert len(_table(tmp_path, "predictions")) == 2
+
+
+def test_the_contracts_doc_names_every_column_score_writes(scored):
+    """docs/contracts.md is the reference for readers of the root: every column of score's tables
+    is named in its table's entry there."""
+    cfg, root, model, card, first, n_images = scored
+    doc = (Path(__file__).parents[1] / "docs" / "contracts.md").read_text()
+    for table in ("predictions", "score_rejects", "score_files", "score_runs"):
+        entry = doc.split(f"**`{table}`**", 1)[1].split("\n- **", 1)[0]
+        columns = pq.read_table(str(root / "tables" / table)).column_names
+        missing = [c for c in columns if f"`{c}`" not in entry and f"{c}," not in entry and f" {c}`" not in entry]
+        assert not missing, (table, missing)
