@@ -59,6 +59,8 @@ def in_child(fn, timeout_s: float) -> np.ndarray:
     if pid == 0:  # the child: never returns into the caller's code
         try:
             os.close(r)
+            for fatal in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL):
+                signal.signal(fatal, signal.SIG_DFL)  # die plainly: no handler of the parent's runs here
             _child(fn, w)
         finally:
             os._exit(0)
