@@ -6,7 +6,8 @@ aborts (``terminate called after throwing an instance of 'std::string'``; a 5 KB
 found by ``benchmarks/fuzz_decode.py``). In a Spark Python worker that fails the task, four times,
 and the run. ``in_child`` runs a function returning a numpy array in a child made by ``fork`` (it
 inherits the parsed object: nothing is pickled on the way in), takes the array back through a
-pipe, and turns a child that dies, or runs past its deadline, into ``ChildFailed``.
+pipe, and turns a child that dies, or runs past its deadline, into ``ChildFailed``. Runs in
+executors (score's, ingest's and explain's Python tasks), wherever a DICOM object is decoded.
 """
 from __future__ import annotations
 

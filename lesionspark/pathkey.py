@@ -4,7 +4,7 @@ The salt is a secret: whoever has it can hash candidate paths and patient IDs an
 reaches executors as a broadcast variable, whose value travels in Spark's block manager and never
 enters a query plan, so it is not in the Spark UI, the event log or ``EXPLAIN``; a ``lit(salt)``
 would be in all three. The hash is the one Spark's ``sha2(concat(salt, path), 256)`` gives, so
-indexes written before remain valid.
+indexes written before remain valid. Runs on the driver (the broadcast) and in executors (the hash).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """SIGTERM as an exception, so that a run stopped by a scheduler (a timeout, a kill) ends as one
 that failed: its ``finally`` blocks run, score records the run as failed and releases the lease,
 instead of leaving it ``running`` and held until a later run reaps it. Installed by the CLI (and
-so by every ``jobs/*.py``), in the main thread."""
+so by every ``jobs/*.py``), in the main thread of the driver."""
 from __future__ import annotations
 
 import signal
