@@ -2,8 +2,7 @@
 
     spark-submit --master yarn jobs/score.py --root hdfs:///lesionspark \
         --archive hdfs:///dermatology/archive --model cnn:latest
-Exit codes: as ``lesionspark score`` (``lesionspark/cli.py``): 0 done; 1 the run failed; 2 model or archive
-missing; 3 drift with score.fail_on_drift; 4 lease lost; 75 root held by another run; 143 SIGTERM.
+Exit codes: as ``lesionspark score``; ``lesionspark --help`` prints the table (``lesionspark/exitcodes.py``).
 """
 import sys
 

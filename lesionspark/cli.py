@@ -3,10 +3,7 @@
 Every subcommand takes ``--conf FILE`` and trailing ``key.path=value`` overrides; its own flags are
 shortcuts for keys (``--size 64`` is ``dataset.image_size=64``). ``spark-submit jobs/<stage>.py``
 calls the same code with the same arguments.
-Exit codes: 0 done; 1 the stage failed; 2 bad arguments or configuration; score only: 3 drift with
-``score.fail_on_drift`` (the run was committed), 4 the run lost the root's lease, 75 the storage
-root is held by another run; 143 stopped by SIGTERM (score records the run as failed and releases
-the lease).
+Exit codes: ``exitcodes.table()`` (shown by ``lesionspark --help``).
 
 Runs on the driver: parses arguments and calls one stage's library function.
 """
@@ -32,7 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lesionspark", description=__doc__.split("\n")[0])
+    from .exitcodes import text
+    parser = argparse.ArgumentParser(prog="lesionspark", description=__doc__.split("\n")[0], epilog=text(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="stage", required=True)
     for add in (_data_commands, _model_commands, _output_commands, _run_commands):

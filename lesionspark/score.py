@@ -43,18 +43,20 @@ class ScoreError(ConfigError):
 
 
 class ScoreLocked(RuntimeError):
-    """Another live run holds the storage root: exit code 75 (EX_TEMPFAIL), try again later."""
+    """Score: another live run holds the storage root; try again later (EX_TEMPFAIL): exit 75."""
     exit_code = 75
 
 
 class ScoreFenced(RuntimeError):
-    """The run lost the root's lease (it stalled past its ttl, or another run took over) and stopped
-    before committing, or part-way through a commit whose order keeps the tables consistent: exit 4."""
+    """Score: the run lost the root's lease (it stalled past its ttl, or another run took over) and
+    stopped, before committing or part-way through a commit whose order keeps the tables consistent:
+    exit 4."""
     exit_code = 4
 
 
 class DriftAlert(RuntimeError):
-    """The run succeeded and committed, but its predictions drifted and ``score.fail_on_drift`` is on."""
+    """Score: the run succeeded and committed, but its predictions drifted and ``score.fail_on_drift``
+    is on: exit 3."""
     exit_code = 3
 
 

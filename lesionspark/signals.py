@@ -8,7 +8,8 @@ import signal
 
 
 class Terminated(BaseException):
-    """The process was sent SIGTERM; exit code 143 (128 + 15), as a shell reports it."""
+    """Stopped by SIGTERM (a scheduler's timeout or kill): score records the run as failed and
+    releases the lease; 128 + 15, as a shell reports it: exit 143."""
     exit_code = 143
 
 

@@ -80,3 +80,8 @@ def test_each_job_file_runs_its_own_stage(job):
     assert isinstance(first, ast.Constant) and first.value == job
     assert job in build_parser()._subparsers._group_actions[0].choices
     assert [type(n).__name__ for n in tree.body] == ["Expr", "Import", "ImportFrom", "If"], job
+
+
+def test_the_readme_shows_the_exit_code_table_the_exceptions_make():
+    from lesionspark.exitcodes import markdown
+    assert markdown() in (REPO / "README.md").read_text()
