@@ -32,7 +32,6 @@ from . import storage
 # Petastorm's metadata keys (petastorm.etl.dataset_metadata), as its reader looks them up.
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 ROW_GROUPS_PER_FILE_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
-LOCATION_COLUMNS = ("part", "row_group")
 
 _ARROW_TYPES = {np.str_: pa.string(), np.int32: pa.int32(), np.int8: pa.int8(), np.float32: pa.float32(),
                 np.bool_: pa.bool_(), np.int64: pa.int64(), np.float64: pa.float64()}

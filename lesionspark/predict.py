@@ -85,18 +85,11 @@ def image_metadata(card: dict, images: list, per_file: list[dict]):
     return for_card(card, rows)
 
 
-def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, reasons=None, details=None,
-                  metadata=None):
-    """Decode what has bytes and predict it: (probability lists or None, reasons, details, decode s, predict s).
-    ``reasons``/``details`` given for a row (read or size rejects) are kept as they are; ``metadata``:
-    one encoded vector per row for a model that takes them."""
-    import time
-    t0 = time.perf_counter()
-    arrays, dec_reasons, dec_details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels,
-                                                   reasons, details)
-    t1 = time.perf_counter()
-    rows = predict_images(model, card, arrays, batch_size, metadata)
-    return rows, dec_reasons, dec_details, t1 - t0, time.perf_counter() - t1
+def predict_batch(model, card: dict, contents, max_pixels: int, batch_size: int, metadata=None):
+    """Decode dataset records' bytes and predict them: (probability lists or None, reasons, details).
+    ``metadata``: one encoded vector per row for a model that takes them."""
+    arrays, reasons, details = decode_each(contents, int(card["image_size"]), card["resize"], max_pixels)
+    return predict_images(model, card, arrays, batch_size, metadata), reasons, details
 
 
 def score_files_schema(passthrough: str) -> str:
@@ -226,8 +219,8 @@ def score_partition(model_uri: str, card: dict, batch_size: int, max_pixels: int
         model = load_model(model_uri)
         for batch in batches:
             meta, _ = for_card(card, file_metadata(card, batch, "path", None))
-            rows, reasons, details, _, _ = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size,
-                                                         metadata=meta)
+            rows, reasons, details = predict_batch(model, card, list(batch["content"]), max_pixels, batch_size,
+                                                   metadata=meta)
             yield pd.DataFrame({"path": batch["path"], "sha256": batch["sha256"], "probabilities": rows,
                                 "reason": reasons, "detail": details})
     return run
