@@ -102,10 +102,10 @@ def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list
     reasons, details). A DICOM object of several frames is a reject (``dicom_multiframe``), judged
     from its header before any frame is decoded: which frame the label is for is not known."""
     arrays, out_reasons, out_details = [], [], []
-    for images in decode_frames(contents, size, mode, max_pixels, None, reasons, details, max_bytes, max_frames=1):
-        arrays.append(images[0].array)
-        out_reasons.append(images[0].reason)
-        out_details.append(images[0].detail)
+    for per_file in decode_frames(contents, size, mode, max_pixels, None, reasons, details, max_bytes, max_frames=1):
+        arrays.append(per_file[0].array)
+        out_reasons.append(per_file[0].reason)
+        out_details.append(per_file[0].detail)
     return arrays, out_reasons, out_details
 
 
