@@ -187,9 +187,10 @@ def main():
     print(f"after: spark {summary['after']}; imblearn counts {imb['counts']} ({imb['rows']} rows)")
     print(f"largest class SMOTE works on: {largest_minority} rows x {SIZE * SIZE * 3} features "
           f"(int16: {largest_minority * SIZE * SIZE * 3 * 2 / 2**20:.0f} MB)")
-    print(json.dumps({**{f"{k}_seconds": round(v, 1) for k, v in base.items()}, "spark_seconds": round(spark_seconds, 1), "spark_worker_peak_mb": round(peak.peak / 2**20),
-                      "imblearn_seconds": round(imb["seconds"], 1),
-                      "imblearn_resample_seconds": round(imb["resample_seconds"], 1), "imblearn_peak_mb": round(imb["peak_rss_mb"])}))
+    print(json.dumps({**{f"{k}_seconds": round(v, 1) for k, v in base.items()}, "spark_seconds": round(spark_seconds, 1),
+                      "spark_worker_peak_mb": round(peak.peak / 2**20), "imblearn_seconds": round(imb["seconds"], 1),
+                      "imblearn_resample_seconds": round(imb["resample_seconds"], 1),
+                      "imblearn_peak_mb": round(imb["peak_rss_mb"])}))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ every transfer syntax pydicom decodes here).
 A finding is an input that makes it raise (anything escaping is a failed Spark task), return
 anything but one well-formed row per image, run longer than ``--timeout`` seconds, or push the
 process past ``--rss-mb``; an input that the decode deadline (``frames.DECODE_TIMEOUT_S``, set to
-half of ``--timeout`` here) turns into a ``decode_timeout`` row is saved as ``slow-*`` too. Coverage counts the instrumented Python of lesionspark and pydicom
-(PIL's and the codecs' C code is run, not instrumented). The seeds: the genuine HAM10000 JPEGs
+half of ``--timeout`` here) turns into a ``decode_timeout`` row is saved as ``slow-*`` too.
+Coverage counts the instrumented Python of lesionspark and pydicom (PIL's and the codecs' C code is
+run, not instrumented). The seeds: the genuine HAM10000 JPEGs
 (shrunk), PNGs made from them, pydicom's own test files in each transfer syntax, and the hostile
 objects of ``tests/hostile.py``, small. Crashes are written to ``--artifacts``; each becomes a test.
 

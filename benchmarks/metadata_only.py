@@ -81,7 +81,8 @@ def main() -> None:
           f"{records['lesion_id'].nunique()} lesions; age missing {records['age'].isna().sum()}, "
           f"sex unknown {(records['sex'] == 'unknown').sum()}, site unknown {(records['localization'] == 'unknown').sum()}")
     rows = [r for seed in map(int, args.seeds.split(",")) for r in run(records, seed, args.resamples)]
-    print("\n| split seed | classifier | test images | balanced accuracy [95 % CI] | macro F1 [95 % CI] | accuracy [95 % CI] | macro AUC |")
+    print("\n| split seed | classifier | test images | balanced accuracy [95 % CI] | macro F1 [95 % CI] | "
+          "accuracy [95 % CI] | macro AUC |")
     print("| ---: | --- | ---: | --- | --- | --- | ---: |")
     for r in rows:
         cells = " | ".join(f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in

@@ -212,7 +212,8 @@ def main():
     for k, v in results.items():
         print(f"| {k} | {v:.1f} | {v / results['bare']:.2f} | {v / floor:.2f} |")
     print(f"\nquiet night over {4 * n} unchanged files: {quiet:.1f} s")
-    print("\n| files listed | first run s | s / 1000 files | quiet rerun s | s / 1000 files | driver JVM heap MB | driver Python RSS MB |")
+    print("\n| files listed | first run s | s / 1000 files | quiet rerun s | s / 1000 files | driver JVM heap MB | "
+          "driver Python RSS MB |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in scale:
         print(f"| {r['files']} | {r['first_run_s']:.1f} | {r['first_s_per_1000']:.2f} | {r['quiet_s']:.1f} | "

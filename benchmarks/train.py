@@ -279,7 +279,8 @@ def quality(args):
     for arch_label in [a for a in args.archs.split(",") if a]:
         run(f"{arch_label}-{best}", arch_label, best)
     spark.stop()
-    print(f"\nGENERATED images at 64 px ({manifest['counts']['written']} written; test n={next(iter(out.values()))['test']['n']}); "
+    test_n = next(iter(out.values()))['test']['n']
+    print(f"\nGENERATED images at 64 px ({manifest['counts']['written']} written; test n={test_n}); "
           f"2 Horovod workers; {args.epochs} epochs x {args.samples} samples each; best epoch on val macro recall.\n")
     print("| model | recipe | test balanced accuracy [95% CI] | test macro F1 [95% CI] | recall mel | recall bcc | "
           "recall akiec | macro AUC | test ECE uncalibrated -> calibrated (T) | val balanced accuracy | train s |")

@@ -14,8 +14,9 @@ import math
 def augment_batch(x, rng=None, rotation: float = 0.1, contrast: float = 0.1, brightness: float = 0.1):
     """``x``: float32 [B, H, W, 3] in 0..255 (square images). ``rotation``: the largest extra turn as
     a fraction of a full circle (0.1 = 36 degrees), on top of a random quarter turn; ``contrast`` and
-    ``brightness``: the largest relative change. ``rng``: a ``tf.random.Generator``
-    made once (a seeded one makes runs repeatable); default the global generator. Returns a batch of the same shape, clipped to 0..255."""
+    ``brightness``: the largest relative change. ``rng``: a ``tf.random.Generator`` made once (a seeded
+    one makes runs repeatable); default the global generator. Returns a batch of the same shape,
+    clipped to 0..255."""
     import tensorflow as tf
     x = tf.convert_to_tensor(x, tf.float32)
     b = tf.shape(x)[0]

@@ -133,7 +133,8 @@ def class_counts(train_uri: str) -> dict[str, int]:
 def read_class(train_uri: str, dx: str, batch_rows: int) -> Iterator[pd.DataFrame]:
     """The training split's records of class ``dx``, read with pyarrow in batches (no Spark)."""
     import pyarrow.compute as pc
-    for batch in storage.parquet_dataset(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx, batch_size=batch_rows):
+    for batch in storage.parquet_dataset(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx,
+                                                               batch_size=batch_rows):
         if batch.num_rows:
             yield batch.to_pandas()
 

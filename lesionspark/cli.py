@@ -80,13 +80,15 @@ def _model_commands(sub) -> None:
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a model version on dataset splits")
     _common(p)
-    p.add_argument("--model", dest="evaluate.model", help="name[:version|latest], or the URI of a model version folder (evaluate.model)")
+    p.add_argument("--model", dest="evaluate.model",
+                   help="name[:version|latest], or the URI of a model version folder (evaluate.model)")
     p.add_argument("--name", dest="evaluate.dataset", help="dataset (evaluate.dataset; default: the model's)")
     p.add_argument("--splits", dest="evaluate.splits", nargs="+", help="splits to report (evaluate.splits)")
 
     p = sub.add_parser("explain", help="Grad-CAM heatmap overlays + table for a model over a split or a folder")
     _common(p)
-    p.add_argument("--model", dest="explain.model", help="name[:version|latest], or the URI of a model version folder (explain.model)")
+    p.add_argument("--model", dest="explain.model",
+                   help="name[:version|latest], or the URI of a model version folder (explain.model)")
     p.add_argument("--split", dest="explain.split", help="a split of the model's dataset (explain.split)")
     p.add_argument("--images", dest="explain.images", help="an image folder URI instead of a split (explain.images)")
     p.add_argument("--limit", dest="explain.limit", type=int, help="at most this many images, 0 = all (explain.limit)")
@@ -97,7 +99,8 @@ def _output_commands(sub) -> None:
     p = sub.add_parser("score", help="score an image archive into tables/predictions (incremental)")
     _common(p)
     p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
-    p.add_argument("--model", dest="score.model", help="name[:version|latest], or the URI of a model version folder (score.model)")
+    p.add_argument("--model", dest="score.model",
+                   help="name[:version|latest], or the URI of a model version folder (score.model)")
     p.add_argument("--metadata-csv", dest="score.metadata_csv",
                    help="image_id,age,sex,localization side-car for a model with metadata inputs (score.metadata_csv)")
     p.add_argument("--dry-run", dest="score.dry_run", action="store_const", const=True,

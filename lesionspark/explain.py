@@ -166,7 +166,8 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     tasks = max(1, min(spark.sparkContext.defaultParallelism * 4, -(-n // 64)))
     publish = storage.AtomicDir(final, run_id)
     with publish as staging:  # the table names each overlay where readers will find it
-        fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{publish.published}/overlays", int(cfg.get("score.threads")),
+        fn = explain_partition(model_uri, card, f"{staging}/overlays", f"{publish.published}/overlays",
+                               int(cfg.get("score.threads")),
                                int(cfg.get("ingest.max_image_pixels")), int(cfg.get("score.max_file_bytes")), reader,
                                cfg.get("explain.method"), _sidecar(spark, cfg, card, rows, reader),
                                int(cfg.get("ingest.max_decoded_bytes")), int(cfg.get("score.batch_size")))

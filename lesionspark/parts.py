@@ -2,8 +2,8 @@
 (issue 21): image bytes never cross into the JVM.
 
 A task that makes records (ingest's decode, hmnist's rows, balance's classes) writes them itself with
-pyarrow into parts under ``<scratch>/<key>/`` (key: the split; ``scratch`` beside the staging folder), in row groups of about ``rowgroup_mb``
-of record bytes and files of about ``rows_per_file`` records, and yields one small row per record
+pyarrow into parts under ``<scratch>/<key>/`` (key: the split; ``scratch`` beside the staging folder), in row
+groups of about ``rowgroup_mb`` of record bytes and files of about ``rows_per_file`` records, and yields one small row per record
 that says where it went (``part``, ``row_group``; ingest sums them per part in the task,
 ``dataset.summarize``). The driver takes those rows from a job's result, which holds only
 successful task attempts' rows, so they name exactly the parts of committed task attempts.

@@ -1,6 +1,7 @@
 """Logging set-up and timed, counted log lines for long work.
 
-Runs on the driver (log lines, Spark progress); ``PhaseClock`` accumulators are added to in executors and ``quiet_library_warnings`` runs in ranks.
+Runs on the driver (log lines, Spark progress); ``PhaseClock`` accumulators are added to in executors
+and ``quiet_library_warnings`` runs in ranks.
 """
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def plot_roc(path: str, frame: pd.DataFrame, probs: np.ndarray, classes: list[st
 def plot_confusion(path: str, result: dict, classes: list[str], title: str):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=SIZES["confusion"])
-    for ax, key, fmt, name in ((axes[0], "confusion", "d", "counts"), (axes[1], "confusion_rate", ".2f", "row-normalised (recall on the diagonal)")):
+    for ax, key, fmt, name in ((axes[0], "confusion", "d", "counts"),
+                               (axes[1], "confusion_rate", ".2f", "row-normalised (recall on the diagonal)")):
         m = np.array(result[key], dtype=float)
         ax.imshow(np.nan_to_num(m if key == "confusion_rate" else m / max(m.max(), 1)), cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
@@ -175,7 +176,8 @@ def plot_gradcam_grid(path: str, examples: pd.DataFrame, images: np.ndarray, ove
                 if overlays[idx] is None:
                     ax.text(0.5, 0.05, "no positive evidence", transform=ax.transAxes, ha="center", fontsize=7,
                             color="white", backgroundcolor="black")
-    fig.suptitle(f"{METHOD_NAMES.get(method, method)} of the predicted class: {k} most confident correct | {k} most confident wrong "
+    fig.suptitle(f"{METHOD_NAMES.get(method, method)} of the predicted class: {k} most confident correct | "
+                 f"{k} most confident wrong "
                  f"per true class\n{title}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)

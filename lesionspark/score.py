@@ -250,7 +250,8 @@ def _read_predict(spark, cfg: Config, files, to_read, n_read: int, archive: str,
     tasks = task_count(spark, n_read, int(cfg.get("score.files_per_task")))
     overlays = (threshold, f"{staging}/flagged", cfg.get("explain.method"),
                 f"{explanations_dir(root, card)}/flagged") if cfg.get("score.explain_flagged") else None
-    fn = score_files(Reader([archive], bool(cfg.get("score.follow_links")), float(cfg.get("score.read_timeout_s"))), model_uri, card,
+    reader = Reader([archive], bool(cfg.get("score.follow_links")), float(cfg.get("score.read_timeout_s")))
+    fn = score_files(reader, model_uri, card,
                      int(cfg.get("score.batch_size")), int(cfg.get("ingest.max_image_pixels")),
                      int(cfg.get("score.threads")), int(cfg.get("score.max_file_bytes")), list(PASSTHROUGH), clock,
                      overlays, pathkey.share(spark, cfg.get("score.path_salt")),

@@ -1,13 +1,17 @@
-"""The storage root (docs/contracts.md: One storage root): URIs, filesystems, atomic replacement, and what
-each filesystem promises (``Contract``): every publish, commit and lease uses only that.
+"""The storage root (docs/contracts.md: One storage root): URIs, filesystems, atomic replacement, and
+what each filesystem promises (``Contract``): every publish, commit and lease uses only that.
 
-| filesystem | replace a file | move a directory | exclusive create | listing |
-| --- | --- | --- | --- | --- |
-| local POSIX (and NFS) | rename(2) | rename(2) | link(2) (NFS: link count checked) | consistent (NFS: cached) |
-| HDFS | ``rename2(OVERWRITE)`` via the driver's JVM; delete + rename (pyarrow) elsewhere | rename (NameNode) | written whole, then ``FileSystem.rename`` via the JVM | consistent |
-| S3-compatible | one PUT (atomic per object) | refused: publish; per file: score's commit | a PUT with ``If-None-Match: *`` (boto3), probed | consistent (AWS since 2020) |
+- local POSIX (and NFS): replace a file and move a directory by rename(2); exclusive create by
+  link(2) (NFS: link count checked); listing consistent (NFS: cached).
+- HDFS: replace a file by ``rename2(OVERWRITE)`` via the driver's JVM (delete + rename through
+  pyarrow elsewhere); move a directory by rename (NameNode); exclusive create: written whole, then
+  ``FileSystem.rename`` via the JVM; listing consistent.
+- S3-compatible: replace a file by one PUT (atomic per object); no directory move (publish by a
+  record; score's commit file by file); exclusive create by a PUT with ``If-None-Match: *``
+  (boto3), probed; listing consistent (AWS since 2020).
 
-Imported everywhere (driver, executors, ranks): every read and write of the storage root goes through it.
+Imported everywhere (driver, executors, ranks): every read and write of the storage root goes
+through it.
 """
 from __future__ import annotations
 

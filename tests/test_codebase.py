@@ -91,3 +91,16 @@ def test_every_module_says_where_it_runs():
     words = re.compile(r"\b(driver|executors?|Horovod ranks?|ranks|wherever|everywhere)\b", re.I)
     silent = [m for m, tree in MODULES.items() if m != "__init__" and not words.search(ast.get_docstring(tree) or "")]
     assert silent == []
+
+
+def test_the_code_passes_the_linter():
+    """ruff (pinned in requirements/lock.txt) with the project's settings (pyproject.toml: E, F, W at
+    the code's width of 130)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    ruff = Path(sys.executable).parent / "ruff"
+    assert ruff.exists(), "ruff is not installed: scripts/setup.sh installs requirements/lock.txt"
+    out = subprocess.run([str(ruff), "check", "--output-format", "concise", "."], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

@@ -77,7 +77,8 @@ def test_a_typo_or_a_wrong_type_is_refused_at_start_naming_the_nearest_key(tmp_p
     assert Config.load(overrides=["score.lease_ttl_s=10.0"]).get("score.lease_ttl_s") == 10.0
     conf = tmp_path / "c.yaml"
     conf.write_text("score:\n  hash_path: true\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: unknown configuration key 'score.hash_path'; did you mean 'score.hash_paths'"):
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown configuration key 'score.hash_path'; "
+                                          r"did you mean 'score.hash_paths'"):
         Config.load(str(conf))
     # free-form sections take any key: Spark's settings, an architecture's parameters
     cfg = Config.load(overrides=["spark.conf.spark.sql.adaptive.enabled=false", "model.params.filters=[8, 16]"])

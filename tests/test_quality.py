@@ -73,9 +73,10 @@ def test_no_constant_output_collapse_and_better_than_the_majority_class(trained)
 
 def test_evaluate_calibrates_without_changing_decisions(trained):
     """evaluate fits a temperature on val and stores it in the card: val's ECE falls (what the fit
-    minimises, ``evaluate.calibration_objective: ece``) and the decisions stay the same. The test split's ECE is printed, not bounded: on its
-    100 images it varies widely over seeds (docs/benchmarks.md), too noisy to assert; the ECE
-    target is measured on the quality benchmark's 1,500 test images."""
+    minimises, ``evaluate.calibration_objective: ece``) and the decisions stay the same. The test
+    split's ECE is printed, not bounded: on its 100 images it varies widely over seeds
+    (docs/benchmarks.md), too noisy to assert; the ECE target is measured on the quality benchmark's
+    1,500 test images."""
     _, card, _, frame, _, summary = trained
     val, test = summary["splits"]["val"], summary["splits"]["test"]
     print(f"temperature {summary['temperature']:.3f}: val ECE {val['ece_uncalibrated']:.3f} -> {val['ece']:.3f}; "
