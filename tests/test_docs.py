@@ -85,3 +85,9 @@ def test_each_job_file_runs_its_own_stage(job):
 def test_the_readme_shows_the_exit_code_table_the_exceptions_make():
     from lesionspark.exitcodes import markdown
     assert markdown() in (REPO / "README.md").read_text()
+
+
+def test_the_readme_layout_names_every_module():
+    layout = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    modules = sorted(p.stem for p in (REPO / "lesionspark").glob("*.py") if p.stem != "__init__")
+    assert [m for m in modules if f"`{m}`" not in layout] == []
