@@ -147,7 +147,7 @@ def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_pa
     a, n_images = archive
     model, card = publish_untrained_model(tmp_path)
     cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
-                   spark__master="local[2]", score__lease_ttl_s=3, score__lease_wait_s=60)
+                   spark__master="local[2]", score__lease_ttl_s=8, score__lease_wait_s=60)
     conf = tmp_path / "c.yaml"
     conf.write_text(cfg.to_yaml())
     staging = tmp_path / "tables" / "_staging"
@@ -313,7 +313,7 @@ def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archi
     publish_untrained_model(tmp_path)
     cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
                    score__explain_flagged=True, evaluate__default_threshold=0.0,  # every image flagged
-                   score__lease_ttl_s=3, score__lease_wait_s=30)  # the fenced run does not release its lease
+                   score__lease_ttl_s=8, score__lease_wait_s=30)  # the fenced run does not release its lease
 
     def lost(self):
         raise lease_mod.LeaseLost("run intruder took over the lease (generation 9)")
