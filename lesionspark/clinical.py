@@ -168,11 +168,11 @@ def read_sidecar(text: str) -> dict[str, dict]:
     out: dict[str, dict] = {}
     skipped: list[int] = []
     for number, fields, error in lines:
-        if error is None and fields is not None and not any(f.strip() for f in fields):
-            continue  # a blank line
         if error is not None:
             skipped.append(number)
             continue
+        if not any(f.strip() for f in fields):
+            continue  # a blank line
         row = {k: (v or "").strip() for k, v in zip(header, fields)}  # a short row: the rest empty
         key = row.get("image_id", "")
         if not key:

@@ -36,7 +36,6 @@ an unsalted hash of a short hospital ID is reversed by trying every ID.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import warnings
@@ -47,6 +46,7 @@ import numpy as np
 from .clinical import from_dicom
 from .images import DECODE_TIMEOUT_S, ImageRejected, fit_array
 from .isolate import ChildFailed, in_child
+from .pathkey import digest
 
 MAGIC_AT, MAGIC = 128, b"DICM"
 DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
@@ -74,7 +74,7 @@ def patient_key(patient_id, salt: str | None) -> str | None:
     """SHA-256 of salt + patient ID, or None without a salt or an ID."""
     if not salt or patient_id is None or not str(patient_id).strip():
         return None
-    return hashlib.sha256((salt + str(patient_id).strip()).encode("utf-8")).hexdigest()
+    return digest(salt, str(patient_id).strip())
 
 
 def identifiers(ds, salt: str | None) -> dict:

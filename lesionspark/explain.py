@@ -25,7 +25,7 @@ from .overlays import DEFAULT_METHOD, write_overlays
 from .dicom import MAX_DECODED_BYTES
 from .frames import decode_frames, image_chunks
 from .clinical import card_fields, drop_shared, load_sidecar
-from .predict import file_metadata, image_metadata, load_model
+from .predict import chunk_metadata, image_metadata, load_model
 from .threads import limit_threads
 from .progress import timed
 from .registry import explanations_dir, resolve_model
@@ -81,12 +81,12 @@ def explain_partition(model_uri: str, card: dict, staging_overlays: str, final_o
 
             for images in image_chunks(len(batch), fetch, decode, batch_size):
                 yield _explained(model, card, classes, batch, images, staging_overlays, final_overlays, method,
-                                 file_metadata(card, batch, "read_path" if reader else "source_path", sidecar))
+                                 chunk_metadata(card, batch, images, "read_path" if reader else "source_path", sidecar))
     return run
 
 
 def _explained(model, card: dict, classes: list, batch: pd.DataFrame, images: list, staging_overlays: str,
-               final_overlays: str, method: str, per_file: list) -> pd.DataFrame:
+               final_overlays: str, method: str, per_file: dict) -> pd.DataFrame:
     """The table rows of a chunk of images (every frame of a DICOM object is one, named
     ``<image>-f<frame>``), their overlays written under the staging folder."""
     names = [batch["image"].iat[im.file] + ("" if im.frame is None else f"-f{im.frame}") for im in images]

@@ -88,14 +88,6 @@ def _decode_one(i, data, reason, detail, size, mode, max_pixels, salt, max_bytes
     return [Image(i, None, arrays[0], r[0], d[0], NO_IDS, {})]
 
 
-def decode_images(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
-                  details: list, max_bytes: int = MAX_DECODED_BYTES, first: int = 0) -> list[Image]:
-    """``decode_frames`` as one list, a row per image."""
-    return [image for per_file in decode_frames(contents, size, mode, max_pixels, salt, reasons, details, max_bytes,
-                                                first=first)
-            for image in per_file]
-
-
 def decode_single(contents, size: int, mode: str, max_pixels: int, reasons: list, details: list,
                   max_bytes: int = MAX_DECODED_BYTES):
     """One image per file, for training records (one label per metadata row): (arrays or None,

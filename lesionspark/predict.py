@@ -77,7 +77,14 @@ def file_metadata(card: dict, batch: pd.DataFrame, path_column: str, sidecar: di
     return [dict((sidecar or {}).get(sidecar_key(str(p)), {})) for p in batch[path_column]]
 
 
-def image_metadata(card: dict, images: list, per_file: list[dict]):
+def chunk_metadata(card: dict, files: pd.DataFrame, images: list, path_column: str, sidecar: dict | None) -> dict:
+    """``file_metadata`` of the files a chunk of images comes from only, by file number: what
+    ``image_metadata`` takes as ``per_file``."""
+    numbers = sorted({im.file for im in images})
+    return dict(zip(numbers, file_metadata(card, files.iloc[numbers], path_column, sidecar)))
+
+
+def image_metadata(card: dict, images: list, per_file):
     """(encoded vectors or None, used categories per image): the file's metadata (``file_metadata``)
     with what a DICOM object says of itself (age, sex, anatomic site) taking precedence; missing values
     get the missing category."""
@@ -180,7 +187,7 @@ def score_files(reader, model_uri: str, card: dict, batch_size: int, max_pixels:
             predict_s = 0.0
             for images in image_chunks(len(files), fetch, decode, batch_size):
                 t0 = time.perf_counter()
-                meta, used = image_metadata(card, images, file_metadata(card, files, "path", sidecar))
+                meta, used = image_metadata(card, images, chunk_metadata(card, files, images, "path", sidecar))
                 rows = predict_images(model, card, [im.array for im in images], batch_size, meta)
                 yield _image_rows(files[passthrough], images, shas, rows, model, card, explain, meta, used)
                 predict_s += time.perf_counter() - t0
