@@ -295,6 +295,8 @@ class Reader:
             try:
                 target = os.path.realpath(raw, strict=True)
             except OSError as exc:
+                if not stat.S_ISLNK(lst.st_mode) and exc.errno != errno.ELOOP:
+                    raise  # a regular file that vanished since its lstat: unreadable, tried again next run
                 reason = "symlink_loop" if exc.errno == errno.ELOOP else "dangling_symlink"
                 raise EntryRejected(reason, f"the link cannot be resolved ({errno.errorcode.get(exc.errno, exc.errno)})") \
                     from None

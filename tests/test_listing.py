@@ -117,3 +117,19 @@ def test_follow_links_never_enters_a_folder_outside_the_archive(spark, tmp_path)
     _, _, reasons, _ = reader.fetch([f"file:{archive}/ward/ext", f"file:{archive}/root",
                                      f"file:{archive}/ward/ext/secret.jpg"], [0, 0, 20], 100, "k")
     assert reasons == ["link_outside_archive"] * 3  # the last: a path through the link, resolved whole
+
+
+def test_with_follow_links_a_file_that_vanished_is_unreadable_not_a_dangling_link(tmp_path, monkeypatch):
+    """Between the lstat and the resolution of its path a regular file can vanish: that is an
+    ``unreadable`` file (tried again next run), not a link."""
+    from lesionspark import listing
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    real = os.path.realpath
+
+    def vanish(path, strict=False):
+        if strict and os.fsdecode(path).endswith("a.jpg"):
+            os.remove(tmp_path / "a.jpg")
+        return real(path, strict=strict)
+    monkeypatch.setattr(listing.os.path, "realpath", vanish)
+    _, shas, reasons, _ = Reader([str(tmp_path)], follow_links=True).fetch([f"file:{tmp_path}/a.jpg"], [1], 100, "k")
+    assert reasons == ["unreadable"] and shas == [None]
