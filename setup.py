@@ -15,7 +15,7 @@ CORE = [
     "scikit-learn>=1.3",
     "imbalanced-learn>=0.12",
     "tqdm>=4",
-    "pydicom>=3,<4",  # DICOM archives (lesionspark/dicom.py)
+    "pydicom>=3,<4",  # DICOM archives (lesionspark/imaging/dicom.py)
     "python-gdcm>=3.0.24",  # its pixel decoders: JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000
     "boto3>=1.35.30",  # S3 roots: the conditional PUT (If-None-Match) the lease needs; pyarrow 10 has none
 ]

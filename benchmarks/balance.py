@@ -1,7 +1,7 @@
 """Balance (SMOTE) at HAM10000's class structure: the Spark job vs imbalanced-learn on the whole matrix.
 
 Data: all 10,015 rows of the genuine metadata file (nv 6705 ... df 115) as the training split,
-each with a GENERATED 64x64 image (lesionspark.synth's renderer). Same data, same run:
+each with a GENERATED 64x64 image (lesionspark.imaging.synth's renderer). Same data, same run:
 
   spark     `balance` (method smote, every class up to the majority), local[2]: reads the
             Petastorm split, SMOTE per class in executors, PNG-encodes and writes 46,935 rows
@@ -42,16 +42,16 @@ SIZE = 64
 
 def _render(args):
     from PIL import Image
-    from lesionspark.synth import lesion_params, render
+    from lesionspark.imaging.synth import lesion_params, render
     lesion_id, image_id, dx = args
     img = render(lesion_params(lesion_id, dx, 0), image_id, 0, 128, 96)
     return np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR))
 
 
 def make_data(work: Path):
-    from lesionspark.classes import LABEL_OF, binary_label
-    from lesionspark.schema import encode_image, lesion_schema
-    from lesionspark.synth import genuine_metadata
+    from lesionspark.core.classes import LABEL_OF, binary_label
+    from lesionspark.dataset.schema import encode_image, lesion_schema
+    from lesionspark.imaging.synth import genuine_metadata
     meta = genuine_metadata()
     with ProcessPoolExecutor(2) as pool:
         images = np.stack(list(pool.map(_render, zip(meta.lesion_id, meta.image_id, meta.dx), chunksize=256)))
@@ -70,9 +70,9 @@ def make_data(work: Path):
 def per_class(args) -> int:
     """One class's balanced rows made and written without Spark: what a balance class task does."""
     dx, train_uri, out, before, targets = args
-    from lesionspark.balance import balanced_schema, class_records
-    from lesionspark.config import Config
-    from lesionspark.parts import PartWriter
+    from lesionspark.balance.executor import balanced_schema, class_records
+    from lesionspark.core.config import Config
+    from lesionspark.store.parts import PartWriter
     cfg = Config.load()
     smote = (int(cfg.get("balance.k_neighbors")), int(cfg.get("balance.seed")), cfg.get("balance.neighbor_size"),
              int(cfg.get("balance.chunk_rows")), int(cfg.get("balance.synth_chunk_rows")))
@@ -112,7 +112,7 @@ def imblearn_child(work: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from imblearn.over_sampling import SMOTE
-    from lesionspark.schema import encode_image, lesion_schema
+    from lesionspark.dataset.schema import encode_image, lesion_schema
     X = np.load(f"{work}/X.npy").astype(np.float32)
     y = np.load(f"{work}/y.npy")
     start = time.perf_counter()
@@ -136,7 +136,7 @@ def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--imblearn-child":
         return imblearn_child(sys.argv[2])
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from lesionspark.progress import setup_logging
+    from lesionspark.core.progress import setup_logging
     setup_logging("INFO")
     work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-balance-"))
     t = time.perf_counter()
@@ -144,13 +144,13 @@ def main():
     print(f"data: {len(pdf)} rows (genuine metadata, GENERATED {SIZE}x{SIZE} images) in "
           f"{time.perf_counter() - t:.0f}s; counts {pdf.dx.value_counts().to_dict()}", flush=True)
 
-    from lesionspark import storage
-    from lesionspark.balance import balance
-    from lesionspark.config import Config
-    from lesionspark.parts import PartWriter, publish
-    from lesionspark.schema import lesion_schema
+    from lesionspark.store import storage
+    from lesionspark.balance.driver import balance
+    from lesionspark.core.config import Config
+    from lesionspark.store.parts import PartWriter, publish
+    from lesionspark.dataset.schema import lesion_schema
     pdf[["image"]].to_parquet(work / "originals.parquet")
-    from lesionspark.spark import get_spark
+    from lesionspark.store.spark import get_spark
     root = work / "root"
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
                                  "dataset.name=bench"]).with_overrides({"storage.root": str(root)})

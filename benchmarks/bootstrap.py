@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lesionspark import metrics  # noqa: E402
+from lesionspark.modeling import metrics  # noqa: E402
 
 SHARES = [0.033, 0.051, 0.110, 0.011, 0.111, 0.669, 0.014]  # akiec..vasc in HAM10000
 

@@ -26,10 +26,10 @@ def main():
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from lesionspark.config import Config
-    from lesionspark.ingest import ingest
-    from lesionspark.progress import setup_logging
-    from lesionspark.spark import get_spark
+    from lesionspark.core.config import Config
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.core.progress import setup_logging
+    from lesionspark.store.spark import get_spark
     setup_logging("INFO")  # each step's seconds, as the CLI logs them
     data, work = Path(args.data), Path(tempfile.mkdtemp(prefix="lesionspark-coldwarm-"))
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",

@@ -67,9 +67,9 @@ class DriverPeak(Poller):
 def publish(root: Path, arch: str, size: int) -> None:
     """An untrained model (weights=None: throughput does not depend on them) published as
     ``<arch>:bench`` with the card scoring and evaluation read."""
-    from lesionspark import storage
-    from lesionspark.classes import CLASSES
-    from lesionspark.models import PREPROCESSING, build
+    from lesionspark.store import storage
+    from lesionspark.core.classes import CLASSES
+    from lesionspark.modeling.models import PREPROCESSING, build
     d = root / "models" / arch / "bench"
     d.mkdir(parents=True, exist_ok=True)
     build(arch, size, 7, {"weights": None}).save(str(d / "model.keras"))

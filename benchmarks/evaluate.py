@@ -28,16 +28,16 @@ from common import publish  # noqa: E402
 
 
 def bare_child(root: str, splits: list[str], batch: int) -> None:
-    from lesionspark.threads import limit_threads
+    from lesionspark.core.threads import limit_threads
     limit_threads(1)
     import io
     import numpy as np
     import pyarrow.parquet as pq
     from PIL import Image
     from sklearn.metrics import balanced_accuracy_score, f1_score
-    from lesionspark import storage
-    from lesionspark.predict import load_model, predict_arrays
-    from lesionspark.registry import resolve_model
+    from lesionspark.store import storage
+    from lesionspark.inference.predictor import load_model, predict_arrays
+    from lesionspark.store.registry import resolve_model
     card, model_uri = resolve_model(root, "cnn:bench")
     model = load_model(model_uri)
     layout = storage.Layout(root)
@@ -67,14 +67,14 @@ def main() -> None:
     if args.bare_child:
         return bare_child(args.bare_child[0], args.bare_child[1].split(","), args.batch)
 
-    from lesionspark import storage
-    from lesionspark.config import Config
-    from lesionspark.evaluate import evaluate, predict_split
-    from lesionspark.ingest import ingest
-    from lesionspark.progress import setup_logging
-    from lesionspark.registry import resolve_model
-    from lesionspark.spark import get_spark
-    from lesionspark.synth import synth
+    from lesionspark.store import storage
+    from lesionspark.core.config import Config
+    from lesionspark.evaluate.driver import evaluate, predict_split
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.core.progress import setup_logging
+    from lesionspark.store.registry import resolve_model
+    from lesionspark.store.spark import get_spark
+    from lesionspark.imaging.synth import synth
     setup_logging("WARNING")
     tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     made = synth(str(tmp / "raw"), n_images=args.n_images, seed=0, with_genuine=False, workers=2, progress=False)
@@ -83,7 +83,7 @@ def main() -> None:
                                  "ingest.split.test=0.45", "spark.log_level=ERROR",
                                  "spark.conf.spark.ui.showConsoleProgress=false"])
     cfg = cfg.with_overrides({"ingest.metadata": made["metadata"], "ingest.images": made["images"],
-                              "evaluate.model": "cnn:bench", "score.batch_size": args.batch})
+                              "evaluate.model": "cnn:bench", "inference.batch_size": args.batch})
     spark = get_spark(cfg)
     manifest = ingest(spark, cfg)
     publish(tmp / "root", "cnn", args.size)

@@ -34,8 +34,8 @@ with atheris.instrument_imports(include=["lesionspark", "pydicom"]):
     import pydicom  # noqa: F401  (imported here, so that its parser is instrumented too)
     import pydicom.filereader  # noqa: F401
     import pydicom.pixels  # noqa: F401
-    from lesionspark import frames
-    from lesionspark.frames import decode_frames
+    from lesionspark.imaging import frames
+    from lesionspark.imaging.frames import decode_frames
 
 SIZE, MAX_PIXELS, BUDGET = 32, 4_000_000, 64 << 20
 SYNTAXES = ["SC_rgb_small_odd.dcm", "SC_rgb_small_odd_big_endian.dcm", "SC_ybr_full_422_uncompressed.dcm",

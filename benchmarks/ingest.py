@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lesionspark.config import Config  # noqa: E402
-from lesionspark.images import decode_resize  # noqa: E402
-from lesionspark.schema import encode_image, lesion_schema  # noqa: E402
+from lesionspark.core.config import Config  # noqa: E402
+from lesionspark.imaging.images import decode_resize  # noqa: E402
+from lesionspark.dataset.schema import encode_image, lesion_schema  # noqa: E402
 
 SIZE = 128
 
@@ -85,15 +85,15 @@ def spark_floors(spark, folders: list[str], n: int, mb: float) -> dict:
     size = SIZE
 
     def from_bytes(batches):
-        from lesionspark.images import decode_resize
-        from lesionspark.schema import encode_image, lesion_schema
+        from lesionspark.imaging.images import decode_resize
+        from lesionspark.dataset.schema import encode_image, lesion_schema
         for b in batches:
             yield pd.DataFrame({"n": [len(encode_image(lesion_schema(size), decode_resize(bytes(c), size)))
                                       for c in b["content"]]})
 
     def from_paths(batches):
-        from lesionspark.images import decode_resize
-        from lesionspark.schema import encode_image, lesion_schema
+        from lesionspark.imaging.images import decode_resize
+        from lesionspark.dataset.schema import encode_image, lesion_schema
         for b in batches:
             out = []
             for p in b["path"]:
@@ -126,7 +126,7 @@ def main():
     args = ap.parse_args()
     SIZE = args.size
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from lesionspark.progress import setup_logging
+    from lesionspark.core.progress import setup_logging
     setup_logging("INFO")
     work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-ingest-"))
     if args.data:
@@ -134,7 +134,7 @@ def main():
         made = {"metadata": str(data / "HAM10000_metadata.csv"),
                 "images": [str(p) for p in sorted(data.glob("images_*"))]}
     else:
-        from lesionspark.synth import synth
+        from lesionspark.imaging.synth import synth
         made = synth(str(work / "raw"), n_images=args.n_images, seed=11, with_genuine=True, progress=False)
     paths = sorted(str(p) for f in made["images"] for p in Path(f).glob("*.jpg"))
     n, mb = len(paths), sum(os.path.getsize(p) for p in paths) / 2**20
@@ -152,8 +152,8 @@ def main():
         halves = [(paths[i::2], str(work / f"pool-{i}.parquet")) for i in range(2)]
         results["pool2_write"] = rate(n, lambda: pool.map(write_part, halves, chunksize=1))
 
-    from lesionspark.ingest import ingest
-    from lesionspark.spark import get_spark
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.store.spark import get_spark
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
                                  f"dataset.image_size={SIZE}"]).with_overrides({
         "storage.root": str(work / "root"), "ingest.metadata": made["metadata"], "ingest.images": made["images"]})

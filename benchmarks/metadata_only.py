@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lesionspark import metrics  # noqa: E402
-from lesionspark.classes import CLASSES  # noqa: E402
-from lesionspark.metadata import parse_metadata  # noqa: E402
-from lesionspark.split import assign_splits  # noqa: E402
+from lesionspark.modeling import metrics  # noqa: E402
+from lesionspark.core.classes import CLASSES  # noqa: E402
+from lesionspark.dataset.metadata import parse_metadata  # noqa: E402
+from lesionspark.dataset.split import assign_splits  # noqa: E402
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

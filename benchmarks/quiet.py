@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
-from lesionspark.config import Config  # noqa: E402
-from lesionspark.spark import get_spark  # noqa: E402
-from lesionspark.score import score  # noqa: E402
+from lesionspark.core.config import Config  # noqa: E402
+from lesionspark.store.spark import get_spark  # noqa: E402
+from lesionspark.score.driver import score  # noqa: E402
 data = sys.argv[sys.argv.index("--data") + 1] if "--data" in sys.argv else "/tmp/scratch/synth2000"
 src = sorted(Path(data, "images_generated").glob("*.jpg"))
 work = Path(tempfile.mkdtemp(prefix="quiet-"))

@@ -38,11 +38,11 @@ _MODEL = {}
 
 
 def _init(model_path: str, card_path: str, batch: int) -> None:
-    from lesionspark.threads import limit_threads
+    from lesionspark.core.threads import limit_threads
     limit_threads(1)
     import numpy as np
-    from lesionspark import storage
-    from lesionspark.predict import load_model, predict_arrays
+    from lesionspark.store import storage
+    from lesionspark.inference.predictor import load_model, predict_arrays
     card = storage.read_json(card_path)
     _MODEL.update(card=card, model=load_model(model_path), batch=batch)
     size = card["image_size"]
@@ -51,8 +51,8 @@ def _init(model_path: str, card_path: str, batch: int) -> None:
 
 def _score_chunk(paths: list[str]) -> int:
     import numpy as np
-    from lesionspark.images import decode_resize
-    from lesionspark.predict import predict_arrays
+    from lesionspark.imaging.images import decode_resize
+    from lesionspark.inference.predictor import predict_arrays
     card = _MODEL["card"]
     imgs = [decode_resize(open(p, "rb").read(), card["image_size"], card["resize"]) for p in paths]
     return len(predict_arrays(_MODEL["model"], card, np.stack(imgs), _MODEL["batch"]))
@@ -73,16 +73,16 @@ def bare(model_dir: Path, paths: list[str], batch: int, procs: int) -> float:
 
 def spark_floors(spark, model_dir: Path, folder: str, n: int, batch: int) -> dict:
     import pandas as pd
-    from lesionspark import storage
+    from lesionspark.store import storage
     card = storage.read_json(str(model_dir / "model_card.json"))
     uri = str(model_dir / "model.keras")
 
     def predict(read, warm=False):
         def run(batches):
             import numpy as np
-            from lesionspark.images import decode_resize
-            from lesionspark.predict import load_model, predict_arrays
-            from lesionspark.threads import limit_threads
+            from lesionspark.imaging.images import decode_resize
+            from lesionspark.inference.predictor import load_model, predict_arrays
+            from lesionspark.core.threads import limit_threads
             limit_threads(1)
             model = load_model(uri)
             for b in batches:
@@ -128,16 +128,16 @@ def main():
     ap.add_argument("--data", default=None, help="a `lesionspark synth` output folder to reuse")
     args = ap.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from lesionspark.config import Config
-    from lesionspark.progress import setup_logging
-    from lesionspark.score import score
-    from lesionspark.spark import get_spark
+    from lesionspark.core.config import Config
+    from lesionspark.core.progress import setup_logging
+    from lesionspark.score.driver import score
+    from lesionspark.store.spark import get_spark
     setup_logging("INFO")
     work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-score-"))
     if args.data:
         src = sorted(Path(args.data).glob("images_generated/*.jpg"))
     else:
-        from lesionspark.synth import synth
+        from lesionspark.imaging.synth import synth
         made = synth(str(work / "raw"), n_images=args.n_images, seed=21, with_genuine=False, progress=False)
         src = sorted(Path(made["images"][0]).glob("*.jpg"))
     src = src[: args.n_images]
@@ -156,7 +156,7 @@ def main():
     print(f"bare {results['bare']:.1f} img/s, pool of 2 {results['pool2']:.1f} img/s", flush=True)
 
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
-                                 f"score.batch_size={args.batch}", "score.model=cnn"])
+                                 f"inference.batch_size={args.batch}", "score.model=cnn"])
     spark = get_spark(cfg)
     spark.range(4).count()
     results.update(spark_floors(spark, model_dir, str(archive / "base"), n, args.batch))

@@ -4,7 +4,7 @@
 (GENERATED 600x450 JPEGs: ``--data`` is a ``lesionspark synth`` output; each file copied ``--copies``
 times with distinct trailing bytes, so every copy is a new content), CNN at ``--size`` px with
 weights=None (speed does not depend on them). Configurations are ``local[W]`` Spark masters
-(W Python workers) times ``score.threads`` T. The figure is the run's own ``seconds`` in
+(W Python workers) times ``inference.threads`` T. The figure is the run's own ``seconds`` in
 ``score_runs`` (listing to commit; JVM start-up excluded) and images per second from it.
 
     .venv/bin/python benchmarks/score_threads.py --data /tmp/lsq/raw --n-images 200 --copies 4 --configs 2x1 2x2 1x2 1x1
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
-from lesionspark import runlog  # noqa: E402
+from lesionspark.store import runlog  # noqa: E402
 
 
 def archive_of(src: list[Path], copies: int, out: Path) -> int:
@@ -38,7 +38,7 @@ def run(work: Path, archive: Path, workers: int, threads: int, size: int, attemp
     root = work / f"root-{attempt}-{workers}x{threads}"
     shutil.copytree(work / "models-src", root / "models")
     cmd = [str(Path(sys.executable).parent / "lesionspark"), "--log-level", "WARN", "score", "--root", str(root),
-           "--archive", str(archive), "--model", "cnn", f"spark.master=local[{workers}]", f"score.threads={threads}",
+           "--archive", str(archive), "--model", "cnn", f"spark.master=local[{workers}]", f"inference.threads={threads}",
            "spark.conf.spark.ui.showConsoleProgress=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]

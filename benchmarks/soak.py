@@ -57,7 +57,7 @@ def main():
     if args.data:
         pool = sorted(Path(args.data).glob("images_generated/*.jpg"))
     else:
-        from lesionspark.synth import synth
+        from lesionspark.imaging.synth import synth
         made = synth(str(work / "raw"), n_images=args.runs * args.grow + 100, seed=4, with_genuine=False,
                      progress=False)
         pool = sorted(Path(made["images"][0]).glob("*.jpg"))
@@ -135,19 +135,19 @@ def main():
     wall = time.monotonic() - t0
 
     import pyarrow.parquet as pq
-    from lesionspark import runlog
+    from lesionspark.store import runlog
     preds = pq.read_table(str(root / "tables" / "predictions")).to_pandas()
     rejects = pq.read_table(str(root / "tables" / "score_rejects")).to_pandas()
     keys = preds.groupby(["image_sha256", "model", "model_version"]).size()
     done = set(preds["image_sha256"]) | set(rejects["image_sha256"].dropna())
-    from lesionspark.listing import local_bytes
+    from lesionspark.store.listing import local_bytes
     rejected_paths = {os.fsdecode(local_bytes(p.split(":", 1)[-1]))
                       for p in rejects[rejects["image_sha256"].isna()]["image_path"]}
     entries = [os.path.join(os.fsdecode(dp), os.fsdecode(n))
                for dp, dirs, names in os.walk(os.fsencode(str(archive)))
                for n in names + dirs if n.lower().endswith((b".jpg", b".dcm"))]
     files = [p for p in entries if os.path.isfile(p) and not os.path.islink(p)]
-    # a file over score.max_file_bytes is rejected unread and unhashed: a reject row names it
+    # a file over archive.max_file_bytes is rejected unread and unhashed: a reject row names it
     big = [p for p in files if os.path.getsize(p) > 50 << 20]
     lost = [p for p in big if p not in rejected_paths]
     lost += [p for p in files if p not in big and hashlib.sha256(Path(p).read_bytes()).hexdigest() not in done]

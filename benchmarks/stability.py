@@ -51,19 +51,19 @@ def main():
     ap.add_argument("--reuse", action="store_true", help="reuse the ingested and balanced data in --workdir")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
-    from lesionspark.progress import setup_logging
+    from lesionspark.core.progress import setup_logging
     setup_logging("WARN")
     import tensorflow as tf
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
-    from lesionspark.balance import balance
-    from lesionspark.config import Config
-    from lesionspark.ingest import ingest
-    from lesionspark.metrics import largest_identical_group
-    from lesionspark.models import preprocess
-    from lesionspark.spark import get_spark
-    from lesionspark.synth import synth
-    from lesionspark.train import train
-    from lesionspark.worker import load_split
+    from lesionspark.balance.driver import balance
+    from lesionspark.core.config import Config
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.modeling.metrics import largest_identical_group
+    from lesionspark.modeling.models import preprocess
+    from lesionspark.store.spark import get_spark
+    from lesionspark.imaging.synth import synth
+    from lesionspark.train.driver import train
+    from lesionspark.train.executor import load_split
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-stability-"))
     root = work / "root"
     demo = Config.load().get("demo")

@@ -34,9 +34,9 @@ def main():
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from lesionspark.config import Config
-    from lesionspark.progress import setup_logging
-    from lesionspark.spark import get_spark
+    from lesionspark.core.config import Config
+    from lesionspark.core.progress import setup_logging
+    from lesionspark.store.spark import get_spark
     setup_logging("INFO")
     work = Path(tempfile.mkdtemp(prefix="lesionspark-profile-"))
     events = work / "events"
@@ -52,11 +52,11 @@ def main():
         since = int(time.time() * 1000)
         start = time.perf_counter()
         if args.stage == "ingest":
-            from lesionspark.ingest import ingest
+            from lesionspark.ingest.driver import ingest
             out = ingest(spark, cfg.with_overrides({"ingest.metadata": args.metadata, "ingest.images": args.images}))
             n = out["counts"]["written"] + out["counts"]["rejected"]
         else:
-            from lesionspark.score import score
+            from lesionspark.score.driver import score
             if run == 0:
                 publish(work / "root", "cnn", args.size)
             out = score(spark, cfg.with_overrides({"score.archive": args.archive, "score.model": "cnn"}))

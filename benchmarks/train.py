@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def in_memory_child(url: str, size: int, epochs: int, batch: int, threads: int, steps: int) -> None:
-    from lesionspark.threads import limit_threads
+    from lesionspark.core.threads import limit_threads
     limit_threads(threads)
     import numpy as np
     import tensorflow as tf
-    from lesionspark.models import build, preprocess
-    from lesionspark.worker import load_split
+    from lesionspark.modeling.models import build, preprocess
+    from lesionspark.train.executor import load_split
     x, y, _ = load_split(url, "label")
     x = preprocess("scale_0_1", x.astype(np.float32)).numpy()
     y = tf.one_hot(y, 7).numpy()
@@ -63,16 +63,16 @@ def in_memory_child(url: str, size: int, epochs: int, batch: int, threads: int, 
 
 
 def _cfg(root, **over):
-    from lesionspark.config import Config
+    from lesionspark.core.config import Config
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false"])
     return cfg.with_overrides({"storage.root": str(root), **over})
 
 
 def throughput(args):
-    from lesionspark.ingest import ingest
-    from lesionspark.spark import get_spark
-    from lesionspark.synth import synth
-    from lesionspark.train import train
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.store.spark import get_spark
+    from lesionspark.imaging.synth import synth
+    from lesionspark.train.driver import train
     work = Path(tempfile.mkdtemp(prefix="lesionspark-bench-train-"))
     made = synth(str(work / "raw"), n_images=args.n_images, seed=5, with_genuine=False, progress=False)
     spark = get_spark(_cfg(work))
@@ -145,14 +145,14 @@ ARCHS = {  # label: (model.arch, model.params); weights=None everywhere (no netw
 
 def _quality_data(args, work: Path):
     if args.reuse and (work / "raw" / "HAM10000_metadata.csv").exists():  # synth is deterministic
-        from lesionspark.synth import genuine_image_ids
+        from lesionspark.imaging.synth import genuine_image_ids
         import pandas as pd
         meta = pd.read_csv(work / "raw" / "HAM10000_metadata.csv")
         genuine = int(meta.image_id.isin(genuine_image_ids()).sum())
         return {"metadata": str(work / "raw" / "HAM10000_metadata.csv"), "genuine": genuine,
                 "images": [str(work / "raw" / "images_generated"), str(work / "raw" / "images_genuine")],
                 "generated": len(meta) - genuine}
-    from lesionspark.synth import synth
+    from lesionspark.imaging.synth import synth
     return synth(str(work / "raw"), n_images=20000, seed=1, with_genuine=True, progress=False)
 
 
@@ -160,8 +160,8 @@ def _test_metrics(spark, cfg, card) -> dict:
     """Through `evaluate` (temperature fitted on val): test balanced accuracy and macro F1 with
     lesion-bootstrap 95% intervals; recall of mel/bcc/akiec; ECE before and after calibration, AUC."""
     import pyarrow.parquet as pq
-    from lesionspark import storage
-    from lesionspark.evaluate import evaluate, metrics_file
+    from lesionspark.store import storage
+    from lesionspark.evaluate.driver import evaluate, metrics_file
     root = storage.normalize_uri(cfg.get("storage.root"))
     summary = evaluate(spark, cfg.with_overrides({"evaluate.model": f"{card['name']}:{card['version']}"}))
     t = summary["splits"]["test"]
@@ -179,7 +179,7 @@ def paired_difference(root: Path, card_a: dict, card_b: dict, n_boot: int, seed:
     of the difference over lesion resamples drawn once for both (``metrics.bootstrap_ci``'s method)."""
     import numpy as np
     import pandas as pd
-    from lesionspark.metrics import confusion_scores
+    from lesionspark.modeling.metrics import confusion_scores
     frames = [pd.read_parquet(root / "reports" / c["name"] / c["version"] / "predictions_test.parquet")
               .sort_values("image_id", ignore_index=True) for c in (card_a, card_b)]
     assert (frames[0]["image_id"] == frames[1]["image_id"]).all()
@@ -206,10 +206,10 @@ def without_metadata(root: Path, card: dict) -> float:
     """Test balanced accuracy of a metadata model when every image comes without metadata (a JPEG
     archive with no side-car): the missing category for every field."""
     from sklearn.metrics import balanced_accuracy_score
-    from lesionspark.clinical import encode
-    from lesionspark.predict import load_model, predict_arrays
-    from lesionspark.registry import resolve_model
-    from lesionspark.worker import load_split
+    from lesionspark.dataset.clinical import encode
+    from lesionspark.inference.predictor import load_model, predict_arrays
+    from lesionspark.store.registry import resolve_model
+    from lesionspark.train.executor import load_split
     card, model_uri = resolve_model(f"file://{root}", f"{card['name']}:{card['version']}")
     x, y, _ = load_split(f"file://{root}/datasets/ham10000/test", "label")
     blank = encode(card["metadata"], [{}] * len(x))[0]
@@ -219,11 +219,11 @@ def without_metadata(root: Path, card: dict) -> float:
 
 def quality(args):
     """Recipes on the CNN, then the other architectures with the recipe that did best on VAL."""
-    from lesionspark import storage
-    from lesionspark.balance import balance
-    from lesionspark.ingest import ingest
-    from lesionspark.spark import get_spark
-    from lesionspark.train import train
+    from lesionspark.store import storage
+    from lesionspark.balance.driver import balance
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.store.spark import get_spark
+    from lesionspark.train.driver import train
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-quality-"))
     t = time.perf_counter()
     made = _quality_data(args, work)
@@ -299,7 +299,7 @@ def main():
     if sys.argv[1:2] == ["in-memory-child"]:
         a = sys.argv[2:]
         return in_memory_child(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5]))
-    from lesionspark.progress import setup_logging
+    from lesionspark.core.progress import setup_logging
     setup_logging("INFO")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)

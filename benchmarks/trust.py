@@ -41,21 +41,21 @@ W, H = 300, 225
 
 def methods(args) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from lesionspark.progress import setup_logging
+    from lesionspark.core.progress import setup_logging
     setup_logging("WARN")
     import pandas as pd
     import tensorflow as tf
-    from lesionspark.config import Config
-    from lesionspark.evaluate import evaluate
-    from lesionspark.gradcam import METHODS, empty, heatmaps, mass_inside
-    from lesionspark.images import decode_each
-    from lesionspark.ingest import ingest
-    from lesionspark.models import build, preprocess
-    from lesionspark.predict import load_model
-    from lesionspark.registry import resolve_model
-    from lesionspark.spark import get_spark
-    from lesionspark.synth import lesion_mask, synth
-    from lesionspark.train import train
+    from lesionspark.core.config import Config
+    from lesionspark.evaluate.driver import evaluate
+    from lesionspark.modeling.gradcam import METHODS, empty, heatmaps, mass_inside
+    from lesionspark.imaging.images import decode_each
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.modeling.models import build, preprocess
+    from lesionspark.inference.predictor import load_model
+    from lesionspark.store.registry import resolve_model
+    from lesionspark.store.spark import get_spark
+    from lesionspark.imaging.synth import lesion_mask, synth
+    from lesionspark.train.driver import train
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-trust-"))
     root = work / "root"
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false"]) \

@@ -14,10 +14,10 @@ import json
 import logging
 import sys
 
-from .config import Config, ConfigError
-from .spark import apply_umask
-from .signals import Terminated
-from .signals import install as install_sigterm
+from .core.config import Config, ConfigError
+from .store.spark import apply_umask
+from .core.signals import Terminated
+from .core.signals import install as install_sigterm
 
 log = logging.getLogger("lesionspark")
 
@@ -101,8 +101,8 @@ def _output_commands(sub) -> None:
     p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
     p.add_argument("--model", dest="score.model",
                    help="name[:version|latest], or the URI of a model version folder (score.model)")
-    p.add_argument("--metadata-csv", dest="score.metadata_csv",
-                   help="image_id,age,sex,localization side-car for a model with metadata inputs (score.metadata_csv)")
+    p.add_argument("--metadata-csv", dest="archive.metadata_csv",
+                   help="image_id,age,sex,localization side-car for a model with metadata inputs (archive.metadata_csv)")
     p.add_argument("--dry-run", dest="score.dry_run", action="store_const", const=True,
                    help="print what would be listed, hashed, scored and skipped; write nothing (score.dry_run)")
     p.add_argument("--wait", dest="score.lease_wait_s", type=float,
@@ -139,7 +139,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .progress import setup_logging
+    from .core.progress import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -176,45 +176,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_synth(cfg: Config) -> dict:
-    from .synth import synth_from_config
+    from .imaging.synth import synth_from_config
     return synth_from_config(cfg)
 
 
 def run_ingest(cfg: Config) -> dict:
-    from .ingest import ingest
-    from .spark import get_spark
+    from .ingest.driver import ingest
+    from .store.spark import get_spark
     manifest = ingest(get_spark(cfg), cfg)
     return {k: manifest[k] for k in ("dataset", "run_id", "image_size", "counts", "timing", "fingerprint")}
 
 
 def run_balance(cfg: Config) -> dict:
-    from .balance import balance
-    from .spark import get_spark
+    from .balance.driver import balance
+    from .store.spark import get_spark
     return balance(get_spark(cfg), cfg)
 
 
 def run_train(cfg: Config) -> dict:
-    from .spark import get_spark
-    from .train import train
+    from .store.spark import get_spark
+    from .train.driver import train
     card = train(get_spark(cfg), cfg)
     return {k: card[k] for k in ("name", "version", "architecture", "balance", "epochs_run", "workers", "metrics")}
 
 
 def run_score(cfg: Config) -> dict:
-    from .score import score
-    from .spark import get_spark
+    from .score.driver import score
+    from .store.spark import get_spark
     return score(lambda: get_spark(cfg), cfg)
 
 
 def run_evaluate(cfg: Config) -> dict:
-    from .evaluate import evaluate
-    from .spark import get_spark
+    from .evaluate.driver import evaluate
+    from .store.spark import get_spark
     return evaluate(get_spark(cfg), cfg)
 
 
 def run_explain(cfg: Config) -> dict:
-    from .explain import explain
-    from .spark import get_spark
+    from .explain.driver import explain
+    from .store.spark import get_spark
     return explain(get_spark(cfg), cfg)
 
 
@@ -226,15 +226,15 @@ def _print_frame(frame) -> None:
 
 
 def run_compare(cfg: Config, split: str = "test", dataset: str | None = None) -> None:
-    from .evaluate import compare
-    from .spark import get_spark
+    from .evaluate.driver import compare
+    from .store.spark import get_spark
     _print_frame(compare(get_spark(cfg), cfg.get("storage.root"), split, dataset))
     return None
 
 
 def run_sql(cfg: Config, query: str, out: str | None, allow_writes: bool = False):
-    from .spark import get_spark
-    from .sql import run_query
+    from .store.spark import get_spark
+    from .sql.query import run_query
     result = run_query(get_spark(cfg), cfg.get("storage.root"), query, out, bool(cfg.get("sql.metastore")),
                        allow_writes=allow_writes)
     if out:
@@ -245,7 +245,7 @@ def run_sql(cfg: Config, query: str, out: str | None, allow_writes: bool = False
 
 def run_pipeline(cfg: Config) -> dict:
     from .pipeline import pipeline
-    from .spark import get_spark
+    from .store.spark import get_spark
     return pipeline(get_spark(cfg), cfg)
 
 

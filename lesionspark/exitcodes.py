@@ -7,9 +7,9 @@ from __future__ import annotations
 def table() -> list[tuple[int, str]]:
     """(code, meaning) in order: 0 and 1 by convention, the rest from each exception's ``exit_code``
     and the first sentence of its docstring."""
-    from .config import ConfigError
-    from .score import DriftAlert, ScoreFenced, ScoreLocked
-    from .signals import Terminated
+    from .core.config import ConfigError
+    from .score.driver import DriftAlert, ScoreFenced, ScoreLocked
+    from .core.signals import Terminated
     rows = [(0, "done"), (1, "the stage failed (the log has the error and its trace)"),
             (2, "bad arguments or configuration, a missing input, or an input or root refused "
                 f"({ConfigError.__name__} and its kinds: the message says which)")]

@@ -12,8 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from . import storage
-from .config import Config, ConfigError
+from .store import storage
+from .core.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ def pipeline(spark, cfg: Config, steps: list[str] | None = None) -> dict:
     """Run ``steps`` (default: all of STEPS; ``score`` only when ``score.archive`` is set).
     ``balance.method`` is the training data too: smote/oversample train on the balanced output,
     weights/none on the ingested train split."""
-    from .balance import balance
-    from .evaluate import evaluate
-    from .ingest import ingest
-    from .score import score
-    from .train import train
+    from .balance.driver import balance
+    from .evaluate.driver import evaluate
+    from .ingest.driver import ingest
+    from .score.driver import score
+    from .train.driver import train
     steps = list(steps or cfg.get("pipeline.steps"))
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -92,10 +92,10 @@ def _demo_archive(root: str, dataset: str, synth_out: str) -> str:
 def demo(cfg: Config) -> dict:
     """Synth, then the whole pipeline once per ``demo.methods`` (one model each), then score an
     archive with the first model, compare the models and run the example queries."""
-    from .evaluate import compare
-    from .spark import get_spark
-    from .sql import run_query
-    from .synth import synth_from_config
+    from .evaluate.driver import compare
+    from .store.spark import get_spark
+    from .sql.query import run_query
+    from .imaging.synth import synth_from_config
     start = time.perf_counter()
     root = storage.normalize_uri(cfg.get("storage.root"))
     if not root.startswith("file://"):

@@ -68,13 +68,13 @@ def genuine_dir() -> Path:
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory):
     """120 generated images following the genuine metadata, plus the 56 genuine JPEGs."""
-    from lesionspark.synth import synth
+    from lesionspark.imaging.synth import synth
     out = tmp_path_factory.mktemp("synth")
     return synth(str(out), n_images=120, seed=3, with_genuine=True, workers=2, progress=False)
 
 
 def make_cfg(root, **keys):
-    from lesionspark.config import Config
+    from lesionspark.core.config import Config
     cfg = Config.load(overrides=["spark.master=local[2]"])
     return cfg.with_overrides({"storage.root": str(root), **{k.replace("__", "."): v for k, v in keys.items()}})
 
@@ -82,10 +82,10 @@ def make_cfg(root, **keys):
 def publish_untrained_model(root: Path, name="cnn", version="v1", size=32, **card_keys):
     """A real Keras CNN (random weights) with a complete model card, as train publishes it (with
     ``metadata=[...]`` in the card: the metadata input too)."""
-    from lesionspark import storage
-    from lesionspark.classes import CLASSES
-    from lesionspark.clinical import width
-    from lesionspark.models import build
+    from lesionspark.store import storage
+    from lesionspark.core.classes import CLASSES
+    from lesionspark.dataset.clinical import width
+    from lesionspark.modeling.models import build
     d = root / "models" / name / version
     d.mkdir(parents=True)
     classes = card_keys.pop("classes", list(CLASSES))
@@ -101,8 +101,8 @@ def publish_untrained_model(root: Path, name="cnn", version="v1", size=32, **car
 @pytest.fixture(scope="session")
 def ingested_small(spark, synth_small, tmp_path_factory):
     """synth_small ingested at 32 px: (cfg, manifest, layout). Shared by balance and train tests."""
-    from lesionspark import storage
-    from lesionspark.ingest import ingest
+    from lesionspark.store import storage
+    from lesionspark.ingest.driver import ingest
     root = tmp_path_factory.mktemp("small-root")
     cfg = make_cfg(root, ingest__metadata=synth_small["metadata"], ingest__images=synth_small["images"],
                    dataset__image_size=32)

@@ -16,8 +16,8 @@ import time
 
 import pyarrow.fs as pafs
 
-from lesionspark import storage
-from lesionspark.lease import Lease, LeaseHeld
+from lesionspark.store import storage
+from lesionspark.store.lease import Lease, LeaseHeld
 
 _OPS = [0]
 

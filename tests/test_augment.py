@@ -4,7 +4,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from lesionspark.augment import augment_batch  # noqa: E402  (after the importorskip)
+from lesionspark.modeling.augment import augment_batch  # noqa: E402  (after the importorskip)
 
 
 def _symmetries(im):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from lesionspark import storage
-from lesionspark.balance import balance
-from lesionspark.classes import LABEL_OF
+from lesionspark.store import storage
+from lesionspark.balance.driver import balance
+from lesionspark.core.classes import LABEL_OF
 
 pytestmark = pytest.mark.spark
 

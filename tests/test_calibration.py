@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from conftest import publish_untrained_model
-from lesionspark import calibration
-from lesionspark.metrics import calibration as reliability
+from lesionspark.modeling import calibration
+from lesionspark.modeling.metrics import calibration as reliability
 
 
 def _overconfident(n=4000, k=5, seed=0):
@@ -48,8 +48,8 @@ def test_identity_and_degenerate_inputs():
 
 
 def test_predict_and_explain_apply_the_cards_temperature(tmp_path):
-    from lesionspark.overlays import explain_arrays
-    from lesionspark.predict import predict_arrays
+    from lesionspark.modeling.overlays import explain_arrays
+    from lesionspark.inference.predictor import predict_arrays
     model, card = publish_untrained_model(tmp_path, size=32)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
     raw = predict_arrays(model, card, images, 8)

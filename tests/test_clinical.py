@@ -8,10 +8,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lesionspark import clinical
-from lesionspark.balance import inherited_metadata
-from lesionspark.frames import Image
-from lesionspark.predict import file_metadata, image_metadata
+from lesionspark.dataset import clinical
+from lesionspark.balance.executor import inherited_metadata
+from lesionspark.imaging.frames import Image
+from lesionspark.inference.predictor import file_metadata, image_metadata
 
 from conftest import make_cfg, publish_untrained_model
 
@@ -51,7 +51,7 @@ def test_dicom_values_and_side_car_rows():
 
 def test_a_side_car_that_is_not_a_readable_csv_is_a_clear_error_before_any_work(tmp_path):
     import os
-    from lesionspark.config import ConfigError
+    from lesionspark.core.config import ConfigError
     fifo, loop, big = tmp_path / "fifo.csv", tmp_path / "loop.csv", tmp_path / "big.csv"
     os.mkfifo(fifo)  # opening it would block until a writer came
     loop.symlink_to(loop)
@@ -59,7 +59,7 @@ def test_a_side_car_that_is_not_a_readable_csv_is_a_clear_error_before_any_work(
     cases = {fifo: "not a regular file", tmp_path: "not a regular file", loop: "",
              tmp_path / "gone.csv": "not a regular file"}
     for path, message in cases.items():
-        with pytest.raises(ConfigError, match=f"score.metadata_csv: .*{message}"):
+        with pytest.raises(ConfigError, match=f"archive.metadata_csv: .*{message}"):
             clinical.load_sidecar(str(path), FIELDS)
     assert clinical.load_sidecar(str(big), FIELDS) == {}  # its one line skipped alone (test_hostile_csv)
     good = tmp_path / "ok.csv"
@@ -99,8 +99,8 @@ def test_synthetic_rows_inherit_their_parents_metadata():
 @pytest.mark.parametrize("arch", ["cnn", pytest.param("efficientnet", marks=pytest.mark.slow)])
 def test_a_fused_model_uses_its_metadata_and_explains_the_image(arch, tmp_path):
     import tensorflow as tf
-    from lesionspark.gradcam import heatmaps
-    from lesionspark.models import build, model_inputs, takes_metadata
+    from lesionspark.modeling.gradcam import heatmaps
+    from lesionspark.modeling.models import build, model_inputs, takes_metadata
     tf.keras.utils.set_random_seed(1)
     model = build(arch, 32, 7, {"filters": [8, 16, 16], "dense": 16} if arch == "cnn" else {},
                   clinical.width(FIELDS))
@@ -128,8 +128,8 @@ def test_a_metadata_model_scores_an_archive_from_tags_a_side_car_or_nothing(spar
     a JPEG in the side-car CSV and one that is not. The same picture scored with and without its
     metadata gets different probabilities; each row says what the model was given."""
     from pydicom.uid import generate_uid
-    from lesionspark.explain import explain
-    from lesionspark.score import score
+    from lesionspark.explain.driver import explain
+    from lesionspark.score.driver import score
     from test_dicom import dicom_from_jpeg
     a = tmp_path / "archive"
     a.mkdir()
@@ -146,7 +146,7 @@ def test_a_metadata_model_scores_an_archive_from_tags_a_side_car_or_nothing(spar
     (tmp_path / "sidecar.csv").write_text("image_id,age,sex,localization\nlisted,35,female,face\n")
     root = tmp_path / "root"
     publish_untrained_model(root, size=32, metadata=list(FIELDS), metadata_encoding=clinical.ENCODING)
-    cfg = make_cfg(root, score__archive=str(a), score__metadata_csv=str(tmp_path / "sidecar.csv"))
+    cfg = make_cfg(root, score__archive=str(a), archive__metadata_csv=str(tmp_path / "sidecar.csv"))
     with caplog.at_level(logging.INFO):
         summary = score(spark, cfg, run_id="meta-1")
     assert (summary["scored"], summary["rejected"]) == (4, 0)
@@ -162,7 +162,7 @@ def test_a_metadata_model_scores_an_archive_from_tags_a_side_car_or_nothing(spar
     # the README's query of what the model was given
     import re
     from pathlib import Path
-    from lesionspark.sql import register
+    from lesionspark.sql.query import register
     register(spark, str(root))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     query = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "metadata_missing" in b)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionspark import storage
+from lesionspark.store import storage
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_packaged_library_is_self_contained(tmp_path):
     site = next(p for p in sys.path if p.endswith("site-packages"))
     code = (f"import sys; sys.path[:0] = [{str(z)!r}]; sys.path.append({site!r}); import lesionspark; "
             f"assert lesionspark.__file__.startswith({str(z)!r}), lesionspark.__file__; "
-            "from lesionspark.config import Config; print(Config.load().get('dataset.name'))")
+            "from lesionspark.core.config import Config; print(Config.load().get('dataset.name'))")
     r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ham10000", r.stderr
 

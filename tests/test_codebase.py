@@ -8,24 +8,54 @@ from pathlib import Path
 import lesionspark
 
 PACKAGE = Path(lesionspark.__file__).parent
-MODULES = {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.glob("*.py"))}
+MODULES = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): ast.parse(p.read_text(), str(p))
+           for p in sorted(PACKAGE.rglob("*.py"))}
 MAX_LINES = 60
+# The layers, lowest first: a module imports only from its own package and from packages below it.
+# The stage packages sit side by side and do not import one another; the top-level modules (cli,
+# pipeline, exitcodes) may import anything.
+LAYERS = [("core",), ("store",), ("dataset",), ("imaging",), ("modeling",), ("inference",), ("sql",),
+          ("ingest", "balance", "train", "score", "evaluate", "explain")]
 
 
-def imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
+def package_of(module: str) -> str:
+    return module.split(".")[0] if "." in module else ""
+
+
+def layer(package: str) -> int:
+    return next((i for i, names in enumerate(LAYERS) if package in names), len(LAYERS))
+
+
+def resolve(module: str, level: int, name: str | None) -> str:
+    """The qualified module (``store.storage``) of a relative import in ``module``."""
+    parts = module.split(".")
+    is_init = parts[-1] == "__init__"
+    base = parts[:-1] if not is_init else parts[:-1]
+    base = base[:len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([name] if name else []))
+
+
+def imports(tree: ast.Module, module: str = "") -> list[tuple[str, list[str]]]:
     """(imported lesionspark module, names taken from it), anywhere in the module."""
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                out.append((node.module.split(".")[0], [a.name for a in node.names]))
-            elif node.level == 1:  # from . import storage, calibration
-                out += [(a.name, []) for a in node.names]
+            if node.level:
+                target = resolve(module, node.level, node.module)
             elif (node.module or "").startswith("lesionspark."):
-                out.append((node.module.split(".")[1], [a.name for a in node.names]))
+                target = node.module.split(".", 1)[1]
+            else:
+                continue
+            if target in MODULES or target + ".__init__" in MODULES and target not in PACKAGES:
+                out.append((target, [a.name for a in node.names]))
+            else:  # from .store import storage, lease
+                out += [(f"{target}.{a.name}" if target else a.name, []) for a in node.names]
         elif isinstance(node, ast.Import):
-            out += [(a.name.split(".")[1], []) for a in node.names if a.name.startswith("lesionspark.")]
+            out += [(a.name.split(".", 1)[1], []) for a in node.names if a.name.startswith("lesionspark.")]
     return [(m, names) for m, names in out if m in MODULES]
+
+
+PACKAGES = {m.rsplit(".", 1)[0] for m in MODULES if m.endswith(".__init__")}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -61,16 +91,35 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_a_circle_hidden_inside_a_function_is_found():
     """evaluate <-> report as it once was: report's import of evaluate sat inside a function."""
-    evaluate = ast.parse("from .report import write_report\n")
-    report = ast.parse("def markdown():\n    from .evaluate import scored\n")
-    graph = {"evaluate": {m for m, _ in imports(evaluate)}, "report": {m for m, _ in imports(report)}}
-    assert cycles(graph) == [["evaluate", "report"]]
+    driver = ast.parse("from .report import write_report\n")
+    report = ast.parse("def markdown():\n    from .driver import scored\n")
+    graph = {"evaluate.driver": {m for m, _ in imports(driver, "evaluate.driver")},
+             "evaluate.report": {m for m, _ in imports(report, "evaluate.report")}}
+    assert cycles(graph) == [["evaluate.driver", "evaluate.report"]]
 
 
 def test_the_import_graph_has_no_circle():
-    graph = {m: {dep for dep, _ in imports(tree) if dep != "__init__"} for m, tree in MODULES.items()}
-    assert sum(len(v) for v in graph.values()) > 60  # the parse found the imports
+    graph = {m: {dep for dep, _ in imports(tree, m) if dep != "__init__"} for m, tree in MODULES.items()}
+    assert sum(len(v) for v in graph.values()) > 150  # the parse found the imports
     assert cycles(graph) == []
+
+
+def test_no_import_runs_back_up_a_layer():
+    """A module imports from its own package or a lower layer; no stage imports another stage."""
+    up = [f"{m} imports {dep}" for m, tree in MODULES.items() for dep, _ in imports(tree, m)
+          if package_of(m) and package_of(dep) != package_of(m) and layer(package_of(dep)) >= layer(package_of(m))]
+    assert up == []
+
+
+def test_the_layer_check_sees_a_stage_importing_another():
+    tree = ast.parse("def f():\n    from ..score.driver import score\n")
+    deps = [dep for dep, _ in imports(tree, "explain.driver")]
+    assert deps == ["score.driver"] and layer("score") == layer("explain")
+
+
+def test_every_stage_has_its_two_halves_by_name():
+    for stage in LAYERS[-1]:
+        assert {f"{stage}.driver", f"{stage}.executor"} <= set(MODULES), stage
 
 
 def test_no_function_is_over_60_lines():
@@ -80,16 +129,16 @@ def test_no_function_is_over_60_lines():
 
 
 def test_no_private_name_is_used_outside_its_module():
-    used = [f"{m} takes {dep}.{name}" for m, tree in MODULES.items() for dep, names in imports(tree)
+    used = [f"{m} takes {dep}.{name}" for m, tree in MODULES.items() for dep, names in imports(tree, m)
             for name in names if name.startswith("_") and dep != m]
     assert used == []
-    src = "\n".join((PACKAGE / f"{m}.py").read_text() for m in MODULES)
+    src = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     assert "_parse_datatype_string" not in src  # pyspark's private parser
 
 
 def test_every_module_says_where_it_runs():
     words = re.compile(r"\b(driver|executors?|Horovod ranks?|ranks|wherever|everywhere)\b", re.I)
-    silent = [m for m, tree in MODULES.items() if m != "__init__" and not words.search(ast.get_docstring(tree) or "")]
+    silent = [m for m, tree in MODULES.items() if not m.endswith("__init__") and not words.search(ast.get_docstring(tree) or "")]
     assert silent == []
 
 

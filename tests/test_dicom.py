@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_cfg, publish_untrained_model
-from lesionspark.dicom import is_dicom, patient_key, read_frames
-from lesionspark.images import ImageRejected, fit_array
-from lesionspark.score import score
+from lesionspark.imaging.dicom import is_dicom, patient_key, read_frames
+from lesionspark.imaging.images import ImageRejected, fit_array
+from lesionspark.score.driver import score
 
 pydicom = pytest.importorskip("pydicom")  # in requirements/lock.txt: CI installs it
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -202,7 +202,7 @@ def test_a_dicom_archive_is_scored_frame_by_frame_and_linked_to_its_studies(spar
     root = tmp_path / "root"
     publish_untrained_model(root, size=32)
     cfg = make_cfg(root, score__archive=str(a), score__model="cnn:latest", score__path_salt="s3cret",
-                   score__path_regex=r"(\.(jpe?g|png|dcm)|/img\d+)$",  # matched lower-cased
+                   archive__path_regex=r"(\.(jpe?g|png|dcm)|/img\d+)$",  # matched lower-cased
                    evaluate__default_threshold=0.0)  # every image flagged: the README's worklist query sees them
     with caplog.at_level(logging.INFO):
         summary = score(spark, cfg, run_id="dicom-1")
@@ -225,14 +225,14 @@ def test_a_dicom_archive_is_scored_frame_by_frame_and_linked_to_its_studies(spar
     assert len(pq.read_table(str(root / "tables" / "score_files"))) == 8  # one index row per file
     # the README's query joining predictions to studies
     import re
-    from lesionspark.sql import register
+    from lesionspark.sql.query import register
     register(spark, str(root))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     query = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "study_uid" in b)
     worklist = spark.sql(query).toPandas()
     assert set(built) <= set(worklist["sop_instance_uid"]) and worklist["study_uid"].notna().all()
     # explain: an overlay per frame, named by frame
-    from lesionspark.explain import explain
+    from lesionspark.explain.driver import explain
     with caplog.at_level(logging.INFO):
         shown = explain(spark, cfg.with_overrides({"explain.images": str(a), "explain.model": "cnn:latest"}))
     table = pq.read_table(shown["table"][len("file://"):]).to_pandas()
@@ -257,10 +257,10 @@ def test_ingest_takes_single_frame_dicom_photographs_as_records(spark, genuine_d
     becomes the same record as the JPEG would (to JPEG decoder differences); a two-frame object and
     a CT named after image ids are rejects with their reasons."""
     import pandas as pd
-    from lesionspark.images import decode_resize
-    from lesionspark.ingest import ingest
-    from lesionspark.schema import lesion_schema
-    from lesionspark.storage import Layout
+    from lesionspark.imaging.images import decode_resize
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.dataset.schema import lesion_schema
+    from lesionspark.store.storage import Layout
     meta = pd.read_csv(genuine_dir / "HAM10000_metadata.csv")
     jpegs = {p.stem: p for p in sorted((genuine_dir / "images").glob("*.jpg"))[:6]}
     rows = meta[meta["image_id"].isin(list(jpegs))]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lesionspark.cli import build_parser
-from lesionspark.config import Config
+from lesionspark.core.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "docker" / "README.md"]

@@ -10,9 +10,9 @@ from PIL import Image
 from sklearn import metrics as M
 
 from conftest import make_cfg, publish_untrained_model
-from lesionspark.classes import CLASSES, MALIGNANT
-from lesionspark.evaluate import METRICS_SCHEMA, compare, evaluate
-from lesionspark.report import DPI, SIZES
+from lesionspark.core.classes import CLASSES, MALIGNANT
+from lesionspark.evaluate.driver import METRICS_SCHEMA, compare, evaluate
+from lesionspark.evaluate.report import DPI, SIZES
 
 pytestmark = pytest.mark.spark
 
@@ -136,7 +136,7 @@ def test_notebooks_execute_top_to_bottom(spark, evaluated, genuine_dir, monkeypa
     import nbformat
     from nbclient import NotebookClient
     from pathlib import Path
-    from lesionspark.score import score
+    from lesionspark.score.driver import score
     cfg, root, _, _ = evaluated
     score(spark, cfg.with_overrides({"score.archive": str(genuine_dir / "images"), "score.model": "cnn:v1"}))
     monkeypatch.setenv("LESIONSPARK_ROOT", str(root))
@@ -155,7 +155,7 @@ def test_readme_metrics_queries_run(spark, evaluated):
     """The metrics-table SQL examples in README.md run and return rows."""
     import re
     from pathlib import Path
-    from lesionspark.sql import register
+    from lesionspark.sql.query import register
     cfg, root, _, _ = evaluated
     register(spark, str(root))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -169,8 +169,8 @@ def test_readme_metrics_queries_run(spark, evaluated):
 
 
 def test_an_empty_split_is_a_clear_error():
-    from lesionspark.config import ConfigError
-    from lesionspark.evaluate import split_result
+    from lesionspark.core.config import ConfigError
+    from lesionspark.evaluate.driver import split_result
     empty = pd.DataFrame({"image_id": [], "lesion_id": [], "dx": [], "label": [], "malignant": [],
                           "probabilities": [], "reason": [], "detail": []})
     with pytest.raises(ConfigError, match="nothing to evaluate"):
@@ -180,7 +180,7 @@ def test_an_empty_split_is_a_clear_error():
 def test_a_history_that_is_not_a_regular_json_file_gives_no_curves_not_a_hang(tmp_path):
     """A model folder named by URI can be anywhere: a FIFO or a broken file under history.json."""
     import os
-    from lesionspark.evaluate import _history
+    from lesionspark.evaluate.driver import _history
     os.mkfifo(tmp_path / "fifo.json")
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "good.json").write_text('{"loss": [1.0, 0.5]}')

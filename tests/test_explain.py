@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import make_cfg, publish_untrained_model
 from lesionspark.cli import main
-from lesionspark.explain import explain
-from lesionspark.score import score
+from lesionspark.explain.driver import explain
+from lesionspark.score.driver import score
 
 pytestmark = pytest.mark.spark
 

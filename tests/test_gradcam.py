@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from lesionspark.gradcam import METHODS, empty, heatmaps, mass_inside, overlay, png
-from lesionspark.models import build, preprocess
-from lesionspark.synth import CLASS_STYLE, lesion_mask, lesion_params, render
+from lesionspark.modeling.gradcam import METHODS, empty, heatmaps, mass_inside, overlay, png
+from lesionspark.modeling.models import build, preprocess
+from lesionspark.imaging.synth import CLASS_STYLE, lesion_mask, lesion_params, render
 
 
 def _lesions(size):
@@ -21,7 +21,7 @@ def test_every_method_gives_a_map_per_image(method):
     cams, probs = heatmaps(model, x, method=method)
     assert cams.shape == (len(x), 32, 32) and cams.min() >= 0 and cams.max() <= 1
     assert all(b or c.std() > 1e-3 for c, b in zip(cams, empty(cams)))
-    with pytest.raises(ValueError, match="explain.method"):
+    with pytest.raises(ValueError, match="inference.heatmap"):
         heatmaps(model, x, method="saliency")
 
 

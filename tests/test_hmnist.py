@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_cfg
-from lesionspark.hmnist import GENUINE_COUNTS, check_label_map, parse_header, parse_row
-from lesionspark.images import ImageRejected
-from lesionspark.ingest import ingest
-from lesionspark.synth import write_hmnist_csv
+from lesionspark.ingest.hmnist import GENUINE_COUNTS, check_label_map, parse_header, parse_row
+from lesionspark.imaging.images import ImageRejected
+from lesionspark.ingest.driver import ingest
+from lesionspark.imaging.synth import write_hmnist_csv
 
 
 def test_label_map_matches_the_genuine_class_counts(genuine_dir):

@@ -1,5 +1,5 @@
 """Hostile objects end as one reject row each, judged before any large allocation: the memory
-budget per object (``ingest.max_decoded_bytes``), the bounded inflater, frame-at-a-time sample
+budget per object (``limits.max_decoded_bytes``), the bounded inflater, frame-at-a-time sample
 conversion, sizes judged before any read, the read deadline. No Spark."""
 import hashlib
 import os
@@ -13,10 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import hostile  # noqa: E402
-from lesionspark.dicom import read_frames  # noqa: E402
-from lesionspark.frames import decode_frames, decode_single, image_chunks  # noqa: E402
-from lesionspark.images import ImageRejected  # noqa: E402
-from lesionspark.listing import Reader  # noqa: E402
+from lesionspark.imaging.dicom import read_frames  # noqa: E402
+from lesionspark.imaging.frames import decode_frames, decode_single, image_chunks  # noqa: E402
+from lesionspark.imaging.images import ImageRejected  # noqa: E402
+from lesionspark.store.listing import Reader  # noqa: E402
 
 pytest.importorskip("pydicom")
 MAX_PIXELS = 40_000_000
@@ -83,9 +83,9 @@ def test_a_sparse_file_over_the_limit_is_rejected_from_its_size_unread(tmp_path)
     reader = Reader([str(tmp_path)])
     paths = [f"file:{tmp_path}/huge.jpg", f"file:{tmp_path}/ok.jpg"]
     # listed small (a file that grew after the listing): judged again by lstat before any read
-    contents, shas, reasons, details = reader.fetch(paths, [1, 10], 1000, "score.max_file_bytes")
+    contents, shas, reasons, details = reader.fetch(paths, [1, 10], 1000, "archive.max_file_bytes")
     assert reasons == ["file_too_large", None] and shas[0] is None and contents[0] is None
-    assert details[0] == f"{1 << 40} bytes > score.max_file_bytes=1000"
+    assert details[0] == f"{1 << 40} bytes > archive.max_file_bytes=1000"
     assert shas[1] == hashlib.sha256(b"x" * 10).hexdigest()
 
 
@@ -125,7 +125,9 @@ def test_fuzz_finding_a_jpeg2000_box_of_length_zero_is_a_reject_not_a_hang():
 def test_the_decode_deadline_turns_a_parser_loop_into_a_reject(monkeypatch):
     """The safety net under the specific checks: with the box check taken away, the same object is
     stopped by the per-file deadline (SIGALRM in the worker's main thread)."""
-    from lesionspark import dicom, frames, images
+    from lesionspark.imaging import dicom
+    from lesionspark.imaging import frames
+    from lesionspark.imaging import images
     monkeypatch.setattr(dicom, "_check_j2k_boxes", lambda ds, n: None)
     monkeypatch.setattr(images, "DECODE_TIMEOUT_S", 1.0)
     data = (FUZZ / "j2k-box-length-0.dcm").read_bytes()
@@ -145,7 +147,7 @@ def test_fuzz_finding_a_decoder_that_aborts_the_process_is_one_reject():
 
 
 def test_a_child_that_raises_or_outlives_its_deadline_is_a_failure_with_a_reason():
-    from lesionspark.isolate import ChildFailed, in_child
+    from lesionspark.core.isolate import ChildFailed, in_child
     assert in_child(lambda: np.arange(6, dtype=np.uint16).reshape(2, 3), 10).tolist() == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ChildFailed) as failed:
         in_child(lambda: 1 / 0, 10)

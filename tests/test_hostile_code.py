@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from lesionspark.sql import SqlRefused, check_out, run_query
+from lesionspark.sql.query import SqlRefused, check_out, run_query
 
 PLANT_SCHEMA = textwrap.dedent("""
     import sys, pickle, builtins
@@ -51,17 +51,17 @@ def test_a_planted_schema_pickle_runs_code_in_plain_petastorm(planted_split):
 
 
 def test_a_planted_schema_pickle_runs_nothing_in_a_horovod_rank(planted_split):
-    """A rank imports lesionspark.worker, which reads through lesionspark.petastorm_reader."""
+    """A rank imports lesionspark.train.executor, which reads through lesionspark.dataset.petastorm_reader."""
     split, marker = planted_split
-    out = _read(split, "import lesionspark.worker\nfrom lesionspark.petastorm_reader import make_reader")
+    out = _read(split, "import lesionspark.train.executor\nfrom lesionspark.dataset.petastorm_reader import make_reader")
     assert "UnpicklingError" in out.stdout and "builtins.exec" in out.stdout, (out.stdout, out.stderr[-2000:])
     assert not marker.exists()
 
 
 def test_the_unpickler_allows_every_global_the_project_schemas_use():
-    from lesionspark.balance import balanced_schema
-    from lesionspark.petastorm_reader import ALLOWED_GLOBALS
-    from lesionspark.schema import lesion_schema
+    from lesionspark.balance.executor import balanced_schema
+    from lesionspark.dataset.petastorm_reader import ALLOWED_GLOBALS
+    from lesionspark.dataset.schema import lesion_schema
     used = set()
 
     class Recorder(pickle.Unpickler):
@@ -175,7 +175,7 @@ LOAD = textwrap.dedent("""
             import tensorflow as tf
             tf.keras.models.load_model(path, compile=False, safe_mode=True)
         else:
-            from lesionspark.predict import load_model
+            from lesionspark.inference.predictor import load_model
             load_model("file://" + path)
     except Exception as e:
         print(type(e).__name__, str(e)[:300])
@@ -199,8 +199,8 @@ def test_a_model_config_naming_another_module_is_refused_before_keras_reads_it(t
 
 
 def test_every_model_the_project_builds_passes_the_allow_list(tmp_path):
-    from lesionspark.models import build
-    from lesionspark.modelfile import check_file
+    from lesionspark.modeling.models import build
+    from lesionspark.store.modelfile import check_file
     for arch, params, meta in [("cnn", {}, 0), ("cnn", {"batchnorm": False}, 30), ("resnet50", {}, 0),
                                ("resnet50", {"mode": "finetune"}, 12), ("efficientnet", {}, 0)]:
         path = tmp_path / f"{arch}-{meta}.keras"
@@ -222,7 +222,7 @@ def _registry_model(root, name="m", version="v1", card_over=None):
                                           ({"version": "v1/../../x"}, "not a plain name"),
                                           ({"version": "v2"}, "its folder is 'v1'")])
 def test_a_card_whose_name_or_version_is_not_its_folder_is_refused(tmp_path, over, message):
-    from lesionspark.registry import ModelError, resolve_model
+    from lesionspark.store.registry import ModelError, resolve_model
     _registry_model(tmp_path, card_over=over)
     for spec in ("m:v1", "m", f"file://{tmp_path}/models/m/v1"):
         with pytest.raises(ModelError, match=message):
@@ -230,7 +230,7 @@ def test_a_card_whose_name_or_version_is_not_its_folder_is_refused(tmp_path, ove
 
 
 def test_an_explicit_model_spec_must_name_plain_folders(tmp_path):
-    from lesionspark.registry import ModelError, resolve_model
+    from lesionspark.store.registry import ModelError, resolve_model
     _registry_model(tmp_path)
     assert resolve_model(str(tmp_path), "m:v1")[0]["version"] == "v1"
     for spec in ("m:../m/v1", "m:..", "m/../m:v1", "m:v1/x", "m x:v1"):

@@ -3,8 +3,8 @@ longer swallows every line after it, a 200 KiB field is a reject, not an uncaugh
 a side-car image id that names files in two folders gives neither file another patient's values."""
 import pytest
 
-from lesionspark.clinical import drop_shared, read_sidecar
-from lesionspark.metadata import parse_metadata
+from lesionspark.dataset.clinical import drop_shared, read_sidecar
+from lesionspark.dataset.metadata import parse_metadata
 
 HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization"
 

@@ -54,7 +54,7 @@ def test_no_secret_in_the_event_log_the_logs_or_the_tables(genuine_dir, tmp_path
 @pytest.mark.spark
 def test_explain_on_a_folder_stores_neither_path_nor_name_when_paths_are_hashed(spark, genuine_dir, tmp_path):
     from conftest import make_cfg
-    from lesionspark.explain import explain
+    from lesionspark.explain.driver import explain
     folder = tmp_path / "DOE_JOHN"
     folder.mkdir()
     for p in sorted((genuine_dir / "images").glob("*.jpg"))[:2]:

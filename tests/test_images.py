@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lesionspark.images import ImageRejected, decode_resize
+from lesionspark.imaging.images import ImageRejected, decode_resize
 
 
 def _jpeg(img: Image.Image, **kw) -> bytes:
@@ -153,7 +153,7 @@ def test_multi_picture_jpeg_scores_its_first_frame():
 
 
 def test_decode_each_turns_any_decoder_error_into_one_reject(real_bytes, monkeypatch):
-    import lesionspark.images as images
+    import lesionspark.imaging.images as images
 
     def explode(data, *a, **kw):
         if data == b"boom":

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_cfg
-from lesionspark import storage
-from lesionspark.ingest import ingest
+from lesionspark.store import storage
+from lesionspark.ingest.driver import ingest
 
 pytestmark = pytest.mark.spark
 SIZE = 64
@@ -81,7 +81,7 @@ def messy(synth_small, tmp_path_factory):
     }
     keys = {"ingest__metadata": str(meta_path), "ingest__images": [str(gen), str(real), str(extra)],
             "dataset__image_size": SIZE, "ingest__max_file_bytes": 3_000_000,
-            "ingest__max_image_pixels": 5_000_000, "ingest__rows_per_file": 100}
+            "limits__max_image_pixels": 5_000_000, "ingest__rows_per_file": 100}
     return keys, expected
 
 
@@ -226,8 +226,8 @@ def test_metadata_that_is_no_regular_file_is_a_clear_error(tmp_path):
     would block), an empty file or a folder is an IngestError naming it."""
     import os
 
-    from lesionspark.dataset import IngestError
-    from lesionspark.ingest import _read_text
+    from lesionspark.dataset.writer import IngestError
+    from lesionspark.ingest.driver import _read_text
     os.mkfifo(tmp_path / "fifo.csv")
     (tmp_path / "empty.csv").write_text(" \n")
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfimage_id,dx\n")

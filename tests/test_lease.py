@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from lesionspark.lease import Lease, LeaseHeld, LeaseLost
+from lesionspark.store.lease import Lease, LeaseHeld, LeaseLost
 
 HOLDER = """
 import sys, time
-from lesionspark.lease import Lease
+from lesionspark.store.lease import Lease
 lease = Lease(sys.argv[1], sys.argv[2], ttl_s=float(sys.argv[3])).acquire()
 print("held", lease.generation, flush=True)
 time.sleep(float(sys.argv[4]))
@@ -101,7 +101,7 @@ import sys, time
 skew = float(sys.argv[4])
 real = time.time
 time.time = lambda: real() + skew  # this host's wall clock is off by `skew` seconds
-from lesionspark.lease import Lease
+from lesionspark.store.lease import Lease
 lease = Lease(sys.argv[1], sys.argv[2], ttl_s=float(sys.argv[3])).acquire()
 print("held", lease.generation, flush=True)
 time.sleep(float(sys.argv[5]))
@@ -215,8 +215,8 @@ def test_a_fifo_under_a_lease_name_is_doubt_not_a_hang(tmp_path):
 def test_a_renewal_error_of_any_kind_is_retried_then_ends_the_lease_not_the_thread(tmp_path, monkeypatch):
     """A Py4J error on a NameNode blip is no OSError: it is retried while the lease is fresh, and once
     renewal has failed for 2/3 of the ttl the run is told it lost the lease (never a silent thread end)."""
-    from lesionspark import lease as lease_module
-    from lesionspark.lease import LeaseLost
+    from lesionspark.store import lease as lease_module
+    from lesionspark.store.lease import LeaseLost
     with Lease(str(tmp_path), "r", ttl_s=1.5, wait_s=0) as held:
         def blip(*a, **k):
             raise RuntimeError("py4j.protocol.Py4JJavaError: NameNode is in safe mode")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lesionspark.listing import Reader, list_files
+from lesionspark.store.listing import Reader, list_files
 
 pytestmark = pytest.mark.spark
 
@@ -67,10 +67,10 @@ def test_reader_reads_hashes_and_rejects_with_reasons(tree):
     a, b, files = tree
     reader = Reader([str(a), str(b)])
     paths = [f"file:{a}/ward B/été 1.jpg", f"file:{a}/top.JPG", f"file:{a}/gone.jpg", f"file:{b}/other.jpg"]
-    contents, shas, reasons, details = reader.fetch(paths, [20, 10, 5, 5], 15, "score.max_file_bytes")
+    contents, shas, reasons, details = reader.fetch(paths, [20, 10, 5, 5], 15, "archive.max_file_bytes")
     assert contents[0] is None and reasons[0] == "file_too_large"  # judged by its size: not read,
     assert shas[0] is None  # not hashed (tried again by the next run)
-    assert "20 bytes > score.max_file_bytes=15" in details[0]
+    assert "20 bytes > archive.max_file_bytes=15" in details[0]
     assert contents[1] == b"t" * 10 and shas[1] == hashlib.sha256(b"t" * 10).hexdigest() and reasons[1] is None
     assert (contents[2], shas[2], reasons[2]) == (None, None, "unreadable") and "FileNotFoundError" in details[2]
     assert contents[3] == b"o" * 5
@@ -122,7 +122,7 @@ def test_follow_links_never_enters_a_folder_outside_the_archive(spark, tmp_path)
 def test_with_follow_links_a_file_that_vanished_is_unreadable_not_a_dangling_link(tmp_path, monkeypatch):
     """Between the lstat and the resolution of its path a regular file can vanish: that is an
     ``unreadable`` file (tried again next run), not a link."""
-    from lesionspark import listing
+    from lesionspark.store import listing
     (tmp_path / "a.jpg").write_bytes(b"x")
     real = os.path.realpath
 

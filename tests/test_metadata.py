@@ -1,7 +1,7 @@
 """Metadata CSV validation: every row is a record or a reject with a reason."""
 import pytest
 
-from lesionspark.metadata import MetadataError, parse_metadata
+from lesionspark.dataset.metadata import MetadataError, parse_metadata
 
 HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
 

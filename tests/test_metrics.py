@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as M
 
-from lesionspark import metrics
-from lesionspark.classes import CLASSES
+from lesionspark.modeling import metrics
+from lesionspark.core.classes import CLASSES
 
 K = len(CLASSES)
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from lesionspark.models import PREPROCESSING, WeightsError, build, preprocess, unfreeze_top
+from lesionspark.modeling.models import PREPROCESSING, WeightsError, build, preprocess, unfreeze_top
 
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet50", "efficientnet"])

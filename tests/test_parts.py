@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lesionspark import parts
-from lesionspark.schema import encode_image, lesion_schema
+from lesionspark.store import parts
+from lesionspark.dataset.schema import encode_image, lesion_schema
 
 SIZE = 8
 
@@ -102,8 +102,8 @@ from pyspark import TaskContext
 from pyspark.sql import SparkSession
 sys.path.insert(0, os.environ["TESTS_DIR"])
 from test_parts import SIZE, records
-from lesionspark import parts
-from lesionspark.schema import lesion_schema
+from lesionspark.store import parts
+from lesionspark.dataset.schema import lesion_schema
 
 out = sys.argv[1]
 spark = SparkSession.builder.master("local[2,3]").config("spark.ui.enabled", "false").getOrCreate()
@@ -157,7 +157,7 @@ def test_one_pass_reads_return_every_row_of_many_small_row_groups(tmp_path):
     """``load_split`` reads every row of a split of 60 one-row parts, every time. (Petastorm's
     thread pool dropped 1-4 of 40 such row groups in about half of the reads: ``worker.load_split``;
     with it this test failed on its first read.)"""
-    from lesionspark.worker import load_split
+    from lesionspark.train.executor import load_split
     parts_uri, out = tmp_path / "_parts", tmp_path / "out"
     (parts_uri / "val").mkdir(parents=True)
     w = parts.PartWriter(str(parts_uri), lesion_schema(SIZE), rowgroup_bytes=1, rows_per_file=1, names=(0, "a1"))
@@ -174,7 +174,7 @@ def test_a_decode_task_summary_is_its_rejects_and_one_row_per_part():
     row per (split, dx, part) whose count, last row group and digest do not depend on how the rows
     were batched or ordered."""
     import hashlib
-    from lesionspark.dataset import SUMMARY_COLUMNS, summarize
+    from lesionspark.dataset.writer import SUMMARY_COLUMNS, summarize
     rows = pd.DataFrame({
         "image_id": [f"I{k}" for k in range(8)], "dx": ["nv", "nv", "mel", "nv", "df", "nv", "mel", "nv"],
         "split": ["train"] * 5 + ["val"] * 3, "sha256": [f"{k:064x}" for k in range(8)],
@@ -207,7 +207,7 @@ def test_a_split_read_by_tasks_with_pyarrow_is_what_spark_reads(spark, tmp_path)
     """splitread (evaluate's and explain's reader, the same on every root) against Spark's own
     Parquet reader on a published split of several files and row groups: the same rows and values,
     null ages null, an empty split empty."""
-    from lesionspark.splitread import read_split
+    from lesionspark.dataset.splitread import read_split
     parts_uri, out = tmp_path / "_parts", tmp_path / "out"
     (parts_uri / "train").mkdir(parents=True)
     w = parts.PartWriter(str(parts_uri), lesion_schema(SIZE), rowgroup_bytes=1, rows_per_file=3, names=(0, "a1"))

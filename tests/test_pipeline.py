@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_cfg
-from lesionspark.config import ConfigError
+from lesionspark.core.config import ConfigError
 from lesionspark.pipeline import pipeline
 
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_cfg, publish_untrained_model
-from lesionspark.listing import escape_name
-from lesionspark.score import score
+from lesionspark.store.listing import escape_name
+from lesionspark.score.driver import score
 
 pytestmark = pytest.mark.spark
 
@@ -96,7 +96,7 @@ def test_every_entry_ends_as_one_row_and_the_rerun_scores_nothing(spark, poisone
 def test_following_links_stays_inside_the_archive_and_cuts_loops(spark, poisoned, tmp_path):
     a, expected = poisoned
     publish_untrained_model(tmp_path, size=32)
-    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn", score__follow_links=True)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn", archive__follow_links=True)
     summary = score(spark, cfg, run_id="f1")
     out, preds, rejects = _outcomes(tmp_path)
     reasons = dict(zip(rejects["image_path"].str.rsplit("/", n=1).str[-1], rejects["reason"]))

@@ -1,5 +1,5 @@
 """A demo-sized model trains into something usable: no constant-output collapse, better than the
-majority class, calibrated by evaluate, and its heatmaps (the default ``explain.method``) exist for
+majority class, calibrated by evaluate, and its heatmaps (the default ``inference.heatmap``) exist for
 every image and sit on the lesion more than a random model's do.
 
 One CNN is trained once for the module, with the default recipe, on 2 Horovod workers, on GENERATED
@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 
 from conftest import make_cfg
-from lesionspark.calibration import uncalibrated
-from lesionspark.evaluate import evaluate, predict_split
-from lesionspark.results import scored, truth
-from lesionspark.gradcam import empty, heatmaps, mass_inside
-from lesionspark.metrics import largest_identical_group
-from lesionspark.models import build, preprocess
-from lesionspark.predict import load_model
-from lesionspark.registry import resolve_model
-from lesionspark.synth import lesion_mask
+from lesionspark.modeling.calibration import uncalibrated
+from lesionspark.evaluate.driver import evaluate, predict_split
+from lesionspark.evaluate.results import scored, truth
+from lesionspark.modeling.gradcam import empty, heatmaps, mass_inside
+from lesionspark.modeling.metrics import largest_identical_group
+from lesionspark.modeling.models import build, preprocess
+from lesionspark.inference.predictor import load_model
+from lesionspark.store.registry import resolve_model
+from lesionspark.imaging.synth import lesion_mask
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 SEED, W, H, SIZE = 11, 300, 225, 64
@@ -32,10 +32,10 @@ TRAIN_SEED = int(os.environ.get("LESIONSPARK_QUALITY_SEED", "0"))
 
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
-    from lesionspark.balance import balance
-    from lesionspark.ingest import ingest
-    from lesionspark.synth import synth
-    from lesionspark.train import train, training_data
+    from lesionspark.balance.driver import balance
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.imaging.synth import synth
+    from lesionspark.train.driver import train, training_data
     root = tmp_path_factory.mktemp("quality")
     made = synth(str(root / "raw"), n_images=700, seed=SEED, width=W, height=H, with_genuine=False,
                  workers=2, progress=False)
@@ -91,9 +91,9 @@ def test_evaluate_calibrates_without_changing_decisions(trained):
 
 def test_heatmaps_exist_for_every_image_and_sit_on_the_lesion(spark, trained):
     import tensorflow as tf
-    from lesionspark.images import decode_each
+    from lesionspark.imaging.images import decode_each
     cfg, card, model_uri, frame, meta, _ = trained
-    method = cfg.get("explain.method")
+    method = cfg.get("inference.heatmap")
     rows = spark.read.parquet(f"file://{cfg.get('storage.root')}/datasets/ham10000/test") \
         .select("image_id", "image").orderBy("image_id").toPandas()
     images = np.stack(decode_each(list(rows["image"]), SIZE, "squash")[0])

@@ -16,8 +16,8 @@ import pyarrow.fs as pafs
 import pytest
 
 import strictfs
-from lesionspark import storage
-from lesionspark.lease import Lease, LeaseHeld
+from lesionspark.store import storage
+from lesionspark.store.lease import Lease, LeaseHeld
 
 moto_app = pytest.importorskip("moto.moto_server.werkzeug_app")  # in requirements/lock.txt: CI installs it
 
@@ -87,8 +87,8 @@ def test_the_contract_is_what_the_store_does(s3):
 def _publish_dataset(uri: str, run_id: str, ids: list[str]) -> None:
     """What ingest does after decoding: task-written parts moved into a staging version, Petastorm
     metadata written, the version published."""
-    from lesionspark import parts
-    from lesionspark.schema import lesion_schema
+    from lesionspark.store import parts
+    from lesionspark.dataset.schema import lesion_schema
     from test_parts import SIZE, records
     with storage.AtomicDir(uri, run_id) as staging, parts.scratch(staging, ["train", "val"]) as parts_uri:
         writer = parts.PartWriter(parts_uri, lesion_schema(SIZE), rowgroup_bytes=1, rows_per_file=4,
@@ -103,7 +103,7 @@ def _publish_dataset(uri: str, run_id: str, ids: list[str]) -> None:
 
 
 def _read_split(url: str) -> list[str]:
-    from lesionspark.petastorm_reader import make_reader
+    from lesionspark.dataset.petastorm_reader import make_reader
     with make_reader(url, num_epochs=1, reader_pool_type="dummy", shuffle_row_groups=False) as reader:
         return [row.image_id for row in reader]
 
@@ -164,7 +164,7 @@ def test_a_conditional_put_is_ours_only_when_the_object_holds_our_bytes(s3):
 def test_an_executor_gets_the_same_options_from_its_environment(s3):
     """What spark.get_spark hands to executors and ranks in spark.executorEnv."""
     storage.write_bytes("s3a://derm/root/shared.txt", b"seen by executors")
-    code = "from lesionspark import storage; print(storage.read_bytes('s3a://derm/root/shared.txt').decode())"
+    code = "from lesionspark.store import storage; print(storage.read_bytes('s3a://derm/root/shared.txt').decode())"
     env = {**os.environ, "LESIONSPARK_S3_OPTIONS_SECRET": json.dumps(s3)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "seen by executors", r.stderr[-2000:]
@@ -172,7 +172,7 @@ def test_an_executor_gets_the_same_options_from_its_environment(s3):
 
 def test_an_archive_on_the_store_is_listed_with_s3a_paths(spark, s3):
     """Inputs may live on the store: the driver expands the top folders, executors list the files."""
-    from lesionspark.listing import list_files
+    from lesionspark.store.listing import list_files
     names = ["top.jpg", "ward A/x.jpg", "ward A/2026/y.jpg", "ward B/z.png", ".hidden/no.jpg"]
     for name in names:
         storage.write_bytes(f"s3a://derm/archive/{name}", b"x" * len(name))
@@ -185,8 +185,8 @@ def test_score_s_commit_moves_file_by_file_on_the_store_and_stops_at_the_fence(s
     """On S3 (no directory moves) the commit moves each file of the run's partitions, flagged
     overlays first and predictions last; a run fenced before its k-th move has moved exactly the
     k - 1 files before it, each whole."""
-    from lesionspark.lease import LeaseLost
-    from lesionspark.score import _commit
+    from lesionspark.store.lease import LeaseLost
+    from lesionspark.score.driver import _commit
     staged = {"flagged/ab12.png": b"overlay"}
     for table in ("score_rejects", "score_files", "predictions"):
         for i in range(2):
@@ -250,12 +250,12 @@ def test_ingest_balance_train_evaluate_and_explain_run_on_an_s3_root(spark, synt
     the splits from the store, and its metrics, report and card go there; explain's overlays and
     table are published there by their record, the table naming where the overlays are."""
     from conftest import make_cfg
-    from lesionspark.balance import balance
-    from lesionspark.evaluate import evaluate
-    from lesionspark.explain import explain
-    from lesionspark.ingest import ingest
-    from lesionspark.registry import resolve_model
-    from lesionspark.train import train
+    from lesionspark.balance.driver import balance
+    from lesionspark.evaluate.driver import evaluate
+    from lesionspark.explain.driver import explain
+    from lesionspark.ingest.driver import ingest
+    from lesionspark.store.registry import resolve_model
+    from lesionspark.train.driver import train
     root, inputs = "s3a://derm/stages", "s3a://derm/inputs"
     for folder in map(Path, synth_small["images"]):
         for p in sorted(folder.rglob("*.jpg")):

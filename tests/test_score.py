@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from conftest import make_cfg, publish_untrained_model
-from lesionspark.classes import CLASSES
-from lesionspark.images import decode_resize
-from lesionspark.models import preprocess
-from lesionspark import runlog
-from lesionspark.score import score
+from lesionspark.core.classes import CLASSES
+from lesionspark.imaging.images import decode_resize
+from lesionspark.modeling.models import preprocess
+from lesionspark.store import runlog
+from lesionspark.score.driver import score
 
 pytestmark = pytest.mark.spark
 SIZE = 32
@@ -66,7 +66,7 @@ def scored(spark, archive, tmp_path_factory):
     a, n_images = archive
     root = tmp_path_factory.mktemp("score-root")
     model, card = publish_untrained_model(root)
-    cfg = make_cfg(root, score__archive=str(a), score__model="cnn", score__max_file_bytes=1_000_000)
+    cfg = make_cfg(root, score__archive=str(a), score__model="cnn", archive__max_file_bytes=1_000_000)
     first = score(spark, cfg, run_id="r1")
     return cfg, root, model, card, first, n_images
 
@@ -109,7 +109,7 @@ def test_predictions_are_complete_and_match_model_predict(scored, archive):
 
 
 def test_duplicate_content_is_scored_once_and_both_paths_are_recorded(spark, scored):
-    from lesionspark.sql import register
+    from lesionspark.sql.query import register
     cfg, root, model, card, first, n_images = scored
     register(spark, str(root))
     dup = spark.sql("""SELECT image_sha256, count(*) n FROM predictions_by_path
@@ -125,7 +125,7 @@ def test_rerun_scores_nothing_and_new_files_are_picked_up(spark, scored, archive
     a, _ = archive
     index_rows = len(_table(root, "score_files"))
     again = score(spark, cfg, run_id="r2")
-    # the file over score.max_file_bytes was never read nor hashed: judged again from its size, unread
+    # the file over archive.max_file_bytes was never read nor hashed: judged again from its size, unread
     assert again["scored"] == 0 and again["new_files"] == 1 and again["rejected"] == 1
     assert again["skipped"] == again["listed"] - 1 == n_images - 1
     assert again["read"] == 1 and len(_table(root, "score_files")) == index_rows  # the 0-byte file too
@@ -146,7 +146,7 @@ def test_rerun_scores_nothing_and_new_files_are_picked_up(spark, scored, archive
 def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_path):
     a, n_images = archive
     model, card = publish_untrained_model(tmp_path)
-    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", archive__max_file_bytes=1_000_000,
                    spark__master="local[2]", score__lease_ttl_s=8, score__lease_wait_s=60)
     conf = tmp_path / "c.yaml"
     conf.write_text(cfg.to_yaml())
@@ -181,7 +181,7 @@ def test_hashed_paths_and_no_paths_in_logs(spark, archive, tmp_path, caplog):
     a, n_images = archive
     publish_untrained_model(tmp_path)
     cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn", score__hash_paths=True,
-                   score__path_salt="s3cret", score__max_file_bytes=1_000_000)
+                   score__path_salt="s3cret", archive__max_file_bytes=1_000_000)
     with caplog.at_level("INFO"):
         result = score(spark, cfg)
     preds = _table(tmp_path, "predictions")
@@ -196,7 +196,7 @@ def test_missing_model_or_archive_exit_2(tmp_path, archive):
     publish_untrained_model(tmp_path)
     assert main(["score", "--root", str(tmp_path), "--archive", str(tmp_path / "missing"), "--model", "cnn"]) == 2
     # a model version folder named by its URI: a model published under another root (HDFS, for an S3 root)
-    from lesionspark.registry import resolve_model
+    from lesionspark.store.registry import resolve_model
     card, model_uri = resolve_model("s3a://elsewhere/root", str(tmp_path / "models" / "cnn" / "v1") + "/")
     assert (card["name"], card["version"]) == ("cnn", "v1") and model_uri.endswith("/models/cnn/v1/model.keras")
     assert main(["score", "--root", str(tmp_path), "--archive", str(a), "--model", str(tmp_path / "nowhere")]) == 2
@@ -207,7 +207,7 @@ def test_missing_model_or_archive_exit_2(tmp_path, archive):
 def test_readme_queries_run(spark, scored):
     """The SQL examples in README.md run against a scored storage root."""
     import re
-    from lesionspark.sql import register
+    from lesionspark.sql.query import register
     cfg, root, model, card, first, n_images = scored
     register(spark, str(root))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -243,14 +243,14 @@ def test_run_rows_and_review_flags_with_the_default_threshold(scored):
 @pytest.mark.slow  # a second process or a whole extra run: the full suite, not the inner loop
 def test_card_threshold_drift_exit_3_and_dry_run(spark, archive, tmp_path):
     from lesionspark.cli import main
-    from lesionspark.monitor import psi, shares
+    from lesionspark.modeling.monitor import psi, shares
     a, n_images = archive
     # A reference that says the model predicts almost only nv, so this untrained model drifts.
     ref = {"split": "val", "n": 500, "predicted_share": {c: (0.94 if c == "nv" else 0.01) for c in CLASSES},
            "mean_confidence": 0.8, "low_confidence": 0.5, "low_confidence_share": 0.1}
     publish_untrained_model(tmp_path, operating_threshold={"value": 0.3, "split": "val", "target_sensitivity": 0.95},
                             reference=ref)
-    args = ["score", "--root", str(tmp_path), "--archive", str(a), "--model", "cnn", "score.max_file_bytes=1000000"]
+    args = ["score", "--root", str(tmp_path), "--archive", str(a), "--model", "cnn", "archive.max_file_bytes=1000000"]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     assert main(args + ["--dry-run"]) == 0
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, not even a lease
@@ -267,11 +267,11 @@ def test_card_threshold_drift_exit_3_and_dry_run(spark, archive, tmp_path):
 def test_overlapping_runs_leave_one_prediction_per_key(archive, tmp_path):
     """Three `lesionspark score` processes on one root at once. While the root is held, the one
     with no patience exits 75 naming the holder; the two that wait race for it when it is released."""
-    from lesionspark.lease import Lease
+    from lesionspark.store.lease import Lease
     a, n_images = archive
     publish_untrained_model(tmp_path)
     base = [str(Path(sys.executable).parent / "lesionspark"), "score", "--root", str(tmp_path), "--archive", str(a),
-            "--model", "cnn", "score.max_file_bytes=1000000", "spark.master=local[1]",
+            "--model", "cnn", "archive.max_file_bytes=1000000", "spark.master=local[1]",
             "spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.ui.enabled=false"]
     blocker = Lease(str(tmp_path / "tables" / "_lease"), "maintenance-window", ttl_s=60).acquire()
     try:
@@ -292,7 +292,7 @@ def test_overlapping_runs_leave_one_prediction_per_key(archive, tmp_path):
 def test_readme_morning_queries_run(spark, scored):
     """The operator's score_runs queries in README.md run and see the runs."""
     import re
-    from lesionspark.sql import register
+    from lesionspark.sql.query import register
     cfg, root, model, card, first, n_images = scored
     assert "score_runs" in register(spark, str(root))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -307,11 +307,11 @@ def test_readme_morning_queries_run(spark, scored):
 def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archive, tmp_path, monkeypatch):
     """The commit is fenced: the lease is checked before every move, and a run that lost it moves
     nothing more, records ``fenced`` and exits 4; the next run scores everything once."""
-    from lesionspark import lease as lease_mod
-    from lesionspark.score import ScoreFenced
+    from lesionspark.store import lease as lease_mod
+    from lesionspark.score.driver import ScoreFenced
     a, n_images = archive
     publish_untrained_model(tmp_path)
-    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000,
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", archive__max_file_bytes=1_000_000,
                    score__explain_flagged=True, evaluate__default_threshold=0.0,  # every image flagged
                    score__lease_ttl_s=8, score__lease_wait_s=30)  # the fenced run does not release its lease
 
@@ -346,9 +346,9 @@ def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, gen
     finishing each time: every image ends with exactly one prediction or one reject for the model
     version, and the tables hold what a run that was never stopped leaves. Moved by partition
     directories (POSIX, HDFS) and file by file (object stores: a kill inside a partition)."""
-    from lesionspark import score as score_mod
-    from lesionspark import storage
-    from lesionspark.sql import register
+    from lesionspark.score import driver as score_mod
+    from lesionspark.store import storage
+    from lesionspark.sql.query import register
     a = tmp_path / "archive"  # small: every kind of row, each rerun quick
     (a / "day2").mkdir(parents=True)
     genuine = sorted((genuine_dir / "images").glob("*.jpg"))[:3]
@@ -361,7 +361,7 @@ def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, gen
     publish_untrained_model(base)
 
     def cfg(root):
-        return make_cfg(root, score__archive=str(a), score__model="cnn:v1", score__max_file_bytes=1_000_000)
+        return make_cfg(root, score__archive=str(a), score__model="cnn:v1", archive__max_file_bytes=1_000_000)
 
     def stop(*args, **kwargs):
         raise Killed("killed at the commit")
@@ -421,7 +421,7 @@ def test_a_hostile_model_folder_is_refused_with_exit_2_not_a_hang(tmp_path, arch
     name, a link loop, or a card that is not an object ends as a clear refusal, never a hang."""
     import os
     from lesionspark.cli import main
-    from lesionspark.registry import ModelError, resolve_model
+    from lesionspark.store.registry import ModelError, resolve_model
     a, _ = archive
     publish_untrained_model(tmp_path / "good")
     good = tmp_path / "good" / "models" / "cnn" / "v1"
@@ -451,7 +451,7 @@ def test_a_hostile_model_folder_is_refused_with_exit_2_not_a_hang(tmp_path, arch
 def test_sigterm_ends_the_run_as_failed_and_releases_the_lease(archive, tmp_path):
     """A scheduler's timeout sends SIGTERM: the run row says failed (not running) and the lease is
     free at once, not after its ttl."""
-    from lesionspark.lease import Lease
+    from lesionspark.store.lease import Lease
     a, _ = archive
     publish_untrained_model(tmp_path)
     cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", spark__master="local[1]",
@@ -485,14 +485,14 @@ def test_a_reject_by_a_limit_is_decided_again_when_the_limit_is_raised(spark, ge
     for p in sorted((genuine_dir / "images").glob("*.jpg"))[:2]:
         shutil.copy(p, a / p.name)  # 600x450: 270,000 pixels
     publish_untrained_model(tmp_path)
-    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", ingest__max_image_pixels=100_000)
+    cfg = make_cfg(tmp_path, score__archive=str(a), score__model="cnn:v1", limits__max_image_pixels=100_000)
     first = score(spark, cfg, run_id="tight")
     assert first["rejected_by_reason"] == {"too_many_pixels": 2}
     rejects = _table(tmp_path, "score_rejects")
     assert set(rejects["limits"]) == {"max_image_pixels=100000,max_decoded_bytes=268435456"}
     again = score(spark, cfg, run_id="same")
     assert again["read"] == 0 and again["rejected"] == 0  # decided while the limits stand
-    raised = score(spark, cfg.with_overrides({"ingest.max_image_pixels": 40_000_000}), run_id="raised")
+    raised = score(spark, cfg.with_overrides({"limits.max_image_pixels": 40_000_000}), run_id="raised")
     assert raised["read"] == 2 and raised["scored"] == 2
     assert len(_table(tmp_path, "predictions")) == 2
 

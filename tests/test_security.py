@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from lesionspark import runlog
-from lesionspark.sql import SqlRefused, check_out, run_query
+from lesionspark.store import runlog
+from lesionspark.sql.query import SqlRefused, check_out, run_query
 
 pytestmark = pytest.mark.spark
 
@@ -45,7 +45,7 @@ def test_the_planted_file_runs_code_in_plain_pyarrow(planted):
 
 def test_reading_the_run_table_in_a_fresh_driver_runs_no_code(planted):
     root, _, marker = planted
-    out = subprocess.run([sys.executable, "-c", "from lesionspark import runlog, storage\nimport sys\n"
+    out = subprocess.run([sys.executable, "-c", "from lesionspark.store import runlog, storage\nimport sys\n"
                           f"print(runlog.read({str(root)!r}))\nprint(runlog.reap({str(root)!r}, 'me'))"],
                          capture_output=True, text=True)
     assert out.returncode == 0, (out.returncode, out.stdout[-2000:], out.stderr[-4000:])  # the cause, if it dies
@@ -60,12 +60,13 @@ def test_reading_it_in_a_spark_python_worker_runs_no_code(spark, planted):
 
 
 def test_reading_it_in_a_horovod_rank_process_runs_no_code(planted):
-    """A rank starts by importing lesionspark.worker; Petastorm reads with pyarrow after it. The child
+    """A rank starts by importing lesionspark.train.executor; Petastorm reads with pyarrow after it. The child
     leaves by ``os._exit`` once it has said what happened: after refusing the file inside a dataset
     thread, pyarrow's thread pool can abort the interpreter's teardown (SIGABRT, about 1 run in 4,
     more under load; session 8 found it in ``runlog.read``, which now avoids that reader)."""
     _, evil, marker = planted
-    out = subprocess.run([sys.executable, "-c", "import os, sys\nimport lesionspark.worker\nimport pyarrow.parquet as pq\n"
+    out = subprocess.run([sys.executable, "-c", ""
+                          "import os, sys\nimport lesionspark.train.executor\nimport pyarrow.parquet as pq\n"
                           f"try: pq.read_table({str(evil)!r})\n"
                           "except RuntimeError as e: print('refused' if 'Disallowed' in str(e) else f'other: {e}')\n"
                           "else: print('read')\nsys.stdout.flush()\nos._exit(0)"],
@@ -117,14 +118,14 @@ def test_cli_sql_refusal_is_a_clear_error(tmp_path, capsys):
 
 
 def test_reject_details_never_carry_the_path(tmp_path):
-    from lesionspark.listing import Reader
+    from lesionspark.store.listing import Reader
     folder = tmp_path / "DOE_JOHN"
     folder.mkdir()
     (folder / "a.jpg").write_bytes(b"x")
     os.chmod(folder / "a.jpg", 0)
     reader = Reader([str(tmp_path)])
     paths = [f"file:{folder}/a.jpg", f"file:{folder}/gone.jpg"]
-    _, shas, reasons, details = reader.fetch(paths, [1, 1], 100, "score.max_file_bytes")
+    _, shas, reasons, details = reader.fetch(paths, [1, 1], 100, "archive.max_file_bytes")
     assert reasons == ["unreadable", "unreadable"] or os.geteuid() == 0  # root reads mode-0 files
     for d in details:
         assert d is None or "DOE_JOHN" not in d
@@ -158,7 +159,7 @@ def test_everything_a_run_writes_is_closed_to_others(synth_small, tmp_path):
 def test_a_model_file_with_a_code_layer_is_refused(tmp_path):
     """A .keras file whose Lambda layer carries Python code: loading it refuses, nothing runs."""
     import tensorflow as tf
-    from lesionspark.predict import load_model
+    from lesionspark.inference.predictor import load_model
     marker = str(tmp_path / "RAN")
     inputs = tf.keras.Input((4,))
     outputs = tf.keras.layers.Lambda(lambda x: (__import__("os").system("touch " + marker), x)[1])(inputs)

@@ -4,8 +4,8 @@ import pytest
 from imblearn.over_sampling import SMOTE
 from sklearn.neighbors import NearestNeighbors
 
-from lesionspark.balance import class_targets
-from lesionspark.smote import ChunkedNeighbors, effective_k, smote_class
+from lesionspark.balance.driver import class_targets
+from lesionspark.balance.smote import ChunkedNeighbors, effective_k, smote_class
 
 
 def _class_images(n, seed, size=8):

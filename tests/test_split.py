@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from lesionspark.classes import CLASSES
-from lesionspark.split import SPLITS, assign_splits, check_fractions
+from lesionspark.core.classes import CLASSES
+from lesionspark.dataset.split import SPLITS, assign_splits, check_fractions
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import strictfs
-from lesionspark import storage
-from lesionspark.config import Config
-from lesionspark.lease import Lease, LeaseHeld
-from lesionspark.spark import check_root
+from lesionspark.store import storage
+from lesionspark.core.config import Config
+from lesionspark.store.lease import Lease, LeaseHeld
+from lesionspark.store.spark import check_root
 
 strictfs.register()
 HERE = Path(__file__).parent
@@ -138,7 +138,7 @@ import sys
 sys.path.insert(0, {here!r})
 import strictfs
 strictfs.register()
-from lesionspark import storage
+from lesionspark.store import storage
 with storage.AtomicDir(sys.argv[1], sys.argv[2]) as staging:
     for i in range(4):
         storage.write_bytes(f"{{staging}}/part-{{i}}", sys.argv[2].encode())

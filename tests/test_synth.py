@@ -2,9 +2,9 @@
 import numpy as np
 import pandas as pd
 
-from lesionspark.classes import CLASSES
-from lesionspark.images import decode_resize
-from lesionspark.synth import genuine_metadata, lesion_params, render, sample_rows
+from lesionspark.core.classes import CLASSES
+from lesionspark.imaging.images import decode_resize
+from lesionspark.imaging.synth import genuine_metadata, lesion_params, render, sample_rows
 
 
 def test_synth_layout_follows_genuine_metadata(synth_small):

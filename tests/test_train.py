@@ -12,8 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
-from lesionspark import storage
-from lesionspark.train import sharding, train
+from lesionspark.store import storage
+from lesionspark.train.driver import sharding, train
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 FAST = {"model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
@@ -88,7 +88,7 @@ def test_loss_goes_down_and_history_is_complete(trained):
 
 
 def test_learning_rate_rules():
-    from lesionspark.worker import cosine_rate, scaled_learning_rate
+    from lesionspark.train.executor import cosine_rate, scaled_learning_rate
     assert scaled_learning_rate(0.001, 4, "linear") == pytest.approx(0.004)
     assert scaled_learning_rate(0.001, 4, "sqrt") == pytest.approx(0.002)
     assert scaled_learning_rate(0.001, 4, "none") == pytest.approx(0.001)
@@ -154,7 +154,7 @@ def test_a_resnet50_with_metadata_trains_from_random_init_on_two_workers(spark, 
     """weights=None with mode=finetune: the whole backbone trains (batch-norm too), in lockstep; with
     model.metadata the ranks read age, sex and site with the images (training, PreciseBN, sharded
     validation, final metrics) and the published model takes both inputs."""
-    from lesionspark.clinical import ENCODING, width
+    from lesionspark.dataset.clinical import ENCODING, width
     cfg, manifest, layout = ingested_small
     card = train(spark, cfg.with_overrides({
         **FAST, "model.arch": "resnet50", "model.params": {"mode": "finetune"}, "train.epochs": 1,
@@ -179,8 +179,8 @@ def test_deterministic_training_gives_the_same_weights_for_the_same_seed(spark, 
     runs. The digest is checked against the published model's weights (it is of the trained weights)
     and against the same seed's initial weights (training moved them)."""
     import tensorflow as tf
-    from lesionspark.models import build
-    from lesionspark.worker import digest
+    from lesionspark.modeling.models import build
+    from lesionspark.train.executor import digest
     cfg, manifest, layout = ingested_small
     run = {**FAST, "train.epochs": 1, "train.samples_per_epoch": 64, "train.deterministic": True,
            "train.bn_batches": 2, "model.name": "cnn-det", "train.seed": 5}

@@ -1,0 +1,3 @@
+"""Explain: ``driver`` chooses the images to explain and writes the explanations table; ``executor``
+computes Grad-CAM overlays in Spark tasks.
+"""
