@@ -145,6 +145,8 @@ def main():
           f"{time.perf_counter() - t:.0f}s; counts {pdf.dx.value_counts().to_dict()}", flush=True)
 
     from lesionspark.store import storage
+
+    from lesionspark.store.layout import Layout
     from lesionspark.balance.driver import balance
     from lesionspark.core.config import Config
     from lesionspark.store.parts import PartWriter, publish
@@ -155,7 +157,7 @@ def main():
     cfg = Config.load(overrides=["spark.master=local[2]", "spark.conf.spark.ui.showConsoleProgress=false",
                                  "dataset.name=bench"]).with_overrides({"storage.root": str(root)})
     spark = get_spark(cfg)
-    layout = storage.Layout(str(root))
+    layout = Layout(str(root))
     (work / "_parts" / "train").mkdir(parents=True)
     writer = PartWriter(str(work / "_parts"), lesion_schema(SIZE), 32 << 20, 2000, names=(0, "bench"))
     names, groups = writer.add("train", pdf)

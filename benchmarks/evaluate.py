@@ -36,11 +36,12 @@ def bare_child(root: str, splits: list[str], batch: int) -> None:
     from PIL import Image
     from sklearn.metrics import balanced_accuracy_score, f1_score
     from lesionspark.store import storage
+    from lesionspark.store.layout import Layout
     from lesionspark.inference.predictor import load_model, predict_arrays
     from lesionspark.store.registry import resolve_model
     card, model_uri = resolve_model(root, "cnn:bench")
     model = load_model(model_uri)
-    layout = storage.Layout(root)
+    layout = Layout(root)
     predict_arrays(model, card, np.zeros((batch, card["image_size"], card["image_size"], 3), np.uint8), batch)
     start, n = time.perf_counter(), 0
     for split in splits:
@@ -68,6 +69,7 @@ def main() -> None:
         return bare_child(args.bare_child[0], args.bare_child[1].split(","), args.batch)
 
     from lesionspark.store import storage
+    from lesionspark.store.layout import Layout
     from lesionspark.core.config import Config
     from lesionspark.evaluate.driver import evaluate, predict_split
     from lesionspark.ingest.driver import ingest
@@ -93,7 +95,7 @@ def main() -> None:
     bare = json.loads(subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--bare-child", root,
                                       "val,test"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     card, model_uri = resolve_model(root, "cnn:bench")
-    layout = storage.Layout(root)
+    layout = Layout(root)
     predict_split(spark, layout.split("bench", "val"), card, model_uri, cfg)  # warm: workers + model loaded
     start = time.perf_counter()
     for s in ("val", "test"):

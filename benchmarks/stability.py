@@ -58,7 +58,7 @@ def main():
     from lesionspark.balance.driver import balance
     from lesionspark.core.config import Config
     from lesionspark.ingest.driver import ingest
-    from lesionspark.modeling.metrics import largest_identical_group
+    from measures import largest_identical_group
     from lesionspark.modeling.models import preprocess
     from lesionspark.store.spark import get_spark
     from lesionspark.imaging.synth import synth

@@ -220,6 +220,7 @@ def without_metadata(root: Path, card: dict) -> float:
 def quality(args):
     """Recipes on the CNN, then the other architectures with the recipe that did best on VAL."""
     from lesionspark.store import storage
+    from lesionspark.store.layout import Layout
     from lesionspark.balance.driver import balance
     from lesionspark.ingest.driver import ingest
     from lesionspark.store.spark import get_spark
@@ -232,7 +233,7 @@ def quality(args):
     cfg = _cfg(work, **{"ingest.metadata": made["metadata"], "ingest.images": made["images"],
                         "dataset.image_size": 64, "ingest.rowgroup_size_mb": 4, "evaluate.bootstrap": args.bootstrap})
     spark = get_spark(cfg)
-    layout = storage.Layout(str(work))
+    layout = Layout(str(work))
     if args.reuse and storage.exists(layout.manifest("ham10000")):  # --reuse: the ingested data too
         manifest = storage.read_json(layout.manifest("ham10000"))
     else:

@@ -47,14 +47,15 @@ def methods(args) -> None:
     import tensorflow as tf
     from lesionspark.core.config import Config
     from lesionspark.evaluate.driver import evaluate
-    from lesionspark.modeling.gradcam import METHODS, empty, heatmaps, mass_inside
+    from lesionspark.modeling.gradcam import METHODS, empty, heatmaps
+    from measures import lesion_mask, mass_inside
     from lesionspark.imaging.images import decode_each
     from lesionspark.ingest.driver import ingest
     from lesionspark.modeling.models import build, preprocess
     from lesionspark.inference.predictor import load_model
     from lesionspark.store.registry import resolve_model
     from lesionspark.store.spark import get_spark
-    from lesionspark.imaging.synth import lesion_mask, synth
+    from lesionspark.imaging.synth import synth
     from lesionspark.train.driver import train
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lesionspark-bench-trust-"))
     root = work / "root"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .store import storage
+from .store.layout import Layout
 from .core.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _demo_archive(root: str, dataset: str, synth_out: str) -> str:
     """An archive as a hospital would have one: the test split's original JPEGs plus the genuine ones,
     in dated folders."""
     import pyarrow.parquet as pq
-    layout = storage.Layout(root)
+    layout = Layout(root)
     fs, path = storage.filesystem(layout.split(dataset, "test"))
     test_ids = set(pq.read_table(path, columns=["image_id"], filesystem=fs).column("image_id").to_pylist())
     archive = Path(root[len("file://"):]) / "raw" / "demo-archive"

@@ -101,10 +101,10 @@ def publish_untrained_model(root: Path, name="cnn", version="v1", size=32, **car
 @pytest.fixture(scope="session")
 def ingested_small(spark, synth_small, tmp_path_factory):
     """synth_small ingested at 32 px: (cfg, manifest, layout). Shared by balance and train tests."""
-    from lesionspark.store import storage
     from lesionspark.ingest.driver import ingest
+    from lesionspark.store.layout import Layout
     root = tmp_path_factory.mktemp("small-root")
     cfg = make_cfg(root, ingest__metadata=synth_small["metadata"], ingest__images=synth_small["images"],
                    dataset__image_size=32)
     manifest = ingest(spark, cfg)
-    return cfg, manifest, storage.Layout(str(root))
+    return cfg, manifest, Layout(str(root))

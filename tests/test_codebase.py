@@ -153,3 +153,14 @@ def test_the_code_passes_the_linter():
     out = subprocess.run([str(ruff), "check", "--output-format", "concise", "."], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+ROOT_FOLDERS = {"datasets", "balanced", "models", "runs", "tables", "_staging", "_lease", "reports", "explanations"}
+
+
+def test_every_path_under_the_root_comes_from_the_layout():
+    """``store.layout.Layout`` names every folder of a storage root: no other module joins them."""
+    built = [f"{m}:{n.lineno}" for m, tree in MODULES.items() if m != "store.layout" for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and getattr(n.func, "attr", getattr(n.func, "id", "")) == "join"
+             and any(isinstance(a, ast.Constant) and a.value in ROOT_FOLDERS for a in n.args)]
+    assert built == []

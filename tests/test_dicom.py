@@ -260,7 +260,7 @@ def test_ingest_takes_single_frame_dicom_photographs_as_records(spark, genuine_d
     from lesionspark.imaging.images import decode_resize
     from lesionspark.ingest.driver import ingest
     from lesionspark.dataset.schema import lesion_schema
-    from lesionspark.store.storage import Layout
+    from lesionspark.store.layout import Layout
     meta = pd.read_csv(genuine_dir / "HAM10000_metadata.csv")
     jpegs = {p.stem: p for p in sorted((genuine_dir / "images").glob("*.jpg"))[:6]}
     rows = meta[meta["image_id"].isin(list(jpegs))]

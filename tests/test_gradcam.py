@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from lesionspark.modeling.gradcam import METHODS, empty, heatmaps, mass_inside, overlay, png
+from benchmarks.measures import lesion_mask, mass_inside
+from lesionspark.modeling.gradcam import METHODS, empty, heatmaps, overlay, png
 from lesionspark.modeling.models import build, preprocess
-from lesionspark.imaging.synth import CLASS_STYLE, lesion_mask, lesion_params, render
+from lesionspark.imaging.synth import CLASS_STYLE, lesion_params, render
 
 
 def _lesions(size):

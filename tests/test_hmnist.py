@@ -8,7 +8,21 @@ from conftest import make_cfg
 from lesionspark.ingest.hmnist import GENUINE_COUNTS, check_label_map, parse_header, parse_row
 from lesionspark.imaging.images import ImageRejected
 from lesionspark.ingest.driver import ingest
-from lesionspark.imaging.synth import write_hmnist_csv
+from lesionspark.core.classes import HMNIST_LABELS
+
+
+
+def write_hmnist_csv(path: str, images: np.ndarray, dx: list[str], grayscale: bool = False) -> None:
+    """Write images in the Kaggle ``hmnist_<s>_<s>_{L,RGB}.csv`` layout (pixel columns + label)."""
+    code = {v: k for k, v in HMNIST_LABELS.items()}
+    n = images.shape[0]
+    if grayscale:
+        flat = np.asarray([np.asarray(Image.fromarray(im).convert("L")) for im in images]).reshape(n, -1)
+    else:
+        flat = images.reshape(n, -1)
+    df = pd.DataFrame(flat, columns=[f"pixel{i:04d}" for i in range(flat.shape[1])])
+    df["label"] = [code[d] for d in dx]
+    df.to_csv(path, index=False)
 
 
 def test_label_map_matches_the_genuine_class_counts(genuine_dir):

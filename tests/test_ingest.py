@@ -15,6 +15,8 @@ from PIL import Image
 
 from conftest import make_cfg
 from lesionspark.store import storage
+from lesionspark.store.layout import Layout
+from lesionspark.store import publishing
 from lesionspark.ingest.driver import ingest
 
 pytestmark = pytest.mark.spark
@@ -91,7 +93,7 @@ def ingested(spark, messy, tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     cfg = make_cfg(root, **keys)
     manifest = ingest(spark, cfg, run_id="run-1")
-    return cfg, manifest, expected, storage.Layout(str(root))
+    return cfg, manifest, expected, Layout(str(root))
 
 
 def _read_split(url):
@@ -184,12 +186,12 @@ def test_a_failing_run_leaves_the_previous_dataset(tmp_path):
     target.mkdir(parents=True)
     (target / "manifest.json").write_text("old")
     with pytest.raises(RuntimeError):
-        with storage.AtomicDir(str(target)) as staging:
+        with publishing.AtomicDir(str(target)) as staging:
             storage.write_bytes(staging + "/manifest.json", b"new, half written")
             raise RuntimeError("executor lost")
     assert (target / "manifest.json").read_text() == "old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["d"]
-    with storage.AtomicDir(str(target)) as staging:
+    with publishing.AtomicDir(str(target)) as staging:
         storage.write_bytes(staging + "/manifest.json", b"new")
     assert (target / "manifest.json").read_text() == "new"
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as M
 
+from benchmarks.measures import largest_identical_group
 from lesionspark.modeling import metrics
 from lesionspark.core.classes import CLASSES
 
@@ -146,6 +147,6 @@ def test_bootstrap_resamples_whole_lesions():
 
 def test_largest_identical_group_counts_outputs_equal_to_four_decimals():
     probs = np.array([[0.2, 0.8], [0.20001, 0.79999], [0.3, 0.7], [0.2, 0.8]])
-    assert metrics.largest_identical_group(probs) == 3
-    assert metrics.largest_identical_group(np.array([[0.1, 0.9], [0.4, 0.6]])) == 1
-    assert metrics.largest_identical_group(np.zeros((0, 7))) == 0
+    assert largest_identical_group(probs) == 3
+    assert largest_identical_group(np.array([[0.1, 0.9], [0.4, 0.6]])) == 1
+    assert largest_identical_group(np.zeros((0, 7))) == 0

@@ -18,12 +18,11 @@ from conftest import make_cfg
 from lesionspark.modeling.calibration import uncalibrated
 from lesionspark.evaluate.driver import evaluate, predict_split
 from lesionspark.evaluate.results import scored, truth
-from lesionspark.modeling.gradcam import empty, heatmaps, mass_inside
-from lesionspark.modeling.metrics import largest_identical_group
+from lesionspark.modeling.gradcam import empty, heatmaps
+from benchmarks.measures import largest_identical_group, lesion_mask, mass_inside
 from lesionspark.modeling.models import build, preprocess
 from lesionspark.inference.predictor import load_model
 from lesionspark.store.registry import resolve_model
-from lesionspark.imaging.synth import lesion_mask
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 SEED, W, H, SIZE = 11, 300, 225, 64

@@ -17,6 +17,9 @@ import pytest
 
 import strictfs
 from lesionspark.store import storage
+from lesionspark.store.layout import Layout
+from lesionspark.store import parquet
+from lesionspark.store import publishing
 from lesionspark.store.lease import Lease, LeaseHeld
 
 moto_app = pytest.importorskip("moto.moto_server.werkzeug_app")  # in requirements/lock.txt: CI installs it
@@ -90,7 +93,7 @@ def _publish_dataset(uri: str, run_id: str, ids: list[str]) -> None:
     from lesionspark.store import parts
     from lesionspark.dataset.schema import lesion_schema
     from test_parts import SIZE, records
-    with storage.AtomicDir(uri, run_id) as staging, parts.scratch(staging, ["train", "val"]) as parts_uri:
+    with publishing.AtomicDir(uri, run_id) as staging, parts.scratch(staging, ["train", "val"]) as parts_uri:
         writer = parts.PartWriter(parts_uri, lesion_schema(SIZE), rowgroup_bytes=1, rows_per_file=4,
                                   names=(0, "a1"))
         names, groups = writer.add("train", records(ids))
@@ -110,9 +113,9 @@ def _read_split(url: str) -> list[str]:
 
 def test_a_dataset_is_published_on_the_store_and_read_back_with_petastorm(s3):
     """No directory move on S3: the dataset is built in a version folder and published by one PUT
-    of its record; readers resolve it (storage.Layout) and Petastorm reads it through the same
+    of its record; readers resolve it (Layout) and Petastorm reads it through the same
     pyarrow filesystem and options (no s3fs)."""
-    layout = storage.Layout("s3a://derm/root")
+    layout = Layout("s3a://derm/root")
     _publish_dataset(layout.dataset("ham"), "r1", [f"a{i}" for i in range(6)])
     assert layout.split("ham", "train") == "s3a://derm/root/datasets/ham/_v-r1/train"
     assert _read_split(layout.split("ham", "train")) == [f"a{i}" for i in range(6)]
@@ -276,10 +279,10 @@ def test_ingest_balance_train_evaluate_and_explain_run_on_an_s3_root(spark, synt
         explained = explain(spark, cfg, run_id="explain-1")
     finally:
         env.pop("LESIONSPARK_S3_OPTIONS_SECRET")
-    layout, counts = storage.Layout(root), manifest["counts"]
+    layout, counts = Layout(root), manifest["counts"]
     assert layout.split(cfg.get("dataset.name"), "train") == f"{root}/datasets/{cfg.get('dataset.name')}/_v-ingest-1/train"
     assert counts["written"] + counts["rejected"] == manifest["inputs"]["total"] and counts["written"] > 100
-    assert sum(storage.value_counts(layout.rejects(cfg.get("dataset.name")), "reason").values()) == counts["rejected"]
+    assert sum(parquet.value_counts(layout.rejects(cfg.get("dataset.name")), "reason").values()) == counts["rejected"]
     assert sum(balanced["after"].values()) > sum(balanced["before"].values())
     assert card["balance"] == "oversample" and card["train_counts"] == balanced["after"]
     assert card["epochs_run"] == 1 and [r["rank"] for r in card["ranks"]] == [0, 1]
@@ -294,6 +297,6 @@ def test_ingest_balance_train_evaluate_and_explain_run_on_an_s3_root(spark, synt
     assert storage.has_files(f"{root}/tables/metrics")
     published = f"{root}/explanations/cnn/train-1/split-test/_v-explain-1"
     assert explained["table"] == f"{published}/table" and explained["images"] == 6
-    table = storage.parquet_dataset(explained["table"]).to_table().to_pandas()
+    table = parquet.parquet_dataset(explained["table"]).to_table().to_pandas()
     assert len(table) == 6 and table["overlay_path"].dropna().str.startswith(f"{published}/overlays/").all()
     assert all(storage.file_type(p) == "file" for p in table["overlay_path"].dropna())

@@ -10,6 +10,7 @@ import pytest
 
 import strictfs
 from lesionspark.store import storage
+from lesionspark.store import publishing
 from lesionspark.core.config import Config
 from lesionspark.store.lease import Lease, LeaseHeld
 from lesionspark.store.spark import check_root
@@ -81,32 +82,32 @@ def test_replacing_a_file_leaves_the_new_content_and_nothing_else(tmp_path, sche
 def test_publish_replaces_a_directory_whole(tmp_path, scheme):
     out = uri(tmp_path, scheme, "out")
     for version in ("v1", "v2"):
-        publish = storage.AtomicDir(out, f"2026-{version}")
+        publish = publishing.AtomicDir(out, f"2026-{version}")
         with publish as staging:
             for i in range(3):
                 storage.write_bytes(f"{staging}/part-{i}", version.encode())
-        assert storage.resolve(out) == publish.published
-    assert files(storage.resolve(out)) == {f"part-{i}": "v2" for i in range(3)}
+        assert publishing.resolve(out) == publish.published
+    assert files(publishing.resolve(out)) == {f"part-{i}": "v2" for i in range(3)}
     assert names(out.rsplit("/", 1)[0]) == ["out"]  # no leftovers
     if scheme == "s3like":  # no directory move: the record names the version readers use
-        assert names(out) == [storage.PUBLISHED, "_v-2026-v2"]
-        assert storage.resolve(out) == f"{out}/_v-2026-v2"
+        assert names(out) == [publishing.PUBLISHED, "_v-2026-v2"]
+        assert publishing.resolve(out) == f"{out}/_v-2026-v2"
     else:
-        assert storage.resolve(out) == storage.normalize_uri(out)  # no record to read: no I/O
+        assert publishing.resolve(out) == storage.normalize_uri(out)  # no record to read: no I/O
 
 
 def test_on_an_object_store_readers_see_the_old_version_until_the_record_names_the_new(tmp_path):
     out = uri(tmp_path, "s3like", "out")
-    with storage.AtomicDir(out, "r1") as staging:
+    with publishing.AtomicDir(out, "r1") as staging:
         storage.write_bytes(f"{staging}/part-0", b"r1")
     with pytest.raises(RuntimeError):
-        with storage.AtomicDir(out, "r2") as staging:
+        with publishing.AtomicDir(out, "r2") as staging:
             storage.write_bytes(f"{staging}/part-0", b"r2")
-            assert files(storage.resolve(out)) == {"part-0": "r1"}  # written, not yet published
+            assert files(publishing.resolve(out)) == {"part-0": "r1"}  # written, not yet published
             raise RuntimeError("the stage failed")
-    assert files(storage.resolve(out)) == {"part-0": "r1"} and names(out) == [storage.PUBLISHED, "_v-r1"]
+    assert files(publishing.resolve(out)) == {"part-0": "r1"} and names(out) == [publishing.PUBLISHED, "_v-r1"]
     with pytest.raises(ValueError, match="cannot name a version folder"):
-        storage.AtomicDir(out, "../r3")
+        publishing.AtomicDir(out, "../r3")
 
 
 @pytest.mark.parametrize("record", ['{"version": "../../elsewhere"}', '{"version": "_v-r1/../../x"}',
@@ -114,23 +115,23 @@ def test_on_an_object_store_readers_see_the_old_version_until_the_record_names_t
 def test_a_hostile_publish_record_is_refused_not_followed(tmp_path, record):
     """The record is read from a shared store: a path in it must never lead a reader elsewhere."""
     out = uri(tmp_path, "s3like", "out")
-    with storage.AtomicDir(out, "r1") as staging:
+    with publishing.AtomicDir(out, "r1") as staging:
         storage.write_bytes(f"{staging}/part-0", b"r1")
-    storage.replace_file(f"{out}/{storage.PUBLISHED}", record.encode())
+    storage.replace_file(f"{out}/{publishing.PUBLISHED}", record.encode())
     with pytest.raises(storage.StorageRefused, match="refusing"):
-        storage.resolve(out)
+        publishing.resolve(out)
     with pytest.raises(storage.StorageRefused):  # nor does a publish guess what to keep
-        with storage.AtomicDir(out, "r2"):
+        with publishing.AtomicDir(out, "r2"):
             raise AssertionError("no work may start")
 
 
 def test_a_folder_copied_by_hand_onto_an_object_store_is_read_until_a_publish_replaces_it(tmp_path):
     out = uri(tmp_path, "s3like", "out")
     storage.write_bytes(f"{out}/part-0", b"by hand")
-    assert files(storage.resolve(out)) == {"part-0": "by hand"}
-    with storage.AtomicDir(out, "r1") as staging:
+    assert files(publishing.resolve(out)) == {"part-0": "by hand"}
+    with publishing.AtomicDir(out, "r1") as staging:
         storage.write_bytes(f"{staging}/part-0", b"r1")
-    assert files(storage.resolve(out)) == {"part-0": "r1"} and names(out) == [storage.PUBLISHED, "_v-r1"]
+    assert files(publishing.resolve(out)) == {"part-0": "r1"} and names(out) == [publishing.PUBLISHED, "_v-r1"]
 
 
 PUBLISH = """
@@ -138,8 +139,8 @@ import sys
 sys.path.insert(0, {here!r})
 import strictfs
 strictfs.register()
-from lesionspark.store import storage
-with storage.AtomicDir(sys.argv[1], sys.argv[2]) as staging:
+from lesionspark.store import publishing, storage
+with publishing.AtomicDir(sys.argv[1], sys.argv[2]) as staging:
     for i in range(4):
         storage.write_bytes(f"{{staging}}/part-{{i}}", sys.argv[2].encode())
 """
@@ -158,19 +159,19 @@ def test_a_publish_killed_between_any_two_storage_operations_leaves_the_old_or_t
     readers find the old output whole or the new one whole, never a mix and never nothing."""
     out = uri(tmp_path, scheme, "out")
     assert _publish(out, "2026-a") == 0
-    old = files(storage.resolve(out))
+    old = files(publishing.resolve(out))
     outcomes = set()
     for k in range(1, 60):
         code = _publish(out, "2026-b", crash_at=k)
-        storage.AtomicDir(out, "2026-recover")._cleanup_leftovers()  # what the next run does first
-        now = files(storage.resolve(out))
+        publishing.AtomicDir(out, "2026-recover")._cleanup_leftovers()  # what the next run does first
+        now = files(publishing.resolve(out))
         assert now in (old, {f"part-{i}": "2026-b" for i in range(4)}), (k, now)
         outcomes.add("new" if now != old else "old")
         if code == 0:
             break
         assert code == 77
         assert _publish(out, "2026-a") == 0  # back to the old output for the next crash point
-        old = files(storage.resolve(out))
+        old = files(publishing.resolve(out))
     else:
         raise AssertionError("the publish never completed")
     # every step was a crash point, and the run then finished: 4 writes, then 2 renames and a delete

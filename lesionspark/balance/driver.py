@@ -14,6 +14,15 @@ from typing import Mapping
 
 
 from ..store import storage
+
+
+from ..store.layout import Layout
+
+
+from ..store import parquet
+
+
+from ..store import publishing
 from ..core.classes import CLASSES, balanced_weights
 from ..core.config import Config, ConfigError
 from ..dataset.writer import require_manifest
@@ -54,7 +63,7 @@ def class_targets(counts: Mapping[str, int], target: str = "majority", ratio: fl
 def class_counts(train_uri: str) -> dict[str, int]:
     """Rows per class of the training split, from its ``dx`` column alone (read on the driver with
     pyarrow: a few bytes a row, no Spark job)."""
-    return storage.value_counts(train_uri, "dx")
+    return parquet.value_counts(train_uri, "dx")
 
 
 
@@ -91,7 +100,7 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
     method = cfg.get("balance.method")
     if method not in METHODS:
         raise ConfigError(f"balance.method must be one of {METHODS}, got {method!r}")
-    layout = storage.Layout(cfg.get("storage.root"))
+    layout = Layout(cfg.get("storage.root"))
     manifest = require_manifest(layout, name)
     size = int(manifest["image_size"])
     before = class_counts(layout.split(name, "train"))
@@ -108,7 +117,7 @@ def balance(spark, cfg: Config, run_id: str | None = None) -> dict:
                "class_weights": {dx: float(w) for dx, w in weights.items()}}
     log.info("balance %s/%s: before %s", name, method, before)
     out_uri = layout.balanced(name, method)
-    with storage.AtomicDir(out_uri, run_id) as staging, scratch(staging, ["train"]) as parts_uri:
+    with publishing.AtomicDir(out_uri, run_id) as staging, scratch(staging, ["train"]) as parts_uri:
         summary["after"] = before if method == "weights" else _write_train(
             spark, layout.split(name, "train"), staging, parts_uri, method, size, before, targets, cfg)
         summary["seconds"] = round(time.perf_counter() - t_start, 2)

@@ -14,7 +14,7 @@ import pandas as pd
 from ..core.classes import LABEL_OF
 from ..dataset.schema import FIELD_NAMES, encode_image, lesion_schema
 from ..imaging.images import sha256_hex
-from ..store import storage
+from ..store import parquet
 from ..store.parts import PartWriter
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def inherited_metadata(pdf: pd.DataFrame, parent, neighbour, steps) -> dict:
 def read_class(train_uri: str, dx: str, batch_rows: int) -> Iterator[pd.DataFrame]:
     """The training split's records of class ``dx``, read with pyarrow in batches (no Spark)."""
     import pyarrow.compute as pc
-    for batch in storage.parquet_dataset(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx,
+    for batch in parquet.parquet_dataset(train_uri).to_batches(columns=list(FIELD_NAMES), filter=pc.field("dx") == dx,
                                                                batch_size=batch_rows):
         if batch.num_rows:
             yield batch.to_pandas()

@@ -10,13 +10,15 @@ from typing import Iterator
 
 from ..store import storage
 
+from ..store import parquet
+
 
 def read_split(spark, url: str, columns: list[str]):
     """The ``columns`` of the Parquet files under ``url`` (names starting with ``_`` or ``.``
     skipped, as Spark skips them), one task per file up to the default parallelism."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
-    dataset = storage.parquet_dataset(url)
+    dataset = parquet.parquet_dataset(url)
     files = sorted(dataset.files)
     schema = pa.schema([dataset.schema.field(c) for c in columns])
     tasks = max(1, min(len(files), spark.sparkContext.defaultParallelism))

@@ -15,6 +15,9 @@ import pandas as pd
 
 from .. import __version__
 from ..store import storage
+from ..store.layout import Layout
+from ..store import parquet
+from ..store import publishing
 from ..core.classes import CLASSES
 from ..core.config import Config, ConfigError
 from .metadata import REJECT_COLUMNS
@@ -31,7 +34,7 @@ class IngestError(RuntimeError):
     """An ingest that cannot run or whose accounting does not add up (nothing is replaced)."""
 
 
-def require_manifest(layout: storage.Layout, name: str) -> dict:
+def require_manifest(layout: Layout, name: str) -> dict:
     """The manifest of the ingested dataset ``name``, or a ConfigError saying to run ingest."""
     if not storage.exists(layout.manifest(name)):
         raise ConfigError(f"no ingested dataset {name!r} under {layout.root}: run `lesionspark ingest` first")
@@ -134,8 +137,8 @@ def _write_rejects(rejects: list, run_id: str, out: str) -> dict:
         for r in rejects:
             for frame in [r] if isinstance(r, pd.DataFrame) else local_frames(r.select(*REJECT_COLUMNS)):
                 yield frame[REJECT_COLUMNS].astype(object).assign(run_id=run_id, at=at)
-    storage.write_parquet(f"{out}/part-00000.parquet", frames(), schema)
-    return storage.value_counts(out, "reason")
+    parquet.write_parquet(f"{out}/part-00000.parquet", frames(), schema)
+    return parquet.value_counts(out, "reason")
 
 
 def _manifest(cfg: Config, run_id: str, inputs: dict, written: dict, rej_counts: dict, records: pd.DataFrame,
@@ -177,8 +180,8 @@ def write_dataset(spark, cfg: Config, run_id: str, decode, rejects: list, record
 
     name = cfg.get("dataset.name")
     size = int(cfg.get("dataset.image_size"))
-    layout = storage.Layout(cfg.get("storage.root"))
-    with storage.AtomicDir(layout.dataset(name), run_id) as staging, scratch(staging, SPLITS) as parts_uri:
+    layout = Layout(cfg.get("storage.root"))
+    with publishing.AtomicDir(layout.dataset(name), run_id) as staging, scratch(staging, SPLITS) as parts_uri:
         summary, decode_rejects, decode_seconds = _decode_once(decode(parts_uri), what, spark)
         written = summary.written
         with timed(log, "publish petastorm splits", "records", spark) as step:

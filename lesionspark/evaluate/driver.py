@@ -21,6 +21,8 @@ import pandas as pd
 from ..modeling import calibration
 from ..modeling import metrics
 from ..store import storage
+from ..store.layout import Layout
+from ..store import parquet
 from ..dataset.clinical import card_fields, for_card
 from ..core.config import Config, ConfigError
 from ..dataset.writer import require_manifest
@@ -43,7 +45,7 @@ def report_dir(root: str, card: dict, dataset: str) -> str:
     """``reports/<model>/<version>/`` (or ``<version>-on-<dataset>`` for a dataset other than the one
     the model was trained on, so that the two reports do not replace each other)."""
     version = card["version"] if dataset == card.get("dataset", dataset) else f"{card['version']}-on-{dataset}"
-    return storage.join(root, "reports", card["name"], version)
+    return Layout(root).report(card["name"], version)
 
 
 def predict_split(spark, url: str, card: dict, model_uri: str, cfg: Config) -> pd.DataFrame:
@@ -116,7 +118,7 @@ def gradcam_examples(spark, url: str, frame: pd.DataFrame, card: dict, model_uri
 def metrics_file(root: str, model: str, version: str, dataset: str, split: str) -> str:
     """One Parquet file per (model, version, dataset, split): a rerun replaces exactly its own rows."""
     key = hashlib.sha1(f"{model}\0{version}\0{dataset}\0{split}".encode()).hexdigest()[:20]
-    return storage.join(root, "tables", "metrics", f"part-{key}.parquet")
+    return f"{Layout(root).table('metrics')}/part-{key}.parquet"
 
 
 def write_metrics(root: str, rows: list[dict], model: str, version: str, dataset: str, split: str) -> str:
@@ -125,11 +127,11 @@ def write_metrics(root: str, rows: list[dict], model: str, version: str, dataset
     schema = pa.schema([(name, types[t]) for name, t in METRICS_SCHEMA])
     table = pa.Table.from_pylist(rows, schema=schema)
     final = metrics_file(root, model, version, dataset, split)
-    storage.replace_file(final, storage.parquet_bytes(table))
+    storage.replace_file(final, parquet.parquet_bytes(table))
     return final
 
 
-def _splits(cfg: Config, layout: storage.Layout, dataset: str) -> list[str]:
+def _splits(cfg: Config, layout: Layout, dataset: str) -> list[str]:
     """The threshold split first, then the reported ones; each must exist."""
     splits = list(dict.fromkeys([cfg.get("evaluate.threshold_split"), *cfg.get("evaluate.splits")]))
     for split in splits:
@@ -170,7 +172,7 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     start = time.perf_counter()
     run_id = run_id or storage.new_run_id()
     root = storage.normalize_uri(cfg.get("storage.root"))
-    layout = storage.Layout(root)
+    layout = Layout(root)
     card, model_uri = resolve_model(root, cfg.get("evaluate.model"))
     dataset = cfg.get("evaluate.dataset") or card.get("dataset") or cfg.get("dataset.name")
     manifest = require_manifest(layout, dataset)

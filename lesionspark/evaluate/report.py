@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..store import storage
+
+from ..store import publishing
 from ..core.classes import malignant_outputs
 from .results import scored, truth
 
@@ -281,7 +283,7 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
 
 def write_report(uri: str, *, card, manifest, history, frames, results, threshold_split, threshold, cfg, run_id,
                  gradcam=None) -> str:
-    """Publish the report at ``uri``; returns where readers find it (``storage.AtomicDir.published``).
+    """Publish the report at ``uri``; returns where readers find it (``publishing.AtomicDir.published``).
     ``gradcam``: (split, examples from ``pick_examples``, their images, their overlays or None) for
     the heatmap grid."""
     classes = list(card["classes"])
@@ -313,7 +315,7 @@ def write_report(uri: str, *, card, manifest, history, frames, results, threshol
         with open(f"{tmp}/metrics.json", "w") as fh:
             json.dump({"run_id": run_id, "threshold_split": threshold_split, "threshold": threshold,
                        "results": results}, fh, indent=2, default=str)
-        publish = storage.AtomicDir(uri, run_id)
+        publish = publishing.AtomicDir(uri, run_id)
         with publish as staging:
             for name in sorted(os.listdir(tmp)):
                 with open(f"{tmp}/{name}", "rb") as fh:

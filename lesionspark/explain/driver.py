@@ -4,7 +4,7 @@
 heatmap of its predicted class) and ``table/`` (Parquet: image, source path, true class where
 known, predicted class, calibrated confidence, overlay path, ``explanation_empty``, or a reject
 reason). ``<source>`` is ``split-<name>`` or ``folder-<name>``. A rerun for the same source replaces
-that folder whole (``storage.AtomicDir``). The driver (``explain``) picks the source and writes the
+that folder whole (``publishing.AtomicDir``). The driver (``explain``) picks the source and writes the
 table; ``executor.explain_partition`` runs in executors: it decodes, predicts and draws each image through
 ``overlays``. Nothing per image comes to the driver.
 """
@@ -19,6 +19,9 @@ import pandas as pd
 
 from ..core import pathkey
 from ..store import storage
+from ..store.layout import Layout
+from ..store import parquet
+from ..store import publishing
 from ..core.config import Config, ConfigError
 from ..dataset.clinical import card_fields, drop_shared, load_sidecar
 from ..inference.spec import build as build_spec
@@ -43,7 +46,7 @@ def _write_table(table: pd.DataFrame, uri: str) -> None:
     ``explain.limit`` rows) as one Parquet file under ``uri``, written with pyarrow through the
     root's filesystem: no Spark writer, so an object-store root needs no s3a connector."""
     from pyspark.sql.pandas.types import to_arrow_schema
-    storage.write_parquet(f"{uri}/part-00000.parquet", [table], to_arrow_schema(table_schema()))
+    parquet.write_parquet(f"{uri}/part-00000.parquet", [table], to_arrow_schema(table_schema()))
 
 
 
@@ -74,7 +77,7 @@ def _sources(spark, cfg: Config, card: dict, root: str):
         name = f"folder-{pathkey.digest(secret, folder)[:16] if secret else _safe(base)}"
         reader = Reader([folder], follow, float(cfg.get("archive.read_timeout_s")))
     else:
-        layout = storage.Layout(root)
+        layout = Layout(root)
         dataset = cfg.get("evaluate.dataset") or card.get("dataset") or cfg.get("dataset.name")
         split = cfg.get("explain.split")
         url = layout.split(dataset, split)
@@ -108,7 +111,7 @@ def explain(spark, cfg: Config, run_id: str | None = None) -> dict:
     if not n:
         raise ConfigError(f"explain: no images in {name}")
     tasks = max(1, min(spark.sparkContext.defaultParallelism * 4, -(-n // 64)))
-    publish = storage.AtomicDir(final, run_id)
+    publish = publishing.AtomicDir(final, run_id)
     with publish as staging:  # the table names each overlay where readers will find it
         fn = explain_partition(build_spec(cfg, card, model_uri), f"{staging}/overlays",
                                f"{publish.published}/overlays", reader, _sidecar(spark, cfg, card, rows, reader))

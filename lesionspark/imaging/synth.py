@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..core.classes import CLASSES, HMNIST_LABELS
+from ..core.classes import CLASSES
 from ..dataset.metadata import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -115,13 +115,6 @@ def render(params: dict, image_key: str, seed: int, width: int = 600, height: in
     m = Image.fromarray((mask * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
     return full, np.asarray(m) >= 128
 
-
-def lesion_mask(lesion_id: str, image_id: str, dx: str, seed: int, size: int, width: int = 600,
-                height: int = 450) -> np.ndarray:
-    """The lesion mask of a generated image as ingest squashes it to ``size`` x ``size`` (bool):
-    ground truth for where a model should look."""
-    _, mask = render(lesion_params(lesion_id, dx, seed), image_id, seed, width, height, with_mask=True)
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) >= 128
 
 
 def genuine_metadata() -> pd.DataFrame:
@@ -225,18 +218,6 @@ def synth(out: str, n_images: int = 1000, seed: int = 0, width: int = 600, heigh
             "metadata": str(out_path / "HAM10000_metadata.csv"),
             "images": [str(gen_dir)] + ([str(out_path / "images_genuine")] if with_genuine else [])}
 
-
-def write_hmnist_csv(path: str, images: np.ndarray, dx: list[str], grayscale: bool = False) -> None:
-    """Write images in the Kaggle ``hmnist_<s>_<s>_{L,RGB}.csv`` layout (pixel columns + label)."""
-    code = {v: k for k, v in HMNIST_LABELS.items()}
-    n = images.shape[0]
-    if grayscale:
-        flat = np.asarray([np.asarray(Image.fromarray(im).convert("L")) for im in images]).reshape(n, -1)
-    else:
-        flat = images.reshape(n, -1)
-    df = pd.DataFrame(flat, columns=[f"pixel{i:04d}" for i in range(flat.shape[1])])
-    df["label"] = [code[d] for d in dx]
-    df.to_csv(path, index=False)
 
 
 def synth_from_config(cfg) -> dict:

@@ -15,6 +15,8 @@ import time
 import pandas as pd
 
 from ..store import storage
+
+from ..store.layout import Layout
 from ..core.config import Config
 from ..dataset.writer import IngestError, located_schema, write_dataset, writing_decoder
 from .executor import decode_partition
@@ -133,7 +135,7 @@ def ingest(spark, cfg: Config, run_id: str | None = None) -> dict:
     run_id = run_id or storage.new_run_id()
     name, size, mode = cfg.get("dataset.name"), int(cfg.get("dataset.image_size")), cfg.get("dataset.resize")
     meta_uri, image_uris = _inputs(cfg)
-    layout = storage.Layout(cfg.get("storage.root"))
+    layout = Layout(cfg.get("storage.root"))
     log.info("ingest %s: metadata %s, images %s -> %s (run %s, %dpx %s)", name, meta_uri,
              ", ".join(image_uris), layout.dataset(name), run_id, size, mode)
     text, records, meta_rejects, meta, known_ids = _metadata(spark, cfg, meta_uri)

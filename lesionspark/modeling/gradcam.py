@@ -137,7 +137,3 @@ def png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heatmap's mass inside ``mask`` (NaN for an all-zero heatmap)."""
-    total = float(heatmap.sum())
-    return float(heatmap[mask].sum()) / total if total > 0 else float("nan")

@@ -161,14 +161,6 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_c
     return {m: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for m, v in merged.items()}
 
 
-def largest_identical_group(probs: np.ndarray, decimals: int = 4) -> int:
-    """How many images share the most common output (probabilities rounded to ``decimals``): a
-    model whose features died answers many distinct images with one identical vector."""
-    if len(probs) == 0:
-        return 0
-    _, counts = np.unique(np.round(np.asarray(probs, dtype=np.float64), decimals), axis=0, return_counts=True)
-    return int(counts.max())
-
 
 def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int) -> dict:
     """Top-label reliability: per confidence bin, mean confidence, accuracy and count; and the

@@ -19,6 +19,7 @@ import time
 
 from ..core import pathkey
 from ..store import storage
+from ..store.layout import Layout
 from ..core.classes import malignant_outputs
 from ..core.config import Config, ConfigError
 from ..dataset.clinical import card_fields, drop_shared, load_sidecar
@@ -63,7 +64,7 @@ class DriftAlert(RuntimeError):
 
 
 def _table(layout_root: str, name: str) -> str:
-    return storage.join(layout_root, "tables", name)
+    return Layout(layout_root).table(name)
 
 
 def _read_table(spark, uri: str, schema: str):
@@ -174,7 +175,7 @@ def score(spark, cfg: Config, run_id: str | None = None) -> dict:
         return dry_run(spark() if callable(spark) else spark, cfg, root, archive, card)
     row = {"model": card["name"], "model_version": card["version"], "archive": archive, "started_at": started,
            "host": socket.gethostname(), "pid": os.getpid()}
-    lease = Lease(storage.join(root, "tables", "_lease"), run_id, float(cfg.get("score.lease_ttl_s")),
+    lease = Lease(Layout(root).lease(), run_id, float(cfg.get("score.lease_ttl_s")),
                   float(cfg.get("score.lease_wait_s")), info={"model": f"{card['name']}:{card['version']}",
                                                              "archive": archive},
                   single_writer=bool(cfg.get("storage.single_writer")))
@@ -268,7 +269,7 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
     t_start = time.perf_counter()
     model, version = card["name"], card["version"]
     tables = {t: _table(root, t) for t in TABLES}
-    staging = storage.join(root, "tables", "_staging", run_id)
+    staging = Layout(root).staging(run_id)
     _clean_staging(root, run_id)
     threshold, threshold_source = review_threshold(card, cfg)
     log.info("score %s:%s on %s (run %s); review threshold %.4f (%s)", model, version, archive, run_id,
@@ -419,7 +420,7 @@ def _check_accounting(spark, files, raw: str, done, staging: str) -> int:
 def _clean_staging(root: str, keep: str | None = None) -> None:
     """Remove staging left by killed runs (never committed, so nothing is lost)."""
     import pyarrow.fs as pafs
-    fs, path = storage.filesystem(storage.join(root, "tables", "_staging"))
+    fs, path = storage.filesystem(Layout(root).staging())
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return
     for info in fs.get_file_info(pafs.FileSelector(path)):
@@ -442,7 +443,7 @@ def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None, 
     done and scores the rest, as it does after a crash between two partitions."""
     import pyarrow.fs as pafs
     per_file = not storage.contract(root).dir_rename if per_file is None else per_file
-    staging = storage.join(root, "tables", "_staging", run_id)
+    staging = Layout(root).staging(run_id)
     moved = 0
     if fence is not None:
         fence()  # before anything is created outside the staging
@@ -457,7 +458,7 @@ def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None, 
             moved += 1
     for table in ("score_rejects", "score_files", "predictions"):
         fs, src = storage.filesystem(f"{staging}/{table}")
-        _, dst = storage.filesystem(storage.join(root, "tables", table))
+        _, dst = storage.filesystem(Layout(root).table(table))
         infos = fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True))
         for info in infos:
             if info.type == pafs.FileType.Directory and info.base_name.startswith("run_id="):

@@ -8,6 +8,8 @@ import logging
 import os
 
 from ..store import storage
+from ..store.layout import Layout
+
 from ..core.config import ConfigError
 from ..store.spark import sql_conf
 
@@ -23,7 +25,7 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
     root = storage.normalize_uri(root)
     names = []
     for name in TABLES:
-        uri = storage.join(root, "tables", name)
+        uri = Layout(root).table(name)
         if not storage.exists(uri):
             continue
         if metastore:
@@ -39,13 +41,13 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
             spark.read.option("mergeSchema", "true").parquet(uri).createOrReplaceTempView(name)
         names.append(name)
     # Ingest rejects of every dataset, with the dataset's name.
-    fs, base = storage.filesystem(storage.join(root, "datasets"))
+    fs, base = storage.filesystem(Layout(root).datasets())
     if fs.get_file_info(base).type == pafs.FileType.Directory:
         from pyspark.sql import functions as F
         frames = []
         for info in fs.get_file_info(pafs.FileSelector(base)):
             if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
-                uri = storage.join(storage.resolve(storage.join(root, "datasets", info.base_name)), "rejects")
+                uri = Layout(root).rejects(info.base_name)
                 if storage.exists(uri):
                     frames.append(spark.read.parquet(uri).withColumn("dataset", F.lit(info.base_name)))
         if frames:

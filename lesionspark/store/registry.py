@@ -10,6 +10,9 @@ import json
 import re
 
 from . import storage
+from .layout import Layout
+
+from . import publishing
 from ..core.config import ConfigError
 from .modelfile import ModelFileRefused, check_file
 
@@ -35,7 +38,7 @@ def resolve_model(root: str, spec: str) -> tuple[dict, str]:
         name, _, version = spec.partition(":")
         for part in (name,) + ((version,) if version and version != "latest" else ()):
             plain(part, f"model {spec!r}")
-        base = storage.join(storage.normalize_uri(root), "models", name)
+        base = Layout(root).models(name)
         if not version or version == "latest":
             if not storage.exists(base + "/latest"):
                 raise ModelError(f"no model {name!r} under {base} (train one, or check --root)")
@@ -45,7 +48,7 @@ def resolve_model(root: str, spec: str) -> tuple[dict, str]:
                 raise ModelError(f"cannot read {base}/latest ({exc})") from None
             plain(version, f"{base}/latest names")
         model_dir, label = f"{base}/{version}", f"{name}:{version}"
-    model_dir = storage.resolve(model_dir)  # on object stores: the version folder the publish record names
+    model_dir = publishing.resolve(model_dir)  # on object stores: the version folder the publish record names
     try:  # a regular file only: a FIFO or a device under the card's name must not hang the run
         card = json.loads(storage.read_regular(model_dir + "/model_card.json", MAX_CARD_BYTES))
     except Exception as exc:
@@ -84,4 +87,4 @@ def plain(value, what: str) -> str:
 
 def explanations_dir(root: str, card: dict) -> str:
     """``explanations/<model>/<version>``: explain's overlays and table, and score's flagged overlays."""
-    return storage.join(storage.normalize_uri(root), "explanations", card["name"], card["version"])
+    return Layout(root).explanations(card["name"], card["version"])

@@ -20,6 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import storage
+from .layout import Layout
+
+from . import parquet
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ SCHEMA = pa.schema([
 
 
 def table_uri(root: str) -> str:
-    return storage.join(storage.normalize_uri(root), "tables", "score_runs")
+    return Layout(root).table("score_runs")
 
 
 def write(root: str, run_id: str, row: dict) -> None:
@@ -46,7 +49,7 @@ def write(root: str, run_id: str, row: dict) -> None:
     if data["predicted_by_class"][0] is not None:
         data["predicted_by_class"] = [list(data["predicted_by_class"][0].items())]
     table = pa.Table.from_pydict(data, schema=SCHEMA)
-    storage.replace_file(f"{table_uri(root)}/run_id={run_id}/part-0.parquet", storage.parquet_bytes(table))
+    storage.replace_file(f"{table_uri(root)}/run_id={run_id}/part-0.parquet", parquet.parquet_bytes(table))
 
 
 def read(root: str) -> list[dict]:
@@ -89,7 +92,7 @@ def _gone(row: dict) -> bool:
 
 def committed(root: str, run_id: str) -> bool:
     """Whether any table holds rows of ``run_id`` (its commit moved at least one partition)."""
-    fs, base = storage.filesystem(storage.join(storage.normalize_uri(root), "tables"))
+    fs, base = storage.filesystem(Layout(root).tables())
     part = f"run_id={run_id}"
     for table in ("score_files", "score_rejects"):
         if fs.get_file_info(f"{base}/{table}/{part}").type != pafs.FileType.NotFound:

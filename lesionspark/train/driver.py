@@ -13,6 +13,8 @@ import time
 
 from .. import __version__
 from ..store import storage
+from ..store.layout import Layout
+from ..store import publishing
 from ..dataset.clinical import ENCODING, check_fields
 from ..core.classes import CLASSES, LABEL_OF, balanced_weights, binary_label
 from ..core.config import Config, ConfigError
@@ -67,13 +69,13 @@ def training_data(cfg: Config) -> str:
     return cfg.get("train.balance") or cfg.get("balance.method")
 
 
-def _training_split(layout: storage.Layout, name: str, manifest: dict, method: str) -> tuple[str, dict]:
+def _training_split(layout: Layout, name: str, manifest: dict, method: str) -> tuple[str, dict]:
     """(URL of the training data, its per-class counts) for ``train.balance``/``balance.method``."""
     if method in ("none", "weights"):
         return layout.split(name, "train"), manifest["counts"]["by_split"]["train"]["per_class"]
     if method not in ("smote", "oversample"):
         raise ConfigError(f"train.balance must be smote, oversample, weights or none, got {method!r}")
-    out = storage.resolve(layout.balanced(name, method))
+    out = publishing.resolve(layout.balanced(name, method))
     if not storage.exists(out + "/counts.json"):
         raise ConfigError(f"no {method} output for {name!r}: run `lesionspark balance --method {method}` first")
     counts = storage.read_json(out + "/counts.json")
@@ -84,7 +86,7 @@ def _training_split(layout: storage.Layout, name: str, manifest: dict, method: s
 
 def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
     """The run's ``TrainSpec``, from the config and the ingested (or balanced) data."""
-    layout = storage.Layout(cfg.get("storage.root"))
+    layout = Layout(cfg.get("storage.root"))
     name = cfg.get("dataset.name")
     manifest = require_manifest(layout, name)
     arch = cfg.get("model.arch")
@@ -104,7 +106,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
         raise ConfigError(str(exc)) from None
     t = cfg.get("train")
     return TrainSpec(
-        run_id=run_id, run_dir=storage.join(layout.root, "runs", run_id),
+        run_id=run_id, run_dir=layout.run(run_id),
         dataset=name, fingerprint=manifest["fingerprint"], balance=method,
         train_url=train_url, val_url=layout.split(name, "val"), test_url=layout.split(name, "test"),
         n_train=int(sum(train_counts.values())), train_counts=train_counts,
@@ -159,9 +161,9 @@ def publish(cfg: Config, spec: TrainSpec, rank0: dict, seconds: float, ranks: li
     import horovod
     import pyspark
     import tensorflow as tf
-    layout = storage.Layout(cfg.get("storage.root"))
+    layout = Layout(cfg.get("storage.root"))
     version = spec.run_id
-    model_dir = storage.join(layout.root, "models", spec.model_name, version)
+    model_dir = layout.model(spec.model_name, version)
     history = rank0["history"]
     card = {
         "name": spec.model_name, "version": version, "architecture": spec.arch,
@@ -178,9 +180,9 @@ def publish(cfg: Config, spec: TrainSpec, rank0: dict, seconds: float, ranks: li
         "versions": {"lesionspark": __version__, "tensorflow": tf.__version__, "horovod": horovod.__version__,
                      "pyspark": pyspark.__version__},
     }
-    with storage.AtomicDir(model_dir, spec.run_id) as staging:
+    with publishing.AtomicDir(model_dir, spec.run_id) as staging:
         storage.write_bytes(f"{staging}/model.keras", storage.read_bytes(f"{spec.run_dir}/model.keras"))
         storage.write_json(f"{staging}/history.json", history)
         storage.write_json(f"{staging}/model_card.json", card)
-    storage.replace_file(storage.join(layout.root, "models", spec.model_name, "latest"), version.encode())
+    storage.replace_file(layout.latest(spec.model_name), version.encode())
     return card
