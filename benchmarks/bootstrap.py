@@ -1,6 +1,6 @@
 """The lesion bootstrap of `evaluate`: the vectorised `metrics.bootstrap_ci` against the bare
 baseline, a scikit-learn loop (one resample at a time, three scikit-learn metric calls each: what
-`bootstrap_ci` did before issue 13's session 5), on the same predictions with the same seed.
+the straightforward way), on the same predictions with the same seed.
 
 Predictions are drawn at HAM10000's class shares, about 1.4 images per lesion, 70 % right.
 The two must give the same intervals (the resamples are drawn from one generator in the same order).

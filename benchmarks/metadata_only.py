@@ -1,4 +1,4 @@
-"""Issue 22's evidence on real data: how far the patient's age, sex and the lesion's site alone go.
+"""Evidence on real data: how far the patient's age, sex and the lesion's site alone go.
 
 The HAM10000 metadata is genuine (all 10,015 rows, in the package). It is parsed and validated by
 the same `metadata.parse_metadata` ingest uses and split by lesion with the same

@@ -1,4 +1,4 @@
-"""Issue 21, item 4: how many Python workers, and how many TensorFlow threads each, for scoring.
+"""How many Python workers, and how many TensorFlow threads each, for scoring.
 
 ``lesionspark score`` end to end, one process per configuration, on the same archive of new files
 (GENERATED 600x450 JPEGs: ``--data`` is a ``lesionspark synth`` output; each file copied ``--copies``

@@ -83,7 +83,7 @@ def main():
         shutil.copy(pool[k * args.grow], d / f"copy-of-{pool[k * args.grow].name}")  # duplicate content
         (d / f"broken{k}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
         (d / f"empty{k}.jpg").write_bytes(b"")
-        if args.poison:  # issue 18: entries nobody curates
+        if args.poison:  # entries nobody curates
             src = pool[k * args.grow + 1]
             shutil.copy(src, os.fsencode(str(d)) + f"/M\xfcller{k}.jpg".encode("latin-1"))  # not UTF-8
             jfif = io.BytesIO()

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BEFORE = {"train.bn_batches": 0, "train.lr_scaling": "linear", "train.schedule": "plateau",
-          "model.params": {"bn_momentum": 0.9, "head": "flatten"}}  # the recipe before issue 13
+          "model.params": {"bn_momentum": 0.9, "head": "flatten"}}  # the older recipe: batch-norm momentum 0.9, a Flatten head
 FIX = {"train.bn_batches": 20, "train.lr_scaling": "none", "train.schedule": "cosine"}
 VARIANTS = {
     "smote_base": {**BEFORE, "train.balance": "smote"},

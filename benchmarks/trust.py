@@ -1,4 +1,4 @@
-"""Outputs a clinician can trust (issue 23), measured.
+"""Outputs a clinician can trust, measured.
 
   methods   Explanation methods by evidence. Trains each variant (CNN with its Flatten head, CNN with
             a global-average-pooling head; --variants adds resnet50 / efficientnet from random init)
@@ -6,7 +6,7 @@
             test_quality's 700 images, 64 px, 6 epochs x 1,200 samples, 2 Horovod workers, class
             weights), then over every test image and each method (gradcam, hirescam, gradcampp):
             the share of constant maps, the share with no positive evidence, the mean heatmap mass
-            inside the lesion (issue 13's figure) for the trained and a random-weights model. Then
+            inside the lesion for the trained and a random-weights model. Then
             `evaluate` on each model: test ECE before/after temperature scaling, balanced accuracy, AUC.
   spread    Quality tests' spread: runs tests/test_quality.py once per seed (LESIONSPARK_QUALITY_SEED)
             and tabulates the figures each draw printed.

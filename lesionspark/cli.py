@@ -23,6 +23,8 @@ log = logging.getLogger("lesionspark")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from .exitcodes import text
+    p.epilog, p.formatter_class = text(), argparse.RawDescriptionHelpFormatter  # every command shows the table
     p.add_argument("--conf", help="YAML configuration merged over the defaults")
     p.add_argument("--root", dest="storage.root", help="storage root URI (storage.root)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="configuration overrides")

@@ -10,13 +10,13 @@ import pytest
 
 GENUINE = resources.files("lesionspark").joinpath("data/ham10000")
 
-# Every JVM the tests start (this session's, and each spark-submit or `lesionspark` subprocess's) lives
+# Every JVM the tests start (the tests' Spark session, and each spark-submit or `lesionspark` subprocess's) lives
 # for seconds to minutes: the C1 compiler alone and the serial collector spend less CPU on it than
-# the server defaults, which pay off only on long jobs (docs/benchmarks.md, "The test loop").
+# the server defaults, which pay off only on long jobs (docs/benchmarks.md, "The test suite").
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
-# The longest test files first (measured: docs/benchmarks.md, "The test loop"). Two xdist workers take
+# The longest test files first (measured: docs/benchmarks.md, "The test suite"). Two xdist workers take
 # a file each (pyproject.toml: --dist loadfile); xdist queues files by their number of tests, which
 # put the few long ones (a cluster, Horovod runs, the demo) last, leaving one worker alone at the end.
 LONGEST_FIRST = ("test_train.py", "test_cluster.py", "test_score.py", "test_quality.py", "test_pipeline.py",

@@ -13,6 +13,7 @@ from lesionspark.balance.executor import inherited_metadata
 from lesionspark.imaging.frames import Image
 from lesionspark.inference.predictor import file_metadata, image_metadata
 
+from doctext import all_docs
 from conftest import make_cfg, publish_untrained_model
 
 FIELDS = ("age", "sex", "localization")
@@ -159,12 +160,11 @@ def test_a_metadata_model_scores_an_archive_from_tags_a_side_car_or_nothing(spar
     assert by["unlisted.jpg"].metadata_missing == "age,sex,localization"
     assert not np.allclose(by["tagged.dcm"].probabilities, by["bare.dcm"].probabilities)
     assert "072Y" not in caplog.text
-    # the README's query of what the model was given
+    # the docs' query of what the model was given
     import re
-    from pathlib import Path
     from lesionspark.sql.query import register
     register(spark, str(root))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = all_docs()
     query = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "metadata_missing" in b)
     given = spark.sql(query).toPandas()
     assert dict(zip(given["missing"], given["images"])) == {"none": 2, "age,sex,localization": 2}

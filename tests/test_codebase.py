@@ -90,7 +90,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_a_circle_hidden_inside_a_function_is_found():
-    """evaluate <-> report as it once was: report's import of evaluate sat inside a function."""
+    """A circle whose second import sits inside a function is still a circle."""
     driver = ast.parse("from .report import write_report\n")
     report = ast.parse("def markdown():\n    from .driver import scored\n")
     graph = {"evaluate.driver": {m for m, _ in imports(driver, "evaluate.driver")},

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from doctext import all_docs
 from conftest import make_cfg, publish_untrained_model
 from lesionspark.imaging.dicom import is_dicom, patient_key, read_frames
 from lesionspark.imaging.images import ImageRejected, fit_array
@@ -203,7 +204,7 @@ def test_a_dicom_archive_is_scored_frame_by_frame_and_linked_to_its_studies(spar
     publish_untrained_model(root, size=32)
     cfg = make_cfg(root, score__archive=str(a), score__model="cnn:latest", score__path_salt="s3cret",
                    archive__path_regex=r"(\.(jpe?g|png|dcm)|/img\d+)$",  # matched lower-cased
-                   evaluate__default_threshold=0.0)  # every image flagged: the README's worklist query sees them
+                   evaluate__default_threshold=0.0)  # every image flagged: the docs' worklist query sees them
     with caplog.at_level(logging.INFO):
         summary = score(spark, cfg, run_id="dicom-1")
         again = score(spark, cfg, run_id="dicom-2")
@@ -223,11 +224,11 @@ def test_a_dicom_archive_is_scored_frame_by_frame_and_linked_to_its_studies(spar
         "CT_small.dcm": "dicom_not_a_photograph", "test-SR.dcm": "dicom_not_a_photograph",
         "JPEG2000.dcm": "dicom_monochrome"}
     assert len(pq.read_table(str(root / "tables" / "score_files"))) == 8  # one index row per file
-    # the README's query joining predictions to studies
+    # the docs' query joining predictions to studies
     import re
     from lesionspark.sql.query import register
     register(spark, str(root))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = all_docs()
     query = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "study_uid" in b)
     worklist = spark.sql(query).toPandas()
     assert set(built) <= set(worklist["sop_instance_uid"]) and worklist["study_uid"].notna().all()

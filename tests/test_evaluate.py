@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as M
 
+from doctext import all_docs
 from conftest import make_cfg, publish_untrained_model
 from lesionspark.core.classes import CLASSES, MALIGNANT
 from lesionspark.evaluate.driver import METRICS_SCHEMA, compare, evaluate
@@ -152,13 +153,12 @@ def test_notebooks_execute_top_to_bottom(spark, evaluated, genuine_dir, monkeypa
 
 
 def test_readme_metrics_queries_run(spark, evaluated):
-    """The metrics-table SQL examples in README.md run and return rows."""
+    """The metrics-table SQL examples in the docs run and return rows."""
     import re
-    from pathlib import Path
     from lesionspark.sql.query import register
     cfg, root, _, _ = evaluated
     register(spark, str(root))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = all_docs()
     block = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "FROM metrics" in b)
     code = "\n".join(line for line in block.splitlines() if not line.strip().startswith("--"))
     statements = [s.strip() for s in code.split(";") if s.strip()]

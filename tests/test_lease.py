@@ -94,7 +94,7 @@ def test_a_fenced_off_holder_cannot_pass_its_commit_check(tmp_path):
     assert json.loads((tmp_path / names[2]).read_text())["run_id"] == "new"
 
 
-# -- failing closed (issue 18) ------------------------------------------------------------------
+# -- failing closed ------------------------------------------------------------------------------
 
 SKEWED_HOLDER = """
 import sys, time

@@ -1,4 +1,4 @@
-"""Petastorm parts written by tasks (issue 21), without Spark: row groups, files, publish, and what
+"""Petastorm parts written by tasks, without Spark: row groups, files, publish, and what
 Petastorm reads back."""
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_a_retried_task_publishes_each_record_once(tmp_path):
 
 def test_one_pass_reads_return_every_row_of_many_small_row_groups(tmp_path):
     """``load_split`` reads every row of a split of 60 one-row parts, every time. (Petastorm's
-    thread pool dropped 1-4 of 40 such row groups in about half of the reads: ``worker.load_split``;
+    thread pool dropped 1-4 of 40 such row groups in about half of the reads: ``train.executor.load_split``;
     with it this test failed on its first read.)"""
     from lesionspark.train.executor import load_split
     parts_uri, out = tmp_path / "_parts", tmp_path / "out"

@@ -1,4 +1,4 @@
-"""An archive nobody curates, scored twice (issue 18): every entry ends as one prediction or one reject
+"""An archive nobody curates, scored twice: every entry ends as one prediction or one reject
 row with a reason, nothing an entry is or is named fails the run, and the rerun scores nothing."""
 import io
 import os

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from doctext import all_docs
 from conftest import make_cfg, publish_untrained_model
 from lesionspark.core.classes import CLASSES
 from lesionspark.imaging.images import decode_resize
@@ -205,12 +206,12 @@ def test_missing_model_or_archive_exit_2(tmp_path, archive):
 
 
 def test_readme_queries_run(spark, scored):
-    """The SQL examples in README.md run against a scored storage root."""
+    """The SQL examples in the docs run against a scored storage root."""
     import re
     from lesionspark.sql.query import register
     cfg, root, model, card, first, n_images = scored
     register(spark, str(root))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = all_docs()
     block = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "last night's runs" in b)
     code = "\n".join(l for l in block.splitlines() if not l.strip().startswith("--"))
     statements = [s.strip() for s in code.split(";") if s.strip()]
@@ -290,12 +291,12 @@ def test_overlapping_runs_leave_one_prediction_per_key(archive, tmp_path):
 
 
 def test_readme_morning_queries_run(spark, scored):
-    """The operator's score_runs queries in README.md run and see the runs."""
+    """The operator's score_runs queries in the docs run and see the runs."""
     import re
     from lesionspark.sql.query import register
     cfg, root, model, card, first, n_images = scored
     assert "score_runs" in register(spark, str(root))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = all_docs()
     block = next(b for b in re.findall(r"```sql\n(.*?)```", readme, re.S) if "FROM score_runs" in b)
     code = "\n".join(l for l in block.splitlines() if not l.strip().startswith("--"))
     results = [spark.sql(s).collect() for s in code.split(";") if s.strip()]

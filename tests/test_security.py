@@ -1,4 +1,4 @@
-"""Security items of the review (issue 18), each with a test that fails without its fix."""
+"""The trust boundaries of docs/security.md, each with a test that fails without its guard."""
 import os
 import subprocess
 import sys
@@ -63,7 +63,7 @@ def test_reading_it_in_a_horovod_rank_process_runs_no_code(planted):
     """A rank starts by importing lesionspark.train.executor; Petastorm reads with pyarrow after it. The child
     leaves by ``os._exit`` once it has said what happened: after refusing the file inside a dataset
     thread, pyarrow's thread pool can abort the interpreter's teardown (SIGABRT, about 1 run in 4,
-    more under load; session 8 found it in ``runlog.read``, which now avoids that reader)."""
+    more under load; ``runlog.read`` avoids that reader for the same reason)."""
     _, evil, marker = planted
     out = subprocess.run([sys.executable, "-c", ""
                           "import os, sys\nimport lesionspark.train.executor\nimport pyarrow.parquet as pq\n"

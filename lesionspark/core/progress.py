@@ -18,7 +18,7 @@ def _not_py4j_chatter(record: logging.LogRecord) -> bool:
 
 def quiet_library_warnings() -> None:
     """Petastorm uses pyarrow's legacy dataset API, which warns on every dataset it opens: harmless
-    with the pinned versions (README: Troubleshooting), and it would bury the progress lines."""
+    with the pinned versions (docs/operations.md: Troubleshooting), and it would bury the progress lines."""
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*(ParquetDataset|pyarrow.localfs).*")

@@ -52,7 +52,7 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray, objective: str = "ece
 
     They can disagree: with class weights the minority classes' probabilities are inflated, and the
     log-loss then asks for a sharper top label than the reliability of that label supports
-    (docs/benchmarks.md, issue 23: on the quality benchmark, T by NLL raised test ECE from 0.053 to
+    (docs/benchmarks.md, "Calibration on the quality benchmark": on the quality benchmark, T by NLL raised test ECE from 0.053 to
     0.085; T by ECE lowered it to 0.047)."""
     from .metrics import calibration as reliability
     if objective not in OBJECTIVES:

@@ -11,7 +11,7 @@ from ..store import storage
 from .gradcam import empty, heatmaps, overlay, png
 from .models import preprocess
 
-DEFAULT_METHOD = "hirescam"  # inference.heatmap: chosen by evidence, docs/benchmarks.md (issue 23)
+DEFAULT_METHOD = "hirescam"  # inference.heatmap: chosen by evidence, docs/benchmarks.md ("Heatmaps")
 
 
 def explain_arrays(model, card: dict, images: np.ndarray, method: str = DEFAULT_METHOD, metadata=None):

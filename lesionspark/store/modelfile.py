@@ -9,7 +9,7 @@ and every class it names must be one the project's own builders use (``ALLOWED``
 ``models.build`` for every architecture, with and without metadata inputs; a test keeps the two in
 step). Anything else is a ``ModelFileRefused`` naming the class, before Keras sees the file.
 ``compile_config`` is not checked: models are loaded with ``compile=False``, which never reads it.
-Runs on the driver (``registry.resolve_model``) and in executors (``predict.load_model``).
+Runs on the driver (``registry.resolve_model``) and in executors (``inference.predictor.load_model``).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Petastorm datasets whose Parquet parts are written by the tasks that make the records
-(issue 21): image bytes never cross into the JVM.
+"""Petastorm datasets whose Parquet parts are written by the tasks that make the records: image
+bytes never cross into the JVM.
 
 A task that makes records (ingest's decode, hmnist's rows, balance's classes) writes them itself with
 pyarrow into parts under ``<scratch>/<key>/`` (key: the split; ``scratch`` beside the staging folder), in row
 groups of about ``rowgroup_mb`` of record bytes and files of about ``rows_per_file`` records, and yields one small row per record
 that says where it went (``part``, ``row_group``; ingest sums them per part in the task,
-``dataset.summarize``). The driver takes those rows from a job's result, which holds only
+``dataset.writer.summarize``). The driver takes those rows from a job's result, which holds only
 successful task attempts' rows, so they name exactly the parts of committed task attempts.
 ``publish`` then moves those parts, and only those, to ``<out>/<key>/`` under names without the
 attempt token (a failed or speculative attempt's parts stay behind and are deleted with the staging
