@@ -15,7 +15,8 @@ import logging
 import sys
 
 from .core.config import Config, ConfigError
-from .store.spark import apply_umask
+from .store.spark import apply_umask, configure_storage
+from .store.storage import StorageRefused
 from .core.signals import Terminated
 from .core.signals import install as install_sigterm
 
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args)
         apply_umask(cfg)  # before anything is written, the lease and run rows of score included
-    except (ConfigError, OSError) as exc:
+        configure_storage(cfg)  # before the first storage call: a stage may check its inputs before Spark starts
+    except (ConfigError, OSError, StorageRefused) as exc:
         print(f"lesionspark: configuration error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up: creates .venv with the pinned stack (requirements/lock.txt), builds Horovod
-# from source against it, and installs lesionspark in editable mode.
+# from source against it, installs lesionspark in editable mode, and fetches the pinned Java
+# artifacts (requirements/jars.txt) with their checksums checked.
 # A repeat run with an unchanged lock file reuses the environment and takes a few seconds.
 #   LESIONSPARK_VENV   where the environment goes (default: .venv in the repository)
 #   PYTHON             the interpreter to build it from (default: python3.11, else python3)
@@ -30,6 +31,7 @@ stamp=$(printf '%s' "$stamp_src" | sha256sum | cut -c1-16)
 if [ -f "$VENV/.lesionspark-stamp" ] && [ "$(cat "$VENV/.lesionspark-stamp")" = "$stamp" ]; then
   say "environment $VENV is up to date with requirements/lock.txt (stamp $stamp)"
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >/dev/null
+  bash scripts/fetch_jars.sh "$VENV"
   say "done in $(( $(date +%s) - start ))s"
   exit 0
 fi
@@ -55,5 +57,7 @@ assert gloo_built(), "horovod was built without Gloo"
 print("[setup] check: tensorflow", tf.__version__, "horovod", __import__("horovod").__version__,
       "pyspark", pyspark.__version__, "pyarrow", pyarrow.__version__, "petastorm", petastorm.__version__)
 PY
+say "fetching the pinned Java artifacts (requirements/jars.txt: Spark's s3a connector, the tests' MiniDFSCluster)"
+bash scripts/fetch_jars.sh "$VENV"
 echo "$stamp" > "$VENV/.lesionspark-stamp"
 say "done in $(( $(date +%s) - start ))s. Activate with: source ${VENV#$ROOT/}/bin/activate"

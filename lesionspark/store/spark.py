@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 def flatten_conf(conf: dict, prefix: str = "") -> dict[str, str]:
     """``spark.conf`` as Spark keys. A command-line override such as
-    ``spark.conf.spark.ui.showConsoleProgress=false`` arrives as nested sections; flatten them."""
+    ``spark.conf.spark.ui.showConsoleProgress=false`` arrives as nested sections; flatten them. A
+    Hadoop key given as it is (``fs.s3a.endpoint``) becomes ``spark.hadoop.fs.s3a.endpoint``, the
+    name under which Spark hands it to Hadoop (Spark ignores a key outside ``spark.*``)."""
     out = {}
     for key, value in (conf or {}).items():
         name = f"{prefix}{key}"
@@ -26,12 +28,25 @@ def flatten_conf(conf: dict, prefix: str = "") -> dict[str, str]:
             out.update(flatten_conf(value, name + "."))
         else:
             out[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    return out
+    if prefix:
+        return out
+    return {(f"spark.hadoop.{k}" if k.startswith(("fs.", "dfs.")) else k): v for k, v in out.items()}
 
 
 def under_spark_submit() -> bool:
     """True when the Python driver was launched by spark-submit (the JVM already exists)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def submitted_conf() -> dict[str, str]:
+    """The settings spark-submit was given (``--conf``, ``--properties-file``, spark-defaults.conf),
+    read from its JVM before any session exists: a ``SparkConf`` made before Python has joined
+    that JVM is empty. Empty when not under spark-submit."""
+    if not under_spark_submit():
+        return {}
+    from pyspark import SparkConf, SparkContext
+    SparkContext._ensure_initialized()  # joins the JVM spark-submit started; creates no context
+    return dict(SparkConf().getAll())
 
 
 def apply_umask(cfg: Config) -> str:
@@ -60,6 +75,18 @@ def check_root(cfg: Config, master: str) -> None:
                           "if this path is a mount every node shares (NFS)")
 
 
+def configure_storage(cfg: Config) -> dict:
+    """Hand this run's s3a settings (``fs.s3a.*`` under ``spark.conf``, and under spark-submit the
+    ``spark.hadoop.fs.s3a.*`` given to it) to pyarrow and boto3 in this process, so that one
+    configuration reaches every layer. The command line calls it before its first storage call (a
+    stage may look at its inputs before it starts Spark); ``get_spark`` calls it again. Returns the
+    pyarrow S3 options (empty without s3a settings)."""
+    s3 = storage.s3_options({**flatten_conf(cfg.get("spark.conf") or {}), **submitted_conf()})
+    if s3:
+        storage.configure_s3(s3)
+    return s3
+
+
 def get_spark(cfg: Config):
     """Return the active SparkSession, creating one if needed.
 
@@ -68,7 +95,6 @@ def get_spark(cfg: Config):
     only where the user left them unset. Otherwise a local session is started with
     ``spark.master`` from the configuration, and the Python workers use this interpreter.
     """
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -78,11 +104,9 @@ def get_spark(cfg: Config):
     mask = apply_umask(cfg)
     defaults = {"spark.executorEnv.LESIONSPARK_UMASK": mask, "spark.hadoop.fs.permissions.umask-mode": mask,
                 **flatten_conf(cfg.get("spark.conf") or {})}
-    present = dict(SparkConf().getAll()) if under_spark_submit() else {}
-    s3 = storage.s3_options({**defaults, **present})  # the s3a settings Spark uses, for pyarrow too
-    if s3:
-        storage.configure_s3(s3)
-        # executors and Horovod ranks: through their environment ("SECRET": Spark's UI redacts it)
+    present = submitted_conf()
+    s3 = configure_storage(cfg)  # the s3a settings Spark uses, for pyarrow and boto3 too
+    if s3:  # executors and Horovod ranks: through their environment ("SECRET": Spark's UI redacts it)
         defaults["spark.executorEnv.LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
     builder = SparkSession.builder.appName(cfg.get("spark.app_name"))
     if under_spark_submit():

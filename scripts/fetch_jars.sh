@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Fetch the Java artifacts of requirements/jars.txt from Maven Central into the environment, each
+# checked against its pinned SHA-256, and build the MiniDFSCluster launcher the tests start.
+# Idempotent: a jar already in place with the right checksum is kept.
+#   usage: scripts/fetch_jars.sh VENV      (scripts/setup.sh runs it)
+#   LESIONSPARK_MAVEN   the repository to fetch from (default: https://repo1.maven.org/maven2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:?usage: fetch_jars.sh VENV}
+MAVEN=${LESIONSPARK_MAVEN:-https://repo1.maven.org/maven2}
+SPARK_JARS=$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')
+MINIDFS="$VENV/share/lesionspark/minidfs"
+mkdir -p "$MINIDFS"
+say() { printf '[setup] %s\n' "$*"; }
+
+fetch() {  # group:artifact:version sha256 destination-folder
+  local coord=$1 sum=$2 dest=$3 g a v file url tmp
+  IFS=: read -r g a v <<<"$coord"
+  file="$a-$v.jar"
+  if [ -f "$dest/$file" ] && echo "$sum  $dest/$file" | sha256sum -c --status; then return 0; fi
+  url="$MAVEN/${g//.//}/$a/$v/$file"
+  tmp=$(mktemp "$dest/.fetch-XXXXXX")
+  for attempt in 1 2 3; do
+    if curl -fsSL --retry 2 -o "$tmp" "$url"; then break; fi
+    [ "$attempt" = 3 ] && { rm -f "$tmp"; echo "[setup] ERROR: could not fetch $url" >&2; exit 1; }
+    sleep 2
+  done
+  if ! echo "$sum  $tmp" | sha256sum -c --status; then
+    rm -f "$tmp"; echo "[setup] ERROR: $file does not match its pinned SHA-256 (requirements/jars.txt)" >&2; exit 1
+  fi
+  chmod 644 "$tmp" && mv "$tmp" "$dest/$file"
+  say "fetched $file"
+}
+
+while read -r set coord sum; do
+  case "$set" in
+    s3a) fetch "$coord" "$sum" "$SPARK_JARS" ;;
+    minidfs) fetch "$coord" "$sum" "$MINIDFS" ;;
+    ''|\#*) ;;
+    *) echo "[setup] ERROR: unknown set '$set' in requirements/jars.txt" >&2; exit 1 ;;
+  esac
+done < <(grep -v '^\s*#' requirements/jars.txt)
+
+# The launcher: compiled against the minicluster and the Hadoop client jars that pyspark ships.
+src=tests/minidfs/MiniDfs.java
+if [ ! -f "$MINIDFS/classes/MiniDfs.class" ] || [ "$src" -nt "$MINIDFS/classes/MiniDfs.class" ]; then
+  JAVAC=${JAVA_HOME:+$JAVA_HOME/bin/}javac
+  command -v "$JAVAC" >/dev/null || { echo "[setup] ERROR: javac not found: the tests' HDFS launcher needs a JDK 17 (apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
+  mkdir -p "$MINIDFS/classes"
+  "$JAVAC" -nowarn -d "$MINIDFS/classes" \
+    -cp "$MINIDFS/hadoop-client-minicluster-3.3.4.jar:$SPARK_JARS/hadoop-client-api-3.3.4.jar:$SPARK_JARS/hadoop-client-runtime-3.3.4.jar" "$src"
+  say "built the MiniDFSCluster launcher ($MINIDFS/classes)"
+fi
