@@ -54,6 +54,7 @@ def spark():
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
                .config("spark.driver.memory", "2g")
+               .config("spark.locality.wait", "0")  # as lesionspark's local sessions (store/spark.py)
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session

@@ -150,3 +150,25 @@ def race(directory: str, n: int) -> list:
     for t in threads:
         t.join()
     return results
+
+
+class Crashing(Strict):
+    """A real filesystem (the MiniDFSCluster's, tests/test_hdfs.py) whose mutating operations count
+    toward ``LESIONSPARK_CRASH_AT`` like the stand-ins', and otherwise do what the real one does."""
+
+    def __init__(self, real: pafs.FileSystem):
+        self.kind, self.fs = "crashing", real
+
+    def equals(self, other):
+        return isinstance(other, Crashing) and other.fs is self.fs
+
+    def move(self, src, dest):
+        _step()
+        self.fs.move(src, dest)
+
+
+def register_crashing(real_uri: str) -> None:
+    """``hdfscrash:///path`` as ``<real_uri>/path``, through ``Crashing``, with the HDFS contract."""
+    real, _ = storage.filesystem(real_uri)
+    fs = pafs.PyFileSystem(Crashing(real))
+    storage.register("hdfscrash", lambda uri: (fs, "/" + uri.split("://", 1)[1].lstrip("/")), storage.HDFS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from ..store import storage
+from ..store import hdfs, storage
 
 OWN_SCHEMES = ("file", "hdfs")
 # (module, name) of every global in a pickled lesion or balanced schema (``schema.lesion_schema``,
@@ -54,22 +54,28 @@ def restrict_unpickling() -> None:
 restrict_unpickling()  # the schemes petastorm opens itself (petastorm.fs_utils.get_dataset_path)
 
 
-def _wrapper(fs):
+def _wrapper(fs, absolute: bool = False):
     from fsspec.implementations.arrow import ArrowFSWrapper
 
     class BucketPaths(ArrowFSWrapper):
         @classmethod
         def _strip_protocol(cls, path):
-            return super()._strip_protocol(path).lstrip("/")
+            stripped = super()._strip_protocol(path)
+            return "/" + stripped.lstrip("/") if absolute else stripped.lstrip("/")
 
     return BucketPaths(fs)
 
 
 def make_reader(url: str, **kwargs):
-    """``petastorm.make_reader(url, **kwargs)``, for a dataset on any filesystem ``storage`` reaches."""
+    """``petastorm.make_reader(url, **kwargs)``, for a dataset on any filesystem ``storage`` reaches.
+    On HDFS without libhdfs (``store.hdfs``: hdfs-native) Petastorm gets the root's filesystem too,
+    with absolute paths."""
     from petastorm import make_reader as petastorm_reader
     url = storage.normalize_uri(url)
-    if urlparse(url).scheme in OWN_SCHEMES:
+    scheme = urlparse(url).scheme
+    if scheme == "file" or (scheme in OWN_SCHEMES and hdfs.client() == "libhdfs"):
         return petastorm_reader(url, **kwargs)
     fs, path = storage.filesystem(url)
+    if scheme in OWN_SCHEMES:
+        return petastorm_reader("file://" + path, filesystem=_wrapper(fs, absolute=True), **kwargs)
     return petastorm_reader("file:///" + path.lstrip("/"), filesystem=_wrapper(fs), **kwargs)

@@ -121,6 +121,10 @@ def get_spark(cfg: Config):
         # progress output (progress.quiet_library_warnings does the same in this process).
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
         builder = builder.master(cfg.get("spark.master"))
+        if str(cfg.get("spark.master")).startswith("local"):
+            # one executor: data locality means nothing, and waiting for it stalled jobs over an
+            # hdfs:// root whose DataNodes name another address than the driver's (tests/test_hdfs.py)
+            builder = builder.config("spark.locality.wait", "0")
         builder = builder.config("spark.driver.memory", cfg.get("spark.driver_memory"))
         for key, value in defaults.items():
             builder = builder.config(key, value)

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from . import s3
+from . import hdfs, s3
 
 
 def normalize_uri(uri: str) -> str:
@@ -174,6 +174,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return _PLUGINS[scheme][0](uri)
     if uri.startswith("file://"):  # as written: from_uri refuses a local path with a space in it
         return pafs.LocalFileSystem(), uri[len("file://"):]
+    if scheme in ("hdfs", "viewfs"):  # libhdfs where it loads, else hdfs-native (store/hdfs.py)
+        return hdfs.filesystem(uri)
     if scheme in ("s3", "s3a", "s3n"):
         rest = uri.split("://", 1)[1]
         opts = _S3_OPTIONS or json.loads(os.environ.get("LESIONSPARK_S3_OPTIONS_SECRET", "{}"))
