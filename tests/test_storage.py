@@ -241,3 +241,33 @@ def test_the_hdfs_file_replace_goes_through_spark_s_jvm(spark, tmp_path):
         assert storage._hadoop_replace(target, version.encode()) is True
         assert (tmp_path / "latest").read_bytes() == version.encode()
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["latest"]
+
+
+def test_the_hdfs_client_is_chosen_without_connecting_and_its_errors_are_io_errors(tmp_path, monkeypatch):
+    """libhdfs is chosen where ``libhdfs.so`` is where pyarrow looks (no NameNode is asked); an
+    hdfs-native error that is not a missing file (a DataNode gone) reaches callers as ``OSError``,
+    which the Reader turns into an ``unreadable`` reject."""
+    import errno
+    from lesionspark.store import hdfs
+    hdfs._libhdfs_loads.cache_clear()
+    monkeypatch.delenv("HADOOP_HOME", raising=False)
+    monkeypatch.setenv("ARROW_LIBHDFS_DIR", str(tmp_path))
+    assert hdfs.client() == "native"
+    hdfs._libhdfs_loads.cache_clear()
+    (tmp_path / "libhdfs.so").write_bytes(b"")
+    assert hdfs.client() == "libhdfs"
+    hdfs._libhdfs_loads.cache_clear()
+
+    class Gone:
+        def info(self, path):
+            raise RuntimeError("all DataNodes are bad")
+
+        def open(self, path, mode="rb"):
+            raise RuntimeError("all DataNodes are bad")
+        isfile = info
+    handler = hdfs._NativeHandler(Gone())
+    for call in (lambda: handler.get_file_info(["/a"]), lambda: handler.open_input_file("/a"),
+                 lambda: handler.open_input_stream("/a")):
+        with pytest.raises(OSError) as err:
+            call()
+        assert err.value.errno == errno.EIO and "DataNodes" in str(err.value)

@@ -21,7 +21,6 @@ from .spec import InferSpec
 _MODELS: dict[str, object] = {}
 
 
-
 def load_model(model_uri: str):
     """The Keras model at ``model_uri`` (any pyarrow filesystem), loaded once per process."""
     if model_uri not in _MODELS:

@@ -18,6 +18,7 @@ go through Spark's JVM on the driver (``storage.create_exclusive``), whichever c
 """
 from __future__ import annotations
 
+import errno
 import os
 from functools import lru_cache
 from urllib.parse import urlparse
@@ -34,7 +35,17 @@ class _NativeHandler(pafs.FSSpecHandler):
 
     def get_file_info_selector(self, selector):
         base = "/" + selector.base_dir.strip("/")
-        return [i for i in super().get_file_info_selector(selector) if "/" + i.path.strip("/") != base]
+        infos = _io(lambda: super(_NativeHandler, self).get_file_info_selector(selector))
+        return [i for i in infos if "/" + i.path.strip("/") != base]
+
+    def get_file_info(self, paths):
+        return _io(lambda: super(_NativeHandler, self).get_file_info(paths))
+
+    def open_input_file(self, path):
+        return _io(lambda: super(_NativeHandler, self).open_input_file(path))
+
+    def open_input_stream(self, path):
+        return _io(lambda: super(_NativeHandler, self).open_input_stream(path))
 
     @staticmethod
     def _create_file_info(path, info):
@@ -47,6 +58,16 @@ class _NativeHandler(pafs.FSSpecHandler):
                              mtime=dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc))
 
 
+def _io(call):
+    """hdfs-native reports what is not a missing file or a refused permission (a DataNode gone, a
+    block lost) as ``RuntimeError``; as ``OSError``, the file is an ``unreadable`` reject like any
+    other I/O error (``listing.Reader``), not the end of a task."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, f"HDFS: {exc}") from exc
+
+
 def client() -> str:
     """The client this process uses: ``LESIONSPARK_HDFS_CLIENT`` or, for ``auto``, libhdfs where it loads."""
     wanted = os.environ.get("LESIONSPARK_HDFS_CLIENT", "auto")
@@ -57,11 +78,10 @@ def client() -> str:
 
 @lru_cache(maxsize=1)
 def _libhdfs_loads() -> bool:
-    try:
-        pafs.HadoopFileSystem("default")
-        return True
-    except (OSError, RuntimeError):
-        return False
+    """Whether ``libhdfs.so`` is where pyarrow looks for it (``ARROW_LIBHDFS_DIR``, else
+    ``$HADOOP_HOME/lib/native``), judged without connecting to any NameNode."""
+    dirs = [os.environ.get("ARROW_LIBHDFS_DIR"), os.path.join(os.environ.get("HADOOP_HOME", ""), "lib", "native")]
+    return any(d and os.path.exists(os.path.join(d, "libhdfs.so")) for d in dirs)
 
 
 @lru_cache(maxsize=16)

@@ -75,13 +75,15 @@ def check_root(cfg: Config, master: str) -> None:
                           "if this path is a mount every node shares (NFS)")
 
 
-def configure_storage(cfg: Config) -> dict:
+def configure_storage(cfg: Config, submitted: dict | None = None) -> dict:
     """Hand this run's s3a settings (``fs.s3a.*`` under ``spark.conf``, and under spark-submit the
     ``spark.hadoop.fs.s3a.*`` given to it) to pyarrow and boto3 in this process, so that one
     configuration reaches every layer. The command line calls it before its first storage call (a
     stage may look at its inputs before it starts Spark); ``get_spark`` calls it again. Returns the
-    pyarrow S3 options (empty without s3a settings)."""
-    s3 = storage.s3_options({**flatten_conf(cfg.get("spark.conf") or {}), **submitted_conf()})
+    pyarrow S3 options (empty without s3a settings). ``submitted``: ``submitted_conf()``, where the
+    caller has it already."""
+    submitted = submitted_conf() if submitted is None else submitted
+    s3 = storage.s3_options({**flatten_conf(cfg.get("spark.conf") or {}), **submitted})
     if s3:
         storage.configure_s3(s3)
     return s3
@@ -105,7 +107,7 @@ def get_spark(cfg: Config):
     defaults = {"spark.executorEnv.LESIONSPARK_UMASK": mask, "spark.hadoop.fs.permissions.umask-mode": mask,
                 **flatten_conf(cfg.get("spark.conf") or {})}
     present = submitted_conf()
-    s3 = configure_storage(cfg)  # the s3a settings Spark uses, for pyarrow and boto3 too
+    s3 = configure_storage(cfg, present)  # the s3a settings Spark uses, for pyarrow and boto3 too
     if s3:  # executors and Horovod ranks: through their environment ("SECRET": Spark's UI redacts it)
         defaults["spark.executorEnv.LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
     builder = SparkSession.builder.appName(cfg.get("spark.app_name"))
