@@ -2,8 +2,9 @@
 the launcher is tests/minidfs/MiniDfs.java, built by the set-up command). The storage contract the
 stand-in ``hdfslike`` imitates (tests/test_storage.py) is held here on the real NameNode: files
 replaced and listed, a directory published whole, a publish killed between any two operations,
-contenders racing for the lease. Then a scoring run end to end on an ``hdfs://`` root, with the
-Python side served by hdfs-native (no libhdfs here, ``store/hdfs.py``) and Spark's JVM by Hadoop."""
+contenders racing for the lease, a lease holder killed, score's commit stopped before each move.
+Then every stage on one ``hdfs://`` root, with the Python side served by hdfs-native (no libhdfs
+here, ``store/hdfs.py``) and Spark's JVM by Hadoop."""
 import subprocess
 import sys
 import threading
@@ -57,6 +58,12 @@ def test_files_are_replaced_listed_and_published_whole_on_the_namenode(spark, na
     fs, path = storage.filesystem(d)
     info = fs.get_file_info(f"{path}/latest")
     assert info.size == 2 and abs(info.mtime.timestamp() - time.time()) < 300  # the listing's mtime, as score needs it
+    fs.create_dir(f"{path}/py")
+    for name in ("a", "b"):
+        with fs.open_output_stream(f"{path}/py/{name}") as fh:
+            fh.write(name.encode())
+    fs.move(f"{path}/py/a", f"{path}/py/b")  # an executor's or a rank's replace: over the old file
+    assert files(f"{d}/py") == {"b": "a"}
     out = f"{d}/out"
     for version in ("v1", "v2"):
         publish = publishing.AtomicDir(out, f"2026-{version}")
@@ -65,7 +72,7 @@ def test_files_are_replaced_listed_and_published_whole_on_the_namenode(spark, na
                 storage.write_bytes(f"{staging}/part-{i}", version.encode())
         assert publishing.resolve(out) == publish.published == out  # directories move: no record
     assert files(out) == {f"part-{i}": "v2" for i in range(3)}
-    assert names(d) == ["latest", "out"]  # no staging or old folder left
+    assert names(d) == ["latest", "out", "py"]  # no staging or old folder left
 
 
 PUBLISH = """
@@ -114,30 +121,122 @@ def test_contenders_racing_for_a_lease_on_the_namenode_get_exactly_one_holder(sp
         assert sorted(r[0] for r in results) == ["held"] + ["refused"] * 5, results
 
 
-def test_a_scoring_run_on_an_hdfs_root_commits_once_and_a_rerun_adds_nothing(spark, namenode, genuine_dir, tmp_path):
-    from lesionspark.score.driver import score
-    from lesionspark.sql.query import register
-    # The archive arrives through Hadoop's Java client, as a PACS export to HDFS would. (Written
-    # through hdfs-native first, the MiniDFSCluster's DataNode then refused the Java client's writes:
-    # "Unexpected EOF while trying to read response", docs/cluster.md.)
+def test_a_commit_stopped_before_each_move_on_the_namenode_is_finished_by_the_next_run(spark, namenode, genuine_dir,
+                                                                                     tmp_path, monkeypatch):
+    """``commitcrash.replay`` on the NameNode: partitions moved as directories, each crash point's
+    root a copy made by Hadoop's ``FileUtil.copy``."""
+    import commitcrash
+    a = tmp_path / "archive"
+    (a / "day2").mkdir(parents=True)
+    genuine = sorted((genuine_dir / "images").glob("*.jpg"))[:3]
+    for p in genuine:
+        (a / p.name).write_bytes(p.read_bytes())
+    (a / "day2" / "again.jpg").write_bytes(genuine[0].read_bytes())  # a second path of one content
+    (a / "day2" / "broken.jpg").write_bytes(b"not a jpeg")
+    publish_untrained_model(tmp_path / "registry")
+    model = (tmp_path / "registry" / "models" / "cnn" / "v1").as_uri()
+
+    def cfg(root):
+        return make_cfg(root, score__archive=str(a), score__model=model, archive__max_file_bytes=1_000_000)
+    hfs = spark._jvm.org.apache.hadoop.fs
+    conf = spark._jsc.hadoopConfiguration()
+    jfs = hfs.Path(namenode).getFileSystem(conf)
+
+    def copy(point):
+        hfs.FileUtil.copy(jfs, hfs.Path(f"{namenode}/staged"), jfs, hfs.Path(f"{namenode}/crash-{point}"), False, conf)
+        return f"{namenode}/crash-{point}"
+    commitcrash.stop_at_commit(spark, cfg(f"{namenode}/staged"), monkeypatch)
+    assert "stopped" in names(f"{namenode}/staged/tables/_staging")
+    point, results = commitcrash.replay(spark, copy, cfg, per_file=False)
+    assert point >= 4 and len(set(results)) == 1, (point, results)  # every stopped commit ends as the whole one
+    assert sum(results[0]) == 4  # 5 files, one content twice
+
+
+HOLDER = """
+import sys, time
+from pyspark.sql import SparkSession
+SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+from lesionspark.store.lease import Lease
+lease = Lease(sys.argv[1], "doomed", ttl_s=3).acquire()
+print("held", lease.generation, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_holder_killed_on_the_namenode_blocks_only_until_its_lease_expires(spark, namenode):
+    """A driver holding the lease (its own JVM), killed with SIGKILL: the next run waits about one
+    TTL, then takes over with the next generation."""
+    import os
+    import signal
+    from lesionspark.store.lease import Lease
+    directory = f"{namenode}/leases/killed"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, directory], stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    try:
+        assert holder.stdout.readline().startswith("held")
+        time.sleep(2.5)  # the holder renewed at least once (every ttl/3 = 1 s)
+        gen, content = Lease(directory, "x").newest()
+        assert content["run_id"] == "doomed" and content["expires"] > time.time()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    killed_at = time.monotonic()
+    with Lease(directory, "next", ttl_s=3, wait_s=30, poll_s=0.2) as lease:
+        waited = time.monotonic() - killed_at
+        assert 0.0 < waited < 8 and lease.taken_over["run_id"] == "doomed"
+        assert lease.generation == gen + 1
+
+
+def _upload(spark, namenode: str, local: Path, dest: str) -> str:
+    """A file or folder copied in through Hadoop's Java client, as ``hdfs dfs -put`` would."""
     hfs = spark._jvm.org.apache.hadoop.fs
     jfs = hfs.Path(namenode).getFileSystem(spark._jsc.hadoopConfiguration())
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    for p in [*sorted((genuine_dir / "images").glob("*.jpg"))[:8], tmp_path / "broken.jpg"]:
-        folder = "archive" if p.name == "broken.jpg" else "archive/ward A"
-        jfs.copyFromLocalFile(False, True, hfs.Path(str(p)), hfs.Path(f"{namenode}/{folder}/{p.name}"))
+    jfs.copyFromLocalFile(False, True, hfs.Path(str(local)), hfs.Path(f"{namenode}/{dest}"))
+    return f"{namenode}/{dest}"
+
+
+def test_every_stage_on_an_hdfs_root(spark, namenode, synth_small, genuine_dir, tmp_path):
+    """Ingest from HDFS, balance, train (two Horovod ranks reading their Petastorm shards from HDFS,
+    rank 0 checkpointing there), evaluate, explain, score (lease, staging, commit) and its quiet
+    rerun, then SQL: every stage on one ``hdfs://`` root."""
+    from lesionspark.explain.driver import explain
+    from lesionspark.pipeline import pipeline
+    from lesionspark.score.driver import score
+    from lesionspark.sql.query import register
+    src = Path(synth_small["out"])
+    data = _upload(spark, namenode, src, "raw/ham")
+    archive = tmp_path / "archive"
+    (archive / "ward A").mkdir(parents=True)
+    for p in sorted((genuine_dir / "images").glob("*.jpg"))[:8]:
+        (archive / "ward A" / p.name).write_bytes(p.read_bytes())
+    (archive / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    root = f"{namenode}/ls"
+    cfg = make_cfg(root, dataset__image_size=32, ingest__metadata=f"{data}/HAM10000_metadata.csv",
+                   ingest__images=[f"{data}/{Path(d).name}" for d in synth_small["images"]],
+                   balance__method="smote", score__archive=_upload(spark, namenode, archive, "archive"),
+                   train__num_proc=2, train__epochs=2, train__samples_per_epoch=128, train__warmup_epochs=0,
+                   train__horovod_verbose=0, evaluate__bootstrap=20, evaluate__gradcam_examples=0)
+    out = pipeline(spark, cfg)
+    assert list(out) == ["ingest", "balance", "train", "evaluate", "score"]
+    assert out["ingest"]["counts"]["written"] == synth_small["generated"] + synth_small["genuine"]
+    assert out["train"]["workers"] == 2 and out["train"]["epochs_run"] == 2
+    version = out["train"]["version"]
     fs, _ = storage.filesystem(namenode)
-    publish_untrained_model(tmp_path / "registry")
-    cfg = make_cfg(f"{namenode}/ls", score__archive=f"{namenode}/archive",
-                   score__model=(tmp_path / "registry" / "models" / "cnn" / "v1").as_uri())
-    first = score(spark, cfg, run_id="h1")
+    card = storage.read_json(f"{root}/models/cnn/{version}/model_card.json")
+    assert card["balance"] == "smote" and {r["rank"] for r in card["ranks"]} == {0, 1}
+    (run,) = names(f"{root}/runs")
+    assert {"checkpoint-weights.h5", "best_weights.h5", "state.json"} <= set(names(f"{root}/runs/{run}"))  # rank 0's
+    assert out["evaluate"]["model_version"] == version
+    first = out["score"]
     assert (first["listed"], first["scored"], first["rejected"]) == (9, 8, 1)
-    again = score(spark, cfg, run_id="h2")
+    model = f"cnn:{version}"
+    again = score(spark, cfg.with_overrides({"score.model": model}), run_id="again")
     assert (again["listed"], again["scored"], again["read"]) == (9, 0, 0)  # a quiet rerun reads nothing
+    shown = explain(spark, cfg.with_overrides({"explain.model": model, "explain.limit": 6}))
+    assert shown["explained"] + shown["rejected"] == 6 and shown["table"].startswith(root)
     preds = pq.read_table("/ls/tables/predictions", filesystem=fs).to_pandas()
-    assert len(preds) == 8 and set(preds["run_id"]) == {"h1"}
-    assert names(f"{namenode}/ls/tables") == ["_lease", "_staging", "predictions", "score_files", "score_rejects",
-                                              "score_runs"]
-    assert names(f"{namenode}/ls/tables/_staging") == []  # both runs committed and cleaned their staging
-    register(spark, f"{namenode}/ls")
-    assert spark.sql("SELECT count(DISTINCT image_sha256) AS n FROM predictions").collect()[0].n == 8
+    assert len(preds) == 8 and preds["image_path"].str.contains("ward A").all()
+    assert names(f"{root}/tables/_staging") == []  # both runs committed and cleaned their staging
+    register(spark, root)
+    row = spark.sql("SELECT count(DISTINCT image_sha256) AS n, min(model_version) AS v FROM predictions").collect()[0]
+    assert (row.n, row.v) == (8, version)

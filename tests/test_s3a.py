@@ -1,9 +1,9 @@
 """An S3 root end to end through Spark's s3a connector (requirements/jars.txt), as a user runs it:
-``lesionspark score --conf s3.yaml`` with the ``fs.s3a.*`` settings in that file, then
-``spark-submit --conf spark.hadoop.fs.s3a.* jobs/sql.py`` on the same root, against an S3 API
-server (moto) on loopback. One configuration reaches Spark (the staging it writes, the tables it
-reads), pyarrow (listing, reading each file, the commit file by file) and boto3 (the lease's
-conditional PUT) before the first storage call."""
+``lesionspark pipeline --conf s3.yaml`` and ``lesionspark explain --conf s3.yaml`` with the
+``fs.s3a.*`` settings in that file, then ``spark-submit --conf spark.hadoop.fs.s3a.* jobs/sql.py``
+on the same root, against an S3 API server (moto) on loopback. One configuration reaches Spark (the
+staging it writes, the tables it reads), pyarrow (the inputs, the datasets, the ranks' shards, the
+commit file by file) and boto3 (the lease's conditional PUT) before the first storage call."""
 import json
 import os
 import subprocess
@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import publish_untrained_model
 from test_s3 import Store, _free_port
 
 pytestmark = pytest.mark.slow  # two JVMs and two TensorFlow processes
@@ -50,27 +49,54 @@ def _s3fs(endpoint):
                              secret_key="test-secret", region="us-east-1")
 
 
-def test_score_then_sql_on_an_s3a_root_from_the_command_line(server, genuine_dir, tmp_path):
+def _put_tree(client, local: Path, prefix: str) -> str:
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            client.put_object(Bucket="hospital", Key=f"{prefix}/{f.relative_to(local).as_posix()}", Body=f.read_bytes())
+    return f"s3a://hospital/{prefix}"
+
+
+def _cli(conf: Path, *args: str, cwd: Path) -> dict:
+    run = subprocess.run([sys.executable, "-m", "lesionspark.cli", "--log-level", "WARN", *args, "--conf", str(conf)],
+                         capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return json.loads(run.stdout[run.stdout.index("{"):])
+
+
+def test_every_stage_on_one_s3a_root_from_the_command_line(server, synth_small, genuine_dir, tmp_path):
+    """``lesionspark pipeline --conf s3.yaml`` (ingest from the bucket, balance, train with two
+    Horovod ranks reading their Petastorm shards from it, evaluate, score), then ``explain`` with the
+    same file, then ``spark-submit jobs/sql.py`` with the settings as ``--conf``: one ``s3a://`` root."""
     endpoint, client = server
-    images = sorted((genuine_dir / "images").glob("*.jpg"))[:10]
-    for p in images:
-        client.put_object(Bucket="hospital", Key=f"archive/ward A/{p.name}", Body=p.read_bytes())
-    client.put_object(Bucket="hospital", Key="archive/broken.jpg", Body=b"\xff\xd8 not a jpeg")
-    publish_untrained_model(tmp_path / "registry")
+    data = _put_tree(client, Path(synth_small["out"]), "raw/ham")
+    archive = tmp_path / "archive"
+    (archive / "ward A").mkdir(parents=True)
+    for p in sorted((genuine_dir / "images").glob("*.jpg"))[:10]:
+        (archive / "ward A" / p.name).write_bytes(p.read_bytes())
+    (archive / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     conf = tmp_path / "s3.yaml"
-    conf.write_text(yaml.safe_dump({"storage": {"root": "s3a://hospital/ls"},
-                                    "spark": {"master": "local[2]",
-                                              "conf": {"fs.s3a.endpoint": endpoint, **KEYS,
-                                                       "spark.ui.showConsoleProgress": "false"}}}))
-    score = subprocess.run([sys.executable, "-m", "lesionspark.cli", "--log-level", "WARN", "score", "--conf", str(conf),
-                            "--archive", "s3a://hospital/archive",
-                            "--model", (tmp_path / "registry" / "models" / "cnn" / "v1").as_uri()],
-                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert score.returncode == 0, (score.stdout + score.stderr)[-4000:]
-    summary = json.loads(score.stdout[score.stdout.index("{"):])
+    conf.write_text(yaml.safe_dump({
+        "storage": {"root": "s3a://hospital/ls"}, "dataset": {"image_size": 32},
+        "ingest": {"metadata": f"{data}/HAM10000_metadata.csv",
+                   "images": [f"{data}/{Path(d).name}" for d in synth_small["images"]]},
+        "balance": {"method": "oversample"},
+        "train": {"num_proc": 2, "epochs": 2, "samples_per_epoch": 128, "warmup_epochs": 0, "horovod_verbose": 0},
+        "evaluate": {"bootstrap": 20, "gradcam_examples": 0},
+        "score": {"archive": _put_tree(client, archive, "archive")},
+        "explain": {"limit": 6},
+        "spark": {"master": "local[2]", "conf": {"fs.s3a.endpoint": endpoint, **KEYS,
+                                                 "spark.ui.showConsoleProgress": "false"}}}))
+    out = _cli(conf, "pipeline", cwd=tmp_path)
+    assert list(out) == ["ingest", "balance", "train", "evaluate", "score"]
+    assert out["ingest"]["counts"]["written"] == synth_small["generated"] + synth_small["genuine"]
+    assert out["train"]["workers"] == 2 and out["evaluate"]["model_version"] == out["train"]["version"]
+    summary = out["score"]
     assert (summary["listed"], summary["scored"], summary["rejected"]) == (11, 10, 1)
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="hospital", Prefix="ls/tables/")["Contents"]]
+    shown = _cli(conf, "explain", cwd=tmp_path)
+    assert shown["explained"] + shown["rejected"] == 6 and shown["table"].startswith("s3a://hospital/ls/")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="hospital", Prefix="ls/", MaxKeys=10000)["Contents"]]
     assert any(k.startswith("ls/tables/predictions/scored_date=") for k in keys)
+    assert any(k.startswith(f"ls/models/cnn/{out['train']['version']}/") for k in keys)
     assert not [k for k in keys if "/_staging/" in k and k.endswith(".parquet")]  # committed, staging removed
     fs = _s3fs(endpoint)
     preds = pq.read_table("hospital/ls/tables/predictions", filesystem=fs).to_pandas()

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import commitcrash
 from doctext import all_docs
 from conftest import make_cfg, publish_untrained_model
 from lesionspark.core.classes import CLASSES
@@ -334,22 +335,15 @@ def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archi
     assert overlays == {f"{p.rsplit('/', 1)[1]}" for p in preds["explanation_path"].dropna()}
 
 
-class Killed(BaseException):
-    """A crash in the middle of the commit (a BaseException: no ``except Exception`` handles it)."""
-
-
 @pytest.mark.slow  # a rerun for each crash point: the full suite, not the inner loop
 @pytest.mark.parametrize("per_file", [False, True], ids=["directories", "files (object stores)"])
 def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, genuine_dir, tmp_path, monkeypatch,
                                                                       per_file):
     """A run staged and stopped at its commit; its commit then replayed from a copy of that state
-    and stopped before each of its moves in turn (rejects, index, predictions), the next run
-    finishing each time: every image ends with exactly one prediction or one reject for the model
-    version, and the tables hold what a run that was never stopped leaves. Moved by partition
-    directories (POSIX, HDFS) and file by file (object stores: a kill inside a partition)."""
-    from lesionspark.score import driver as score_mod
-    from lesionspark.store import storage
-    from lesionspark.sql.query import register
+    and stopped before each of its moves in turn (``commitcrash.replay``): every image ends with
+    exactly one prediction or one reject for the model version, and the tables hold what a run that
+    was never stopped leaves. Moved by partition directories (POSIX, HDFS) and file by file (object
+    stores: a kill inside a partition)."""
     a = tmp_path / "archive"  # small: every kind of row, each rerun quick
     (a / "day2").mkdir(parents=True)
     genuine = sorted((genuine_dir / "images").glob("*.jpg"))[:3]
@@ -364,40 +358,12 @@ def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, gen
     def cfg(root):
         return make_cfg(root, score__archive=str(a), score__model="cnn:v1", archive__max_file_bytes=1_000_000)
 
-    def stop(*args, **kwargs):
-        raise Killed("killed at the commit")
-    monkeypatch.setattr(score_mod, "_commit", stop)
-    with pytest.raises(Killed):
-        score(spark, cfg(base), run_id="stopped")
-    monkeypatch.undo()
+    def copy(point):
+        shutil.copytree(base, tmp_path / f"crash-{point}", symlinks=True)
+        return str(tmp_path / f"crash-{point}")
+    commitcrash.stop_at_commit(spark, cfg(base), monkeypatch)
     assert (base / "tables" / "_staging" / "stopped" / "predictions").is_dir()
-    results, point = [], 0
-    while True:
-        point += 1
-        root = tmp_path / f"crash-{point}"
-        shutil.copytree(base, root, symlinks=True)
-        calls = [0]
-
-        def fence():
-            calls[0] += 1
-            if calls[0] == point:
-                raise Killed(f"killed before move {point}")
-        try:
-            score_mod._commit(storage.normalize_uri(str(root)), "stopped", fence, per_file=per_file)
-            finished = True
-        except Killed:
-            finished = False
-            # a kill can also fall between creating a partition's folder and moving the partition in
-            (root / "tables" / "predictions" / "scored_date=2000-01-01").mkdir(parents=True, exist_ok=True)
-        after = score(spark, cfg(root), run_id="next")
-        assert "predictions" in register(spark, str(root)), point
-        preds, rejects = _table(root, "predictions"), _table(root, "score_rejects")
-        assert preds["image_sha256"].is_unique and rejects["image_sha256"].dropna().is_unique, point
-        assert not any((root / "tables" / "_staging").iterdir()), point
-        results.append((len(preds), len(rejects)))
-        if finished:  # the commit had fewer moves than this point
-            assert after["scored"] == after["rejected"] == 0  # the next run found everything done
-            break
+    point, results = commitcrash.replay(spark, copy, cfg, per_file)
     assert point >= 4  # before the first move, the rejects, the index and the predictions
     partitions = list((base / "tables" / "_staging" / "stopped").rglob("run_id=*"))
     if per_file:  # every file was a crash point, some of them inside a partition

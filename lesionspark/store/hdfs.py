@@ -30,8 +30,9 @@ CLIENTS = ("auto", "libhdfs", "native")
 
 class _NativeHandler(pafs.FSSpecHandler):
     """pyarrow's fsspec handler, with hdfs-native's modification time (milliseconds) as ``mtime``,
-    and a folder's listing without the folder itself (fsspec's ``find`` includes it; pyarrow 10's
-    handler passes it on, and every other pyarrow filesystem leaves it out)."""
+    a folder's listing without the folder itself (fsspec's ``find`` includes it; pyarrow 10's
+    handler passes it on, and every other pyarrow filesystem leaves it out), and ``move`` over an
+    existing file."""
 
     def get_file_info_selector(self, selector):
         base = "/" + selector.base_dir.strip("/")
@@ -43,6 +44,14 @@ class _NativeHandler(pafs.FSSpecHandler):
 
     def open_input_file(self, path):
         return _io(lambda: super(_NativeHandler, self).open_input_file(path))
+
+    def move(self, src, dest):
+        """A file moved onto an existing file replaces it in one NameNode call (``rename2`` with
+        OVERWRITE), as pyarrow's ``move`` promises; fsspec's ``mv`` refuses an existing destination.
+        A folder moves only onto a missing name, as before."""
+        src = src.rstrip("/")
+        is_file = self.fs.isfile(src)
+        _io(lambda: self.fs.client.rename(src, dest.rstrip("/"), is_file))
 
     def open_input_stream(self, path):
         return _io(lambda: super(_NativeHandler, self).open_input_stream(path))

@@ -248,7 +248,8 @@ def _hadoop_replace(uri: str, data: bytes) -> bool:
     """Through this process's Spark JVM, where one runs (the driver): the data written whole under a
     temporary name, then ``FileContext.rename(..., OVERWRITE)``, which on HDFS is one NameNode
     operation (``rename2``): a reader sees the old file or the new one, never none. False where no
-    JVM runs here (executors, Horovod ranks): the caller falls back to pyarrow's delete + rename."""
+    JVM runs here (executors, Horovod ranks): the caller falls back to the Python client's move
+    (hdfs-native: one ``rename2`` too; libhdfs: a delete, then a rename)."""
     with _jvm_staged(uri, data, TEMP_PREFIXES[1]) as staged:
         if staged is None:
             return False
@@ -344,8 +345,9 @@ def replace_file(uri: str, data: bytes) -> None:
     tmp = f"{parent}/{TEMP_PREFIXES[1]}{uuid.uuid4().hex[:12]}-{name}"
     with fs.open_output_stream(tmp) as fh:
         fh.write(data)
-    # rename(2) on POSIX; on HDFS without a JVM here (executors, ranks) pyarrow deletes, then renames:
-    # a reader may miss the file for that moment
+    # rename(2) on POSIX. On HDFS without a JVM here (executors, ranks): hdfs-native renames over the
+    # old file in one NameNode call; libhdfs's pyarrow deletes, then renames, and a reader may miss the
+    # file for that moment
     fs.move(tmp, path)
 
 
