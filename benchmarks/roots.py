@@ -8,13 +8,16 @@ session (local[2]) serves all three roots; each stage runs once per root on the 
 The files are GENERATED (`lesionspark synth`, 300x225 JPEGs, plus the 56 genuine ones). On each
 root: score first (an untrained CNN at 64 px: the cost is reading, decoding and the tables, not the
 model), then ingest at 64 px into a fresh root. A warm-up pass on a local root comes first, so that
-no timed run pays for starting the Python workers. Loopback servers in one process on 2 cores: the
+no timed run pays for starting the Python workers. Per root it also reports the floor (every archive
+file listed and read whole through the root's Python client, one process) and the seconds of each
+step the stages log (listing, reading and predicting, writing the tables). Loopback servers in one process on 2 cores: the
 ratios say what each root's client and protocol cost lesionspark, not what a cluster's storage does.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,8 +35,10 @@ def start_minidfs(base: Path):
     minidfs = Path(sys.prefix) / "share" / "lesionspark" / "minidfs"
     jars = Path(pyspark.__file__).parent / "jars"
     cp = f"{minidfs / 'classes'}:{minidfs / 'hadoop-client-minicluster-3.3.4.jar'}:{jars}/*"
+    base.mkdir(parents=True, exist_ok=True)
+    log = open(base.parent / "minidfs.log", "w")  # the NameNode's and DataNode's log, next to the data
     proc = subprocess.Popen(["java", "-Xmx1g", "-cp", cp, "MiniDfs", str(base), "1"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True)
     return proc, proc.stdout.readline().split()[1]
 
 
@@ -52,6 +57,40 @@ def upload(spark, local: Path, target: str) -> None:
     hfs = spark._jvm.org.apache.hadoop.fs
     fs = hfs.Path(target).getFileSystem(spark._jsc.hadoopConfiguration())
     fs.copyFromLocalFile(False, True, hfs.Path(str(local)), hfs.Path(target))
+
+
+class Steps(logging.Handler):
+    """The seconds of each step a stage logs through ``core.progress.timed`` ("listing + index",
+    "write tables", ...): where a run's time goes, per root."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record):
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg == "%s: %d %s in %.1fs (%.1f %s/s)":
+            self.seconds[_short(args[0])] = round(args[3], 1)
+        elif record.msg == "%s: done in %.1fs":
+            self.seconds[_short(args[0])] = round(args[1], 1)
+
+
+def _short(what: str) -> str:
+    return " ".join(w for w in what.split() if not w.isdigit())
+
+
+def floor(top: str) -> float:
+    """The essential work alone: every archive file listed and read whole through the root's Python
+    client (pyarrow; hdfs-native behind it on HDFS), in one process."""
+    import pyarrow.fs as pafs
+    from lesionspark.store import storage
+    start = time.perf_counter()
+    fs, path = storage.filesystem(f"{top}/raw")
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type == pafs.FileType.File and info.path.endswith(".jpg"):
+            with fs.open_input_stream(info.path) as fh:
+                fh.read()
+    return time.perf_counter() - start
 
 
 def timed(fn) -> float:
@@ -73,6 +112,7 @@ def main():
     from lesionspark.store.spark import get_spark
     setup_logging("WARN")
     work = Path(tempfile.mkdtemp(prefix="lesionspark-roots-"))
+    print("work folder", work, flush=True)
     raw = synth(str(work / "raw"), n_images=args.n_images, width=300, height=225, progress=False)
     n_files = sum(1 for p in (work / "raw").rglob("*.jpg"))
     publish_untrained_model(work / "registry", size=64)
@@ -93,6 +133,10 @@ def main():
     roots = {"local": str(work), "hdfs": namenode, "s3a": "s3a://bench"}
     upload(spark, work / "raw", f"{namenode}/raw")
     results = {}
+    steps = Steps()
+    for name in ("lesionspark.score.driver", "lesionspark.ingest.driver"):
+        logging.getLogger(name).addHandler(steps)
+        logging.getLogger(name).setLevel(logging.INFO)
     for kind, top in [("warm-up", str(work / "warm")), *roots.items()]:  # the first run starts the workers
         if kind == "warm-up":
             top = str(work)
@@ -101,13 +145,18 @@ def main():
                                    "score.model": model, "archive.path_regex": r"\.jpe?g$"})
         if kind == "warm-up":
             cfg = cfg.with_overrides({"storage.root": str(work / "warm-root")})
+        steps.seconds = {}
         t_score = timed(lambda: score(spark, cfg, run_id=f"{kind}-1"))
+        score_steps = steps.seconds
         cfg = base.with_overrides({"storage.root": f"{top}/ingest-root", "ingest.metadata": f"{top}/raw/HAM10000_metadata.csv",
                                    "ingest.images": images, "dataset.image_size": 64})
         if kind == "warm-up":
             cfg = cfg.with_overrides({"storage.root": str(work / "warm-ingest-root")})
+        steps.seconds = {}
         t_ingest = timed(lambda: ingest(spark, cfg, run_id=f"{kind}-1"))
-        results[kind] = {"score_s": round(t_score, 1), "ingest_s": round(t_ingest, 1)}
+        results[kind] = {"score_s": round(t_score, 1), "ingest_s": round(t_ingest, 1),
+                         "floor_read_s": round(floor(top), 1), "score_steps": score_steps,
+                         "ingest_steps": steps.seconds}
         print(kind, results[kind], flush=True)
     results.pop("warm-up")
     for kind in results:
