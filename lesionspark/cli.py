@@ -98,7 +98,7 @@ def _model_commands(sub) -> None:
 
 
 def _output_commands(sub) -> None:
-    """score, compare, sql."""
+    """score, compare, sql, serve."""
     p = sub.add_parser("score", help="score an image archive into tables/predictions (incremental)")
     _common(p)
     p.add_argument("--archive", dest="score.archive", help="image folder tree URI (score.archive)")
@@ -123,6 +123,14 @@ def _output_commands(sub) -> None:
                                  "instead of printing it")
     p.add_argument("--allow-writes", action="store_true",
                    help="also run statements that write, change the catalog or read raw files (default: queries only)")
+
+
+    p = sub.add_parser("serve", help="a read-only JDBC/ODBC endpoint (Spark's Thrift server) over the tables")
+    _common(p)
+    p.add_argument("--host", dest="serve.host", help="listen address (serve.host; default loopback)")
+    p.add_argument("--port", dest="serve.port", type=int, help="port (serve.port)")
+    p.add_argument("--allow-unauthenticated", dest="serve.allow_unauthenticated", action="store_const", const=True,
+                   help="listen beyond loopback without authentication (serve.allow_unauthenticated)")
 
 
 def _run_commands(sub) -> None:
@@ -236,6 +244,11 @@ def run_compare(cfg: Config, split: str = "test", dataset: str | None = None) ->
     return None
 
 
+def run_serve(cfg: Config) -> dict:
+    from .sql.serve import serve
+    return serve(cfg)
+
+
 def run_sql(cfg: Config, query: str, out: str | None, allow_writes: bool = False):
     from .store.spark import get_spark
     from .sql.query import run_query
@@ -274,7 +287,8 @@ def run_demo(cfg: Config) -> dict:
 
 
 STAGES = {"synth": run_synth, "ingest": run_ingest, "balance": run_balance, "train": run_train,
-          "score": run_score, "evaluate": run_evaluate, "explain": run_explain, "pipeline": run_pipeline, "demo": run_demo}
+          "score": run_score, "evaluate": run_evaluate, "explain": run_explain, "pipeline": run_pipeline, "demo": run_demo,
+          "serve": run_serve}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the Java artifacts of requirements/jars.txt from Maven Central into the environment, each
-# checked against its pinned SHA-256, and build the MiniDFSCluster launcher the tests start.
+# checked against its pinned SHA-256, and build the MiniDFSCluster launcher the tests start and the
+# read-only SQL parser that `lesionspark serve` loads (lesionspark/sql/jvm/ReadOnlyParser.java).
 # Idempotent: a jar already in place with the right checksum is kept.
 #   usage: scripts/fetch_jars.sh VENV      (scripts/setup.sh runs it)
 #   LESIONSPARK_MAVEN   the repository to fetch from (default: https://repo1.maven.org/maven2)
@@ -50,4 +51,18 @@ if [ ! -f "$MINIDFS/classes/MiniDfs.class" ] || [ "$src" -nt "$MINIDFS/classes/M
   "$JAVAC" -nowarn -d "$MINIDFS/classes" \
     -cp "$MINIDFS/hadoop-client-minicluster-3.3.4.jar:$SPARK_JARS/hadoop-client-api-3.3.4.jar:$SPARK_JARS/hadoop-client-runtime-3.3.4.jar" "$src"
   say "built the MiniDFSCluster launcher ($MINIDFS/classes)"
+fi
+
+# The SQL endpoint's read-only parser (lesionspark serve): compiled against the Spark jars pyspark ships.
+GUARD="$VENV/share/lesionspark/guard"
+src=lesionspark/sql/jvm/ReadOnlyParser.java
+if [ ! -f "$GUARD/lesionspark-guard.jar" ] || [ "$src" -nt "$GUARD/lesionspark-guard.jar" ]; then
+  JAVAC=${JAVA_HOME:+$JAVA_HOME/bin/}javac
+  JAR=${JAVA_HOME:+$JAVA_HOME/bin/}jar
+  command -v "$JAVAC" >/dev/null || { echo "[setup] ERROR: javac not found: lesionspark serve's read-only parser needs a JDK 17 (apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
+  rm -rf "$GUARD/classes" && mkdir -p "$GUARD/classes"
+  "$JAVAC" -nowarn -d "$GUARD/classes" -cp "$SPARK_JARS/*" "$src"
+  "$JAR" cf "$GUARD/lesionspark-guard.jar" -C "$GUARD/classes" .
+  chmod 644 "$GUARD/lesionspark-guard.jar"
+  say "built the SQL endpoint's read-only parser ($GUARD/lesionspark-guard.jar)"
 fi

@@ -65,7 +65,7 @@ def test_documented_command_parses(doc, line):
 
 def test_the_docs_show_every_stage():
     shown = {(_args(line) or ("?",))[0] for _, line in _all()}
-    assert {"ingest", "balance", "train", "evaluate", "compare", "score", "sql", "pipeline", "demo"} <= shown
+    assert {"ingest", "balance", "train", "evaluate", "compare", "score", "sql", "serve", "pipeline", "demo"} <= shown
 
 
 @pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))

@@ -13,6 +13,7 @@ from conftest import make_cfg, publish_untrained_model
 from lesionspark.cli import main
 from lesionspark.explain.driver import explain
 from lesionspark.score.driver import score
+from lesionspark.sql.query import run_query
 
 pytestmark = pytest.mark.spark
 
@@ -73,6 +74,14 @@ def test_explain_a_folder_accounts_for_every_file(spark, folder, tmp_path, capsy
     assert (good["overlay_path"].isna() == good["explanation_empty"]).all()
     assert good["source_path"].str.contains("ward A/2026-11-02/").all()
     assert all(_overlay(p).shape == (32, 32, 3) for p in good["overlay_path"].dropna())
+    # explain's table and the model card as SQL tables, by name
+    sql = run_query(spark, str(tmp_path), "SELECT model, model_version, source, count(*) AS n, "
+                    "count(reason) AS rejected FROM explanations GROUP BY 1, 2, 3")
+    assert sql.to_dict("records") == [{"model": "m", "model_version": "v1", "source": "folder-ward_A",
+                                       "n": 10, "rejected": 1}]
+    cards = run_query(spark, str(tmp_path), "SELECT name, version, architecture, image_size, classes FROM model_cards")
+    assert cards.to_dict("records") == [{"name": "m", "version": "v1", "architecture": "cnn", "image_size": 32,
+                                         "classes": "akiec,bcc,bkl,df,mel,nv,vasc"}]
 
 
 def test_missing_model_or_folder_is_a_clear_error(tmp_path):

@@ -76,8 +76,8 @@ def _merge(base: dict, over: Mapping) -> dict:
 
 
 # Sections whose keys are the user's own (Spark's settings, an architecture's parameters, per-class
-# counts): any key is accepted there.
-FREE_FORM = ("spark.conf", "model.params", "balance.counts")
+# counts, HiveServer2's settings): any key is accepted there.
+FREE_FORM = ("spark.conf", "model.params", "balance.counts", "serve.hive")
 
 
 def _kind(value) -> str:

@@ -8,6 +8,7 @@ import logging
 import os
 
 from ..store import storage
+from . import results
 from ..store.layout import Layout
 
 from ..core.config import ConfigError
@@ -56,6 +57,10 @@ def register(spark, root: str, metastore: bool = False) -> list[str]:
                 df = df.unionByName(f)
             df.createOrReplaceTempView("ingest_rejects")
             names.append("ingest_rejects")
+    for name, frame in (("explanations", results.explanations(spark, root)), ("model_cards", results.model_cards(spark, root))):
+        if frame is not None:
+            frame.createOrReplaceTempView(name)
+            names.append(name)
     if "predictions" in names and "score_files" in names:
         # Every path of a content (the same image under two paths is scored once).
         paths = spark.table("score_files").select(spark.table("score_files")["path_key"].alias("image_path"),
@@ -80,6 +85,9 @@ QUERY_NODES = frozenset((
     "Deduplicate", "OneRowRelation", "UnresolvedInlineTable", "LocalRelation", "Generate", "Window", "Pivot",
     "Unpivot", "Sample", "RepartitionByExpression", "Repartition", "UnresolvedHint", "WithWindowDefinition",
     "UnresolvedSubqueryColumnAliases", "UnresolvedTableValuedFunction"))
+# Statements that only list the catalog (see ``_listing`` for ``USE``).
+LISTINGS = frozenset(("ShowTables", "ShowNamespaces", "ShowColumns", "DescribeRelation", "DescribeColumn",
+                      "UnresolvedNamespace", "UnresolvedTableOrView"))
 # Built-in functions refused: reflection into any Java class (System.getenv, System.load, Thread.sleep,
 # Hadoop's FileUtil), and XPath, which parses XML with the JVM's resolvers.
 REFUSED_FUNCTIONS = frozenset(("reflect", "java_method", "try_reflect", "xpath", "xpath_boolean", "xpath_double",
@@ -123,34 +131,53 @@ def builtin_functions(spark) -> frozenset:
 
 
 def check_read_only(spark, query: str) -> None:
-    """Refuse anything but a query built from ``QUERY_NODES`` and built-in functions: statements
-    that write (INSERT, INSERT OVERWRITE DIRECTORY, CTAS), change the catalog or session (CREATE,
-    DROP, SET, CACHE), add code (ADD JAR, CREATE FUNCTION), run a program (``SELECT TRANSFORM ...
-    USING``), call into Java (``reflect``, ``java_method``) or name a function or table in another
-    namespace. Raw file reads (``text.`file:/etc/passwd```) are refused by
-    ``spark.sql.runSQLOnFiles=false``, set by ``run_query``. Judged on Spark's own parse of the
-    statement, not on its text."""
+    """Refuse anything but a query built from ``QUERY_NODES`` and built-in functions (``refusal``),
+    judged on Spark's own parse of the statement, not on its text. Raw file reads
+    (``text.`file:/etc/passwd```) are refused here and by ``spark.sql.runSQLOnFiles=false``, set by
+    ``run_query``."""
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
     except Exception as exc:  # a parse error: Spark's message says where
         raise SqlRefused(f"the statement does not parse: {str(exc).splitlines()[0]}") from None
+    why = refusal(spark, plan)
+    if why:
+        raise SqlRefused(f"{why}. lesionspark sql --allow-writes runs it")
+
+
+def refusal(spark, plan) -> str | None:
+    """Why a parsed plan (a JVM ``LogicalPlan``) is not a read-only query, or None. Refused:
+    statements that write (INSERT, INSERT OVERWRITE DIRECTORY, CTAS), change the catalog or session
+    (CREATE, DROP, SET, CACHE, USE of another namespace), add code (ADD JAR, CREATE FUNCTION), run a
+    program (``SELECT TRANSFORM ... USING``), call into Java (``reflect``, ``java_method``), read
+    files by path, or name a function or table in another namespace. The same check guards
+    ``lesionspark serve`` (its parser, ``jvm/ReadOnlyParser.java``, calls it for every statement)."""
     allowed = builtin_functions(spark)
     for node, exprs in _walk(spark, plan):
         kind = jvm_class(node)
-        if kind not in QUERY_NODES:
-            raise SqlRefused(f"only queries run by default (SELECT, WITH, VALUES, TABLE); this statement holds a "
-                             f"{node.nodeName()}. lesionspark sql --allow-writes runs it")
+        if kind not in QUERY_NODES and not _listing(kind, node):
+            return (f"only queries run (SELECT, WITH, VALUES, TABLE, SHOW TABLES, DESCRIBE); this statement holds a "
+                    f"{node.nodeName()}")
         if kind == "UnresolvedRelation":
             parts = [str(p) for p in _seq(node.multipartIdentifier())]
             if len(parts) > 2 or any("/" in p or ":" in p for p in parts):
-                raise SqlRefused(f"table {node.tableName()} is not one of the root's tables (reading files by "
-                                 "path needs --allow-writes)")
+                return f"table {node.tableName()} is not one of the root's tables (files are not read by path)"
         names = [node.name().mkString(".")] if kind == "UnresolvedTableValuedFunction" else []
         names += [e.nameParts().mkString(".") for e in exprs if jvm_class(e) == "UnresolvedFunction"]
         for name in names:
             if name.lower() not in allowed:
-                raise SqlRefused(f"function {name} is not allowed in a read-only query (built-in functions "
-                                 "run, except reflection and XPath). lesionspark sql --allow-writes runs it")
+                return (f"function {name} is not allowed in a read-only query (built-in functions run, except "
+                        "reflection and XPath)")
+    return None
+
+
+def _listing(kind: str, node) -> bool:
+    """The catalog listings BI tools and analysts send (``SHOW TABLES``, ``DESCRIBE t``, ``SHOW
+    COLUMNS``, ``SHOW DATABASES``) and ``USE default`` (PyHive sends it on connect)."""
+    if kind == "SetCatalogAndNamespace":
+        child = node.child()
+        return jvm_class(child) == "UnresolvedNamespace" and [str(p) for p in _seq(child.multipartIdentifier())] \
+            in (["default"], ["spark_catalog", "default"])
+    return kind in LISTINGS
 
 
 def _place(uri: str) -> tuple[str, str]:

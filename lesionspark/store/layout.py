@@ -32,6 +32,9 @@ class Layout:
         return join(self.root, "balanced", name, method)
 
     # models: models/<name>/<version>/ and models/<name>/latest; training runs: runs/<run_id>/
+    def all_models(self) -> str:
+        return join(self.root, "models")
+
     def models(self, name: str) -> str:
         return join(self.root, "models", name)
 
@@ -59,6 +62,9 @@ class Layout:
 
     def report(self, name: str, version: str) -> str:
         return join(self.root, "reports", name, version)
+
+    def all_explanations(self) -> str:
+        return join(self.root, "explanations")
 
     def explanations(self, name: str, version: str) -> str:
         return join(self.root, "explanations", name, version)
