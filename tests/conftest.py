@@ -110,3 +110,30 @@ def ingested_small(spark, synth_small, tmp_path_factory):
                    dataset__image_size=32)
     manifest = ingest(spark, cfg)
     return cfg, manifest, Layout(str(root))
+
+
+MINIDFS = Path(sys.prefix) / "share" / "lesionspark" / "minidfs"
+
+
+@pytest.fixture(scope="module")
+def namenode(tmp_path_factory):
+    """``hdfs://127.0.0.1:<port>`` of a real HDFS (Hadoop's MiniDFSCluster, requirements/jars.txt;
+    the launcher is tests/minidfs/MiniDfs.java, built by the set-up command), for the module."""
+    import subprocess
+    import threading
+    assert (MINIDFS / "classes" / "MiniDfs.class").exists(), "run scripts/setup.sh: it builds the HDFS launcher"
+    jars = Path(__import__("pyspark").__file__).parent / "jars"
+    cp = f"{MINIDFS / 'classes'}:{MINIDFS / 'hadoop-client-minicluster-3.3.4.jar'}:{jars}/*"
+    proc = subprocess.Popen(["java", "-Xmx512m", "-cp", cp, "MiniDfs", str(tmp_path_factory.mktemp("minidfs")), "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ready: list = []
+    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(120)
+    assert ready and ready[0].startswith("READY "), f"MiniDFSCluster did not start: {ready}"
+    yield ready[0].split()[1]
+    proc.stdin.close()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -291,3 +291,29 @@ def test_ingest_takes_single_frame_dicom_photographs_as_records(spark, genuine_d
     record = field.codec.decode(field, split.loc[as_dicom, "image"])  # as Petastorm's reader decodes it
     as_jpeg = decode_resize(jpegs[as_dicom].read_bytes(), 32)
     assert record.shape == (32, 32, 3) and np.abs(record.astype(int) - as_jpeg.astype(int)).mean() < 6
+
+
+@pytest.mark.spark
+def test_a_pacs_export_with_a_dicomdir_is_scored_as_it_is_with_the_defaults(spark, genuine_dir, tmp_path):
+    """DICOM media as PACS export them (PS3.10: file IDs without an extension under a DICOMDIR),
+    scored with no option set: every object scored, the DICOMDIR one row that is not a failed image."""
+    from pydicom.fileset import FileSet
+    media, study = FileSet(), generate_uid()
+    for jpeg in sorted((genuine_dir / "images").glob("*.jpg"))[:6]:
+        data = dicom_from_jpeg(jpeg.read_bytes(), study, generate_uid(), generate_uid(), StudyDate="20261105",
+                               StudyTime="101500", StudyID="S1", AccessionNumber="A1", SeriesNumber=1, InstanceNumber=1)
+        media.add(pydicom.dcmread(io.BytesIO(data)))  # what the STUDY, SERIES and IMAGE records need
+    export = tmp_path / "export"
+    media.write(str(export))
+    files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
+    assert len(files) == 7 and "DICOMDIR" in files and not any("." in f for f in files), files
+    root = tmp_path / "root"
+    publish_untrained_model(root, size=32)
+    summary = score(spark, make_cfg(root, score__archive=str(export), score__model="cnn:v1"), run_id="media")
+    assert (summary["listed"], summary["scored"], summary["rejected"], summary["images"]) == (7, 6, 1, 6)
+    rejects = pq.read_table(str(root / "tables" / "score_rejects")).to_pandas()
+    assert list(rejects["reason"]) == ["dicom_directory"] and rejects["image_path"].iloc[0].endswith("/DICOMDIR")
+    # one PATIENT, one STUDY, a SERIES and an IMAGE record per object
+    assert rejects["detail"].iloc[0].startswith("a DICOMDIR, the index of a DICOM export: 14 records, 6 of them images")
+    preds = pq.read_table(str(root / "tables" / "predictions")).to_pandas()
+    assert len(preds) == 6 and set(preds["study_uid"]) == {study}

@@ -94,6 +94,21 @@ def test_report_has_valid_plots_and_the_documents(evaluated):
         assert f"]({name})" in text
     assert manifest["fingerprint"] in text and "## Model card" in text and "## Split protocol" in text
     assert "not a diagnosis" in text
+    # what the run did, as it recorded it: the default objective (ECE), its bins, the resamples
+    assert (f"fitted by this run on val for the lowest top-label expected calibration error (ECE, "
+            f"{cfg.get('evaluate.calibration_bins')} bins)") in text and "log-loss" not in text
+    assert f"{cfg.get('evaluate.bootstrap')} resamples, seed {cfg.get('evaluate.seed')}" in text
+
+
+def test_the_calibration_sentence_says_what_was_recorded():
+    from lesionspark.evaluate.report import _calibration_note
+    fitted = _calibration_note({"temperature": 1.5, "source": "fitted", "split": "val", "objective": "nll", "bins": 15})
+    assert "fitted by this run on val for the lowest log-loss" in fitted and "ECE" not in fitted
+    card = _calibration_note({"temperature": 2.0, "source": "model card", "split": "val", "objective": "ece", "bins": 10})
+    assert "taken from the model card, where it was fitted on val for the lowest top-label expected calibration " \
+           "error (ECE, 10 bins)" in card
+    unknown = _calibration_note({"temperature": 2.0, "source": "model card"})
+    assert "a split the card does not record" in unknown and "an objective the card does not record" in unknown
 
 
 def test_rerun_replaces_its_own_rows_and_compare_lists_versions(spark, evaluated):

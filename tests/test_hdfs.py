@@ -1,17 +1,13 @@
-"""A real HDFS: Hadoop's MiniDFSCluster (a NameNode and a DataNode in one JVM, requirements/jars.txt;
-the launcher is tests/minidfs/MiniDfs.java, built by the set-up command). The storage contract the
-stand-in ``hdfslike`` imitates (tests/test_storage.py) is held here on the real NameNode: files
-replaced and listed, a directory published whole, a publish killed between any two operations,
-contenders racing for the lease, a lease holder killed, score's commit stopped before each move.
-Then every stage on one ``hdfs://`` root, with the Python side served by hdfs-native (no libhdfs
-here, ``store/hdfs.py``) and Spark's JVM by Hadoop."""
+"""A real HDFS (the ``namenode`` fixture of conftest.py: Hadoop's MiniDFSCluster). The storage
+contract the stand-in ``hdfslike`` imitates (tests/test_storage.py) is held here on the real
+NameNode: files replaced and listed, a directory published whole, a publish killed between any two
+operations, contenders racing for the lease, a lease holder killed, score's commit stopped before
+each move. Every stage on an ``hdfs://`` root: tests/test_hdfs_stages.py."""
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 import strictfs
@@ -20,28 +16,6 @@ from lesionspark.store import hdfs, publishing, storage
 from test_storage import files, names
 
 pytestmark = pytest.mark.slow  # a NameNode's JVM for the module
-MINIDFS = Path(sys.prefix) / "share" / "lesionspark" / "minidfs"
-SPARK_JARS = Path(__import__("pyspark").__file__).parent / "jars"
-
-
-@pytest.fixture(scope="module")
-def namenode(tmp_path_factory):
-    """``hdfs://127.0.0.1:<port>`` of a MiniDFSCluster that lives for the module."""
-    assert (MINIDFS / "classes" / "MiniDfs.class").exists(), "run scripts/setup.sh: it builds the HDFS launcher"
-    cp = f"{MINIDFS / 'classes'}:{MINIDFS / 'hadoop-client-minicluster-3.3.4.jar'}:{SPARK_JARS}/*"
-    proc = subprocess.Popen(["java", "-Xmx512m", "-cp", cp, "MiniDfs", str(tmp_path_factory.mktemp("minidfs")), "1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    ready: list = []
-    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(120)
-    assert ready and ready[0].startswith("READY "), f"MiniDFSCluster did not start: {ready}"
-    yield ready[0].split()[1]
-    proc.stdin.close()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def test_the_python_side_uses_hdfs_native_where_libhdfs_does_not_load(namenode):
@@ -185,58 +159,3 @@ def test_a_holder_killed_on_the_namenode_blocks_only_until_its_lease_expires(spa
         waited = time.monotonic() - killed_at
         assert 0.0 < waited < 8 and lease.taken_over["run_id"] == "doomed"
         assert lease.generation == gen + 1
-
-
-def _upload(spark, namenode: str, local: Path, dest: str) -> str:
-    """A file or folder copied in through Hadoop's Java client, as ``hdfs dfs -put`` would."""
-    hfs = spark._jvm.org.apache.hadoop.fs
-    jfs = hfs.Path(namenode).getFileSystem(spark._jsc.hadoopConfiguration())
-    jfs.copyFromLocalFile(False, True, hfs.Path(str(local)), hfs.Path(f"{namenode}/{dest}"))
-    return f"{namenode}/{dest}"
-
-
-def test_every_stage_on_an_hdfs_root(spark, namenode, synth_small, genuine_dir, tmp_path):
-    """Ingest from HDFS, balance, train (two Horovod ranks reading their Petastorm shards from HDFS,
-    rank 0 checkpointing there), evaluate, explain, score (lease, staging, commit) and its quiet
-    rerun, then SQL: every stage on one ``hdfs://`` root."""
-    from lesionspark.explain.driver import explain
-    from lesionspark.pipeline import pipeline
-    from lesionspark.score.driver import score
-    from lesionspark.sql.query import register
-    src = Path(synth_small["out"])
-    data = _upload(spark, namenode, src, "raw/ham")
-    archive = tmp_path / "archive"
-    (archive / "ward A").mkdir(parents=True)
-    for p in sorted((genuine_dir / "images").glob("*.jpg"))[:8]:
-        (archive / "ward A" / p.name).write_bytes(p.read_bytes())
-    (archive / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    root = f"{namenode}/ls"
-    cfg = make_cfg(root, dataset__image_size=32, ingest__metadata=f"{data}/HAM10000_metadata.csv",
-                   ingest__images=[f"{data}/{Path(d).name}" for d in synth_small["images"]],
-                   balance__method="smote", score__archive=_upload(spark, namenode, archive, "archive"),
-                   train__num_proc=2, train__epochs=2, train__samples_per_epoch=128, train__warmup_epochs=0,
-                   train__horovod_verbose=0, evaluate__bootstrap=20, evaluate__gradcam_examples=0)
-    out = pipeline(spark, cfg)
-    assert list(out) == ["ingest", "balance", "train", "evaluate", "score"]
-    assert out["ingest"]["counts"]["written"] == synth_small["generated"] + synth_small["genuine"]
-    assert out["train"]["workers"] == 2 and out["train"]["epochs_run"] == 2
-    version = out["train"]["version"]
-    fs, _ = storage.filesystem(namenode)
-    card = storage.read_json(f"{root}/models/cnn/{version}/model_card.json")
-    assert card["balance"] == "smote" and {r["rank"] for r in card["ranks"]} == {0, 1}
-    (run,) = names(f"{root}/runs")
-    assert {"checkpoint-weights.h5", "best_weights.h5", "state.json"} <= set(names(f"{root}/runs/{run}"))  # rank 0's
-    assert out["evaluate"]["model_version"] == version
-    first = out["score"]
-    assert (first["listed"], first["scored"], first["rejected"]) == (9, 8, 1)
-    model = f"cnn:{version}"
-    again = score(spark, cfg.with_overrides({"score.model": model}), run_id="again")
-    assert (again["listed"], again["scored"], again["read"]) == (9, 0, 0)  # a quiet rerun reads nothing
-    shown = explain(spark, cfg.with_overrides({"explain.model": model, "explain.limit": 6}))
-    assert shown["explained"] + shown["rejected"] == 6 and shown["table"].startswith(root)
-    preds = pq.read_table("/ls/tables/predictions", filesystem=fs).to_pandas()
-    assert len(preds) == 8 and preds["image_path"].str.contains("ward A").all()
-    assert names(f"{root}/tables/_staging") == []  # both runs committed and cleaned their staging
-    register(spark, root)
-    row = spark.sql("SELECT count(DISTINCT image_sha256) AS n, min(model_version) AS v FROM predictions").collect()[0]
-    assert (row.n, row.v) == (8, version)

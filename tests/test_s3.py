@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -18,7 +17,6 @@ import pytest
 import strictfs
 from lesionspark.store import storage
 from lesionspark.store.layout import Layout
-from lesionspark.store import parquet
 from lesionspark.store import publishing
 from lesionspark.store.lease import Lease, LeaseHeld
 
@@ -241,62 +239,3 @@ def test_a_holder_killed_on_s3_blocks_only_until_its_lease_expires(s3):
     with Lease(d, "next", ttl_s=2, wait_s=30, poll_s=0.2) as lease:
         assert 1.5 < time.monotonic() - killed_at < 15  # watched for a full ttl first
         assert lease.taken_over["run_id"] == "doomed" and lease.generation == 2
-
-
-@pytest.mark.slow  # Horovod ranks: the full suite, not the inner loop
-def test_ingest_balance_train_evaluate_and_explain_run_on_an_s3_root(spark, synth_small, s3):
-    """Whole stages on the store, inputs included: ingest lists and reads the images there, its
-    decode tasks write their Petastorm parts and the driver its rejects and manifest, all through
-    pyarrow's S3 filesystem, and the dataset is published by its record; balance reads and writes
-    the same way; two Horovod ranks read their shards from the store, rank 0 checkpoints there, and
-    the model version is published by its record and found by the registry; evaluate's tasks read
-    the splits from the store, and its metrics, report and card go there; explain's overlays and
-    table are published there by their record, the table naming where the overlays are."""
-    from conftest import make_cfg
-    from lesionspark.balance.driver import balance
-    from lesionspark.evaluate.driver import evaluate
-    from lesionspark.explain.driver import explain
-    from lesionspark.ingest.driver import ingest
-    from lesionspark.store.registry import resolve_model
-    from lesionspark.train.driver import train
-    root, inputs = "s3a://derm/stages", "s3a://derm/inputs"
-    for folder in map(Path, synth_small["images"]):
-        for p in sorted(folder.rglob("*.jpg")):
-            storage.write_bytes(f"{inputs}/images/{folder.name}/{p.relative_to(folder)}", p.read_bytes())
-    storage.write_bytes(f"{inputs}/metadata.csv", Path(synth_small["metadata"]).read_bytes())
-    cfg = make_cfg(root, ingest__metadata=f"{inputs}/metadata.csv", ingest__images=f"{inputs}/images",
-                   dataset__image_size=32, balance__method="oversample", **{
-                       "model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
-                       "train.num_proc": 2, "train.epochs": 1, "train.warmup_epochs": 0,
-                       "train.horovod_verbose": 0, "evaluate.bootstrap": 0, "explain.limit": 6})
-    env = spark.sparkContext.environment  # what get_spark sets as spark.executorEnv from fs.s3a.*
-    env["LESIONSPARK_S3_OPTIONS_SECRET"] = json.dumps(s3)
-    try:
-        manifest = ingest(spark, cfg, run_id="ingest-1")
-        balanced = balance(spark, cfg, run_id="balance-1")
-        card = train(spark, cfg, run_id="train-1")
-        evaluated = evaluate(spark, cfg, run_id="eval-1")
-        explained = explain(spark, cfg, run_id="explain-1")
-    finally:
-        env.pop("LESIONSPARK_S3_OPTIONS_SECRET")
-    layout, counts = Layout(root), manifest["counts"]
-    assert layout.split(cfg.get("dataset.name"), "train") == f"{root}/datasets/{cfg.get('dataset.name')}/_v-ingest-1/train"
-    assert counts["written"] + counts["rejected"] == manifest["inputs"]["total"] and counts["written"] > 100
-    assert sum(parquet.value_counts(layout.rejects(cfg.get("dataset.name")), "reason").values()) == counts["rejected"]
-    assert sum(balanced["after"].values()) > sum(balanced["before"].values())
-    assert card["balance"] == "oversample" and card["train_counts"] == balanced["after"]
-    assert card["epochs_run"] == 1 and [r["rank"] for r in card["ranks"]] == [0, 1]
-    found, model_uri = resolve_model(root, "cnn")
-    assert found["version"] == "train-1" and model_uri == f"{root}/models/cnn/train-1/_v-train-1/model.keras"
-    assert storage.exists(f"{root}/runs/train-1/state.json")  # rank 0 checkpointed on the store
-    n_val = counts["by_split"]["val"]["total"]
-    assert evaluated["splits"]["val"]["n_images"] + evaluated["splits"]["val"]["n_rejected"] == n_val
-    assert evaluated["report"] == f"{root}/reports/cnn/train-1/_v-eval-1/report.md"
-    assert b"cnn:train-1" in storage.read_bytes(evaluated["report"])
-    assert resolve_model(root, "cnn")[0]["calibration"]["method"] == "temperature"  # the card, replaced there
-    assert storage.has_files(f"{root}/tables/metrics")
-    published = f"{root}/explanations/cnn/train-1/split-test/_v-explain-1"
-    assert explained["table"] == f"{published}/table" and explained["images"] == 6
-    table = parquet.parquet_dataset(explained["table"]).to_table().to_pandas()
-    assert len(table) == 6 and table["overlay_path"].dropna().str.startswith(f"{published}/overlays/").all()
-    assert all(storage.file_type(p) == "file" for p in table["overlay_path"].dropna())

@@ -80,8 +80,8 @@ def test_every_stage_on_one_s3a_root_from_the_command_line(server, synth_small, 
         "ingest": {"metadata": f"{data}/HAM10000_metadata.csv",
                    "images": [f"{data}/{Path(d).name}" for d in synth_small["images"]]},
         "balance": {"method": "oversample"},
-        "train": {"num_proc": 2, "epochs": 2, "samples_per_epoch": 128, "warmup_epochs": 0, "horovod_verbose": 0},
-        "evaluate": {"bootstrap": 20, "gradcam_examples": 0},
+        "train": {"num_proc": 2, "epochs": 1, "samples_per_epoch": 128, "warmup_epochs": 0, "horovod_verbose": 0},
+        "evaluate": {"bootstrap": 0, "gradcam_examples": 0},
         "score": {"archive": _put_tree(client, archive, "archive")},
         "explain": {"limit": 6},
         "spark": {"master": "local[2]", "conf": {"fs.s3a.endpoint": endpoint, **KEYS,
@@ -94,13 +94,22 @@ def test_every_stage_on_one_s3a_root_from_the_command_line(server, synth_small, 
     assert (summary["listed"], summary["scored"], summary["rejected"]) == (11, 10, 1)
     shown = _cli(conf, "explain", cwd=tmp_path)
     assert shown["explained"] + shown["rejected"] == 6 and shown["table"].startswith("s3a://hospital/ls/")
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="hospital", Prefix="ls/", MaxKeys=10000)["Contents"]]
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="hospital", Prefix="ls/", MaxKeys=10000)["Contents"]}
+    version, run = out["train"]["version"], out["ingest"]["run_id"]
+    # published by their records (no directory renames on S3): the dataset, the model, the report
+    assert {"ls/datasets/ham10000/_PUBLISHED", f"ls/models/cnn/{version}/_PUBLISHED"} <= keys
+    assert f"ls/datasets/ham10000/_v-{run}/manifest.json" in keys
+    assert any(k.startswith(f"ls/reports/cnn/{version}/_v-") and k.endswith("/report.md") for k in keys)
+    assert f"ls/runs/{version}/state.json" in keys  # rank 0 checkpointed on the store
     assert any(k.startswith("ls/tables/predictions/scored_date=") for k in keys)
-    assert any(k.startswith(f"ls/models/cnn/{out['train']['version']}/") for k in keys)
+    assert any(k.startswith("ls/tables/metrics/") for k in keys)
     assert not [k for k in keys if "/_staging/" in k and k.endswith(".parquet")]  # committed, staging removed
     fs = _s3fs(endpoint)
     preds = pq.read_table("hospital/ls/tables/predictions", filesystem=fs).to_pandas()
     assert len(preds) == 10 and preds["image_path"].str.contains("ward A").all()
+    table = pq.read_table(shown["table"][len("s3a://"):], filesystem=fs).to_pandas()
+    published = shown["table"].rsplit("/", 1)[0]
+    assert "/_v-" in published and table["overlay_path"].dropna().str.startswith(f"{published}/overlays/").all()
 
     sql = subprocess.run([str(BIN / "spark-submit"), "--master", "local[1]",
                           "--conf", f"spark.pyspark.python={sys.executable}",

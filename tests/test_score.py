@@ -336,14 +336,12 @@ def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archi
 
 
 @pytest.mark.slow  # a rerun for each crash point: the full suite, not the inner loop
-@pytest.mark.parametrize("per_file", [False, True], ids=["directories", "files (object stores)"])
-def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, genuine_dir, tmp_path, monkeypatch,
-                                                                      per_file):
+def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, genuine_dir, tmp_path, monkeypatch):
     """A run staged and stopped at its commit; its commit then replayed from a copy of that state
     and stopped before each of its moves in turn (``commitcrash.replay``): every image ends with
     exactly one prediction or one reject for the model version, and the tables hold what a run that
-    was never stopped leaves. Moved by partition directories (POSIX, HDFS) and file by file (object
-    stores: a kill inside a partition)."""
+    was never stopped leaves. Moved file by file, as on object stores (a kill inside a partition);
+    moved by partition directories, on a real NameNode: tests/test_hdfs.py."""
     a = tmp_path / "archive"  # small: every kind of row, each rerun quick
     (a / "day2").mkdir(parents=True)
     genuine = sorted((genuine_dir / "images").glob("*.jpg"))[:3]
@@ -363,12 +361,12 @@ def test_a_commit_stopped_before_any_move_is_finished_by_the_next_run(spark, gen
         return str(tmp_path / f"crash-{point}")
     commitcrash.stop_at_commit(spark, cfg(base), monkeypatch)
     assert (base / "tables" / "_staging" / "stopped" / "predictions").is_dir()
-    point, results = commitcrash.replay(spark, copy, cfg, per_file)
+    point, results = commitcrash.replay(spark, copy, cfg, per_file=True)
     assert point >= 4  # before the first move, the rejects, the index and the predictions
     partitions = list((base / "tables" / "_staging" / "stopped").rglob("run_id=*"))
-    if per_file:  # every file was a crash point, some of them inside a partition
-        assert any(len([f for f in p.iterdir() if f.is_file()]) > 1 for p in partitions)
-        assert point > 1 + len(partitions)
+    # every file was a crash point, some of them inside a partition
+    assert any(len([f for f in p.iterdir() if f.is_file()]) > 1 for p in partitions)
+    assert point > 1 + len(partitions)
     assert len(set(results)) == 1, results  # every stopped commit ends as the whole one does
     assert sum(results[0]) == n_images - 1  # one content has two paths
 

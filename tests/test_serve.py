@@ -80,6 +80,8 @@ def _start(root: Path, port: int, tmp: Path, submit: bool = False):
     reader = threading.Thread(target=wait_for_url, daemon=True)
     reader.start()
     reader.join(180)
+    if not ready:
+        proc.kill()  # a server that did not come up is not left behind
     assert ready == [f"SERVING jdbc:hive2://127.0.0.1:{port}/default\n"], (tmp / f"serve-{port}.log").read_text()[-3000:]
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # drained, so the server never blocks on it
     return proc
@@ -109,9 +111,9 @@ def served(spark, genuine_dir, tmp_path_factory):
                                        "started_at": datetime.datetime.now(datetime.timezone.utc)})
     score(spark, make_cfg(root, score__archive=str(night), score__model="cnn:v1"), run_id="night1")
     port = _free_port()
-    proc = _start(root, port, tmp)
-    yield {"root": root, "port": port, "tmp": tmp}
-    assert _stop(proc) == 0  # SIGTERM stops a server cleanly
+    served = {"root": root, "port": port, "tmp": tmp, "proc": _start(root, port, tmp)}
+    yield served
+    assert _stop(served["proc"]) in (0, 143)  # SIGTERM stops it (143: spark-submit's JVM took the signal)
 
 
 def _connect(port: int, **kw):
@@ -226,17 +228,16 @@ def test_queries_during_a_commit_see_whole_runs_and_the_new_rows_without_a_repai
     assert len(seen) > 5
 
 
-def test_a_second_server_started_by_spark_submit_serves_the_same_tables(served):
-    """Another server on the same root (a restart, or a second endpoint), as spark-submit runs it."""
-    port = _free_port()
-    first = _rows(served["port"], "SELECT run_id, count(*) FROM predictions GROUP BY run_id ORDER BY run_id")
-    proc = _start(served["root"], port, served["tmp"], submit=True)
-    try:
-        assert _rows(port, "SELECT run_id, count(*) FROM predictions GROUP BY run_id ORDER BY run_id") == first
-    finally:
-        assert _stop(proc) in (0, 143)  # spark-submit's JVM takes the SIGTERM: 128 + 15
-    with pytest.raises(OSError):  # and the port is closed
+def test_a_restarted_server_serves_the_same_tables(served):
+    """The server stopped with SIGTERM (exit 0, its port closed), then started again on the same port
+    in its spark-submit form: the same rows under the same names."""
+    port, query = served["port"], "SELECT run_id, count(*) FROM predictions GROUP BY run_id ORDER BY run_id"
+    before = _rows(port, query)
+    assert _stop(served["proc"]) == 0
+    with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    served["proc"] = _start(served["root"], port, served["tmp"], submit=True)
+    assert _rows(port, query) == before and before
 
 
 @pytest.mark.parametrize("host, auth, allowed, ok", [

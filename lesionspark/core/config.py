@@ -40,7 +40,7 @@ NULLABLE = {
     "ingest.metadata": str, "ingest.hmnist": str, "ingest.image_glob": str, "balance.neighbor_size": int,
     "model.name": str, "model.weights": str, "train.balance": str, "train.num_proc": int,
     "train.samples_per_epoch": int, "train.run_id": str, "archive.metadata_csv": str, "score.archive": str,
-    "score.path_salt": str, "explain.images": str, "evaluate.dataset": str,
+    "score.path_salt": str, "explain.images": str, "evaluate.dataset": str, "archive.path_regex": str,
 }
 
 

@@ -150,6 +150,17 @@ def _temperature(cfg: Config, card: dict, frame: pd.DataFrame, own: bool) -> flo
                                        int(cfg.get("evaluate.calibration_bins")))
 
 
+def _calibration_facts(cfg: Config, card: dict, own: bool, split: str, temperature: float) -> dict:
+    """What this run did for calibration, as the report states it: fitted here (split, objective,
+    bins), or the card's temperature with what the card recorded of its fit."""
+    if own:
+        return {"method": "temperature", "temperature": temperature, "source": "fitted", "split": split,
+                "objective": cfg.get("evaluate.calibration_objective"), "bins": int(cfg.get("evaluate.calibration_bins"))}
+    recorded = card.get("calibration") or {}
+    return {"method": "temperature", "temperature": temperature, "source": "model card",
+            **{k: recorded.get(k) for k in ("split", "objective")}, "bins": recorded.get("bins")}
+
+
 def _summary(run_id: str, card: dict, dataset: str, out: str, threshold_split: str, threshold: float,
              cfg: Config, results: dict, temperature: float, start: float) -> dict:
     """What ``evaluate`` returns (and the CLI prints)."""
@@ -193,7 +204,7 @@ def evaluate(spark, cfg: Config, run_id: str | None = None) -> dict:
     own = dataset == card.get("dataset", dataset)
     temperature = _temperature(cfg, card, raw[threshold_split], own)
     log.info("evaluate: temperature %.3f (%s)", temperature, f"fitted on {threshold_split}" if own else "the card's")
-    card = {**raw_card, "calibration": {"method": "temperature", "temperature": temperature}}
+    card = {**raw_card, "calibration": _calibration_facts(cfg, card, own, threshold_split, temperature)}
     frames = {s: calibrate_frame(f, temperature) for s, f in raw.items()}
     val_ok, _, val_p_mal = scored(frames[threshold_split], classes)
     threshold = metrics.threshold_for_sensitivity(val_ok["malignant"].to_numpy().astype(int), val_p_mal,
@@ -249,7 +260,8 @@ def _card_for_scoring(model_dir: str, frame: pd.DataFrame, classes: list[str], t
     card = storage.read_json(uri)
     card["calibration"] = {"method": "temperature", "temperature": result["calibration"]["temperature"],
                            "objective": cfg.get("evaluate.calibration_objective"),
-                           "split": split, "ece_before": result["calibration_uncalibrated"]["ece"],
+                           "bins": int(cfg.get("evaluate.calibration_bins")), "split": split,
+                           "ece_before": result["calibration_uncalibrated"]["ece"],
                            "ece_after": result["calibration"]["ece"],
                            "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat()}
     card["operating_threshold"] = None if np.isnan(threshold) else {

@@ -203,11 +203,30 @@ HEATMAP_NOTE = ("Heatmaps of the predicted class (`inference.heatmap`: HiResCAM,
                 "`lesionspark explain` writes such overlays for a whole split or an image folder.")
 
 
-def _calibration_note(results: dict, threshold_split: str) -> str:
-    t = next(iter(results.values()))["calibration"].get("temperature", 1.0) if results else 1.0
-    return (f"Probabilities are temperature-scaled (T = {_fmt(t)}, fitted on {threshold_split} by minimising the "
-            "log-loss; the argmax, and so accuracy and every per-class decision, is unchanged). Every figure "
-            "below, the operating threshold and the drift reference are on the calibrated probabilities.")
+OBJECTIVE_TEXT = {"ece": "the lowest top-label expected calibration error (ECE, {bins} bins)",
+                  "nll": "the lowest log-loss"}
+
+
+def _calibration_note(calibration: dict) -> str:
+    """The calibration sentence, from what the run recorded (``evaluate._calibration_facts``)."""
+    t = calibration.get("temperature", 1.0)
+    objective = OBJECTIVE_TEXT.get(calibration.get("objective"), "an objective the card does not record")
+    how = objective.format(bins=calibration.get("bins") or "n/a")
+    where = calibration.get("split") or "a split the card does not record"
+    if calibration.get("source") == "fitted":
+        fit = f"fitted by this run on {where} for {how}"
+    else:
+        fit = f"taken from the model card, where it was fitted on {where} for {how}"
+    return (f"Probabilities are temperature-scaled (T = {_fmt(t)}, {fit}; the argmax, and so accuracy and every "
+            "per-class decision, is unchanged). Every figure below, the operating threshold and the drift reference "
+            "are on the calibrated probabilities.")
+
+
+def _interval_note(resamples: int, seed) -> str:
+    if not resamples:
+        return "No confidence intervals: `evaluate.bootstrap` was 0 for this run."
+    return (f"Confidence intervals: percentile bootstrap over lesions (all images of a resampled lesion together), "
+            f"{resamples} resamples, seed {seed}.")
 
 
 def _split_protocol(manifest: dict) -> list[str]:
@@ -228,7 +247,8 @@ def _split_protocol(manifest: dict) -> list[str]:
 
 
 def markdown(card: dict, manifest: dict, results: dict, classes: list[str], threshold_split: str, threshold: float,
-             target: float, plots: dict, run_id: str) -> str:
+             target: float, plots: dict, run_id: str, intervals: tuple = (0, None)) -> str:
+    """The report; ``intervals``: (bootstrap resamples, seed) of this run."""
     ci = {s: r.get("ci", {}) for s, r in results.items()}
     out = [f"# Evaluation of {card['name']}:{card['version']} on {manifest['dataset']}",
            "",
@@ -248,9 +268,8 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
     out.append(_table(["split", "images", "accuracy [95% CI]", "balanced accuracy [95% CI]", "macro F1 [95% CI]",
                        "weighted F1", "Cohen's kappa", "macro AUC (OvR)", "malignant AUC", "ECE uncalibrated",
                        "ECE"], rows))
-    out += ["", _calibration_note(results, threshold_split)]
-    out += ["", "Confidence intervals: percentile bootstrap over lesions (all images of a resampled lesion "
-            "together), seeded.", "", "## Benign vs malignant", "",
+    out += ["", _calibration_note(card.get("calibration") or {})]
+    out += ["", _interval_note(*intervals), "", "## Benign vs malignant", "",
             f"`malignant_probability` = sum of the probabilities of {', '.join(classes[k] for k in malignant_outputs(classes))}. "
             f"The operating threshold for sensitivity ≥ {target:g} was chosen on **{threshold_split}** "
             f"(threshold {_fmt(threshold)}) and is applied unchanged to the other splits.", ""]
@@ -311,7 +330,8 @@ def write_report(uri: str, *, card, manifest, history, frames, results, threshol
         plots["training"] = [("training curves", "training_curves.png")]
         with open(f"{tmp}/report.md", "w") as fh:
             fh.write(markdown(card, manifest, results, classes, threshold_split, threshold,
-                              float(cfg.get("evaluate.target_sensitivity")), plots, run_id))
+                              float(cfg.get("evaluate.target_sensitivity")), plots, run_id,
+                              (int(cfg.get("evaluate.bootstrap")), cfg.get("evaluate.seed"))))
         with open(f"{tmp}/metrics.json", "w") as fh:
             json.dump({"run_id": run_id, "threshold_split": threshold_split, "threshold": threshold,
                        "results": results}, fh, indent=2, default=str)

@@ -5,6 +5,9 @@ its name. Only photographs are scored: the Secondary Capture and Visible Light f
 Photographic, Dermoscopic Photography, endoscopic and microscopic images, their video forms).
 Everything else becomes a reject with a reason, never a failed run:
 
+- ``dicom_directory``: a ``DICOMDIR``, the index of a DICOM export (PS3.10 media): one row that
+  says how many records it holds; the objects it names are files of the archive, each scored or
+  rejected on its own;
 - ``dicom_not_a_photograph``: CT, MR, ultrasound, RT, segmentations, SR, waveforms...;
 - ``dicom_no_pixel_data``, ``dicom_monochrome`` (the models see colour), ``dicom_undecodable``
   (a transfer syntax no installed decoder reads, or broken pixel data), ``dicom_unreadable``
@@ -60,6 +63,9 @@ MAX_DECODED_BYTES = 256 << 20  # limits.max_decoded_bytes: an object's decoded p
 IDENTIFIERS = ("study_uid", "series_uid", "sop_instance_uid", "modality", "patient_key")
 
 
+DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (PS3.10)
+
+
 def is_dicom(data) -> bool:
     return data is not None and len(data) >= MAGIC_AT + 4 and bytes(data[MAGIC_AT:MAGIC_AT + 4]) == MAGIC
 
@@ -96,6 +102,11 @@ def _sop_class(ds) -> str:
 def _check(ds, max_pixels: int) -> int:
     """The number of frames of a scoreable photograph; ImageRejected otherwise."""
     sop = _sop_class(ds)
+    if sop == DICOMDIR or "DirectoryRecordSequence" in ds:
+        records = list(ds.get("DirectoryRecordSequence") or [])
+        images = sum(1 for r in records if str(r.get("DirectoryRecordType", "")).strip() == "IMAGE")
+        raise ImageRejected("dicom_directory", f"a DICOMDIR, the index of a DICOM export: {len(records)} records, "
+                            f"{images} of them images, each scored as a file of the archive")
     if not is_photograph(sop):
         name = getattr(ds.get("SOPClassUID"), "name", None) or sop or "no SOP class"
         raise ImageRejected("dicom_not_a_photograph", f"{name} (modality {ds.get('Modality') or 'none'}) "
