@@ -58,8 +58,9 @@ def archive(synth_small, genuine_dir, tmp_path_factory):
     (bad / "random.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (bad / "huge.png").write_bytes(_jpeg(Image.fromarray(
         np.random.default_rng(1).integers(0, 255, (700, 700, 3), dtype=np.uint8)), "PNG"))
-    (bad / "notes.txt").write_text("not listed: not an image extension")
-    n_images = sum(1 for p in a.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    (bad / "notes.txt").write_text("a note beside the images: read like every file, and rejected")
+    # every file is listed, whatever its extension; 6 are not images and 1 repeats a content: n_images - 7 scored
+    n_images = sum(1 for p in a.rglob("*") if p.is_file())
     return a, n_images
 
 
@@ -85,9 +86,9 @@ def test_counts_add_up_and_rejects_have_reasons(scored):
     by_name = {os.path.basename(p): r for p, r in zip(rejects["image_path"], rejects["reason"])}
     assert by_name == {"empty.jpg": "empty_file", "text.jpg": "not_an_image",
                        "truncated.jpg": "truncated_or_corrupt", "random.jpg": "not_an_image",
-                       "huge.png": "file_too_large"}
+                       "huge.png": "file_too_large", "notes.txt": "not_an_image"}
     assert rejects["detail"].notna().all()
-    assert first["scored"] == n_images - 5 - 1  # five bad files, one duplicate content
+    assert first["scored"] == n_images - 6 - 1  # six files that are not images, one duplicate content
     assert first["skipped"] == 1
 
 
@@ -171,7 +172,7 @@ def test_a_killed_run_rerun_leaves_one_prediction_per_key(spark, archive, tmp_pa
     assert not (tmp_path / "tables" / "predictions").exists()  # nothing half-committed
     rerun = score(spark, cfg, run_id="after-kill")  # waits for the killed run's lease to expire
     preds = _table(tmp_path, "predictions")
-    assert len(preds) == rerun["scored"] == n_images - 6 and preds["image_sha256"].is_unique
+    assert len(preds) == rerun["scored"] == n_images - 7 and preds["image_sha256"].is_unique
     assert not staging.exists() or not any(staging.iterdir())
     runs = {r["run_id"]: r for r in runlog.read(str(tmp_path))}
     assert runs["after-kill"]["status"] == "succeeded"
@@ -258,7 +259,7 @@ def test_card_threshold_drift_exit_3_and_dry_run(spark, archive, tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, not even a lease
     assert main(args + ["score.drift_min_images=1", "score.fail_on_drift=true"]) == 3
     preds = _table(tmp_path, "predictions")  # committed before the drift exit
-    assert len(preds) == n_images - 6 and (preds["review_flag"] == (preds["malignant_probability"] >= 0.3)).all()
+    assert len(preds) == n_images - 7 and (preds["review_flag"] == (preds["malignant_probability"] >= 0.3)).all()
     (run,) = runlog.read(str(tmp_path))
     assert run["status"] == "succeeded" and run["drift_alert"] and run["threshold_source"] == "model_card:val@sens0.95"
     expected = psi(ref["predicted_share"], shares(preds["predicted_dx"].value_counts().to_dict(), CLASSES))
@@ -286,7 +287,7 @@ def test_overlapping_runs_leave_one_prediction_per_key(archive, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert impatient.returncode == 75 and "being scored by run maintenance-window" in impatient.stderr
     preds = _table(tmp_path, "predictions")
-    assert len(preds) == n_images - 6 and preds["image_sha256"].is_unique
+    assert len(preds) == n_images - 7 and preds["image_sha256"].is_unique
     statuses = sorted(r["status"] for r in runlog.read(str(tmp_path)))
     assert statuses == ["locked", "succeeded", "succeeded"]
 
@@ -330,7 +331,7 @@ def test_a_run_that_loses_the_lease_commits_nothing_and_says_fenced(spark, archi
     monkeypatch.setattr(lease_mod.Lease, "check", real)
     after = score(spark, cfg, run_id="after-fence")
     preds = _table(tmp_path, "predictions")
-    assert len(preds) == after["scored"] == n_images - 6 and preds["image_sha256"].is_unique
+    assert len(preds) == after["scored"] == n_images - 7 and preds["image_sha256"].is_unique
     overlays = {p.name for p in (tmp_path / "explanations" / "cnn" / "v1" / "flagged").iterdir()}
     assert overlays == {f"{p.rsplit('/', 1)[1]}" for p in preds["explanation_path"].dropna()}
 
