@@ -108,3 +108,17 @@ def test_score_writes_overlays_for_flagged_images(spark, folder, tmp_path):
     preds = spark.read.option("mergeSchema", "true").parquet(str(tmp_path / "tables" / "predictions")).toPandas()
     assert preds[preds["model"] == "m2"]["explanation_path"].isna().all()
     assert not (tmp_path / "explanations" / "m2").exists()
+
+
+def test_model_cards_leaves_out_a_fifo_or_broken_card_without_blocking(spark, tmp_path):
+    import os
+    publish_untrained_model(tmp_path, name="m", size=32)
+    for version, kind in (("v2", "fifo"), ("v3", "broken")):
+        d = tmp_path / "models" / "m" / version
+        d.mkdir(parents=True)
+        if kind == "fifo":
+            os.mkfifo(d / "model_card.json")
+        else:
+            (d / "model_card.json").write_text("{not json")
+    cards = run_query(spark, str(tmp_path), "SELECT version FROM model_cards")
+    assert cards["version"].tolist() == ["v1"]

@@ -7,11 +7,16 @@ Runs on the driver.
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 
 from ..store import publishing, storage
 from ..store.layout import Layout
+from ..store.registry import MAX_CARD_BYTES
+from ..store.storage import StorageRefused
+
+log = logging.getLogger(__name__)
 
 CARD_COLUMNS = ("name", "version", "architecture", "mode", "image_size", "balance", "dataset",
                 "dataset_fingerprint", "epochs_run", "workers", "train_seconds", "created_at")
@@ -60,7 +65,14 @@ def model_cards(spark, root: str):
             uri = f"{publishing.resolve(layout.model(name, version))}/model_card.json"
             if not storage.exists(uri):
                 continue
-            card = storage.read_json(uri)
+            try:  # a regular file of bounded size, as the registry reads it: never a FIFO, a link or a bomb
+                card = json.loads(storage.read_regular(uri, MAX_CARD_BYTES))
+                if not isinstance(card, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError, StorageRefused) as exc:
+                log.warning("sql: model card of %s:%s not readable (%s); left out of model_cards",
+                            name, version, type(exc).__name__)
+                continue
             row = {k: card.get(k) for k in CARD_COLUMNS}
             row.update(name=name, version=version, classes=",".join(card.get("classes") or []),
                        card=json.dumps(card, sort_keys=True, default=str))
