@@ -56,6 +56,10 @@ def spark():
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
                .config("spark.driver.memory", "2g")
                .config("spark.locality.wait", "0")  # as lesionspark's local sessions (store/spark.py)
+               # The HDFS client's first wait before asking the NameNode again whether a closed file's
+               # last block is complete (400 ms by default): a MiniDFSCluster's single DataNode reports
+               # blocks after the first ask, so every file written waited that long.
+               .config("spark.hadoop.dfs.client.block.write.locateFollowingBlock.initial.delay.ms", "10")
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
