@@ -14,22 +14,14 @@ MINIDFS="$VENV/share/lesionspark/minidfs"
 mkdir -p "$MINIDFS"
 say() { printf '[setup] %s\n' "$*"; }
 
+source scripts/download.sh
+
 fetch() {  # group:artifact:version sha256 destination-folder
-  local coord=$1 sum=$2 dest=$3 g a v file url tmp
+  local coord=$1 sum=$2 dest=$3 g a v file
   IFS=: read -r g a v <<<"$coord"
   file="$a-$v.jar"
   if [ -f "$dest/$file" ] && echo "$sum  $dest/$file" | sha256sum -c --status; then return 0; fi
-  url="$MAVEN/${g//.//}/$a/$v/$file"
-  tmp=$(mktemp "$dest/.fetch-XXXXXX")
-  for attempt in 1 2 3; do
-    if curl -fsSL --retry 2 -o "$tmp" "$url"; then break; fi
-    [ "$attempt" = 3 ] && { rm -f "$tmp"; echo "[setup] ERROR: could not fetch $url" >&2; exit 1; }
-    sleep 2
-  done
-  if ! echo "$sum  $tmp" | sha256sum -c --status; then
-    rm -f "$tmp"; echo "[setup] ERROR: $file does not match its pinned SHA-256 (requirements/jars.txt)" >&2; exit 1
-  fi
-  chmod 644 "$tmp" && mv "$tmp" "$dest/$file"
+  download "$MAVEN/${g//.//}/$a/$v/$file" "$sum" "$dest/$file" requirements/jars.txt
   say "fetched $file"
 }
 

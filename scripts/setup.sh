@@ -32,6 +32,7 @@ if [ -f "$VENV/.lesionspark-stamp" ] && [ "$(cat "$VENV/.lesionspark-stamp")" = 
   say "environment $VENV is up to date with requirements/lock.txt (stamp $stamp)"
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >/dev/null
   bash scripts/fetch_jars.sh "$VENV"
+  bash scripts/fetch_debs.sh "$VENV"
   say "done in $(( $(date +%s) - start ))s"
   exit 0
 fi
@@ -59,5 +60,7 @@ print("[setup] check: tensorflow", tf.__version__, "horovod", __import__("horovo
 PY
 say "fetching the pinned Java artifacts (requirements/jars.txt: Spark's s3a connector, the tests' MiniDFSCluster)"
 bash scripts/fetch_jars.sh "$VENV"
+say "fetching the pinned Debian packages (requirements/debs.txt: dciodvfy, the DICOM validator the tests run)"
+bash scripts/fetch_debs.sh "$VENV"
 echo "$stamp" > "$VENV/.lesionspark-stamp"
 say "done in $(( $(date +%s) - start ))s. Activate with: source ${VENV#$ROOT/}/bin/activate"

@@ -21,7 +21,7 @@ os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSeri
 # put the few long ones (a cluster, Horovod runs, the demo) last, leaving one worker alone at the end.
 LONGEST_FIRST = ("test_hdfs.py", "test_train.py", "test_cluster.py", "test_s3a.py", "test_hdfs_stages.py",
                  "test_score.py", "test_quality.py", "test_pipeline.py", "test_poison.py", "test_evaluate.py",
-                 "test_serve.py", "test_dicom.py", "test_ingest.py", "test_security.py")
+                 "test_serve.py", "test_dicom.py", "test_dicom_results.py", "test_ingest.py", "test_security.py")
 
 
 def _longest_first(scope: str) -> int:

@@ -81,7 +81,7 @@ def dicom_from_jpeg(jpeg: bytes, study: str, series: str, instance: str, **tags)
 def test_photographs_decode_to_rgb_frames(name, frames):
     data = (FILES / name).read_bytes()
     assert is_dicom(data)
-    out, ids, _ = read_frames(data, MAX_PIXELS)
+    out, ids, _, _ = read_frames(data, MAX_PIXELS)
     assert len(out) == frames and all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in out)
     assert ids["sop_instance_uid"] and ids["patient_key"] is None  # no salt, no patient key
 
@@ -111,12 +111,12 @@ def test_what_is_not_a_colour_photograph_is_a_reject_with_a_reason(name, reason)
 
 def test_palette_multiframe_broken_and_oversized_objects():
     # Real palette and 30-frame YBR pixel data, in a photograph's SOP class
-    palette, _, _ = read_frames(_retyped("examples_palette.dcm", VL_PHOTOGRAPHIC), MAX_PIXELS)
+    palette, _, _, _ = read_frames(_retyped("examples_palette.dcm", VL_PHOTOGRAPHIC), MAX_PIXELS)
     source = pydicom.dcmread(FILES / "examples_palette.dcm")
     assert len(palette) == 1 and palette[0].shape == (source.Rows, source.Columns, 3)
     assert len(set(map(tuple, palette[0].reshape(-1, 3)[::97]))) > 10  # colours, not a grey ramp
     video_bytes = _retyped("examples_ybr_color.dcm", MULTIFRAME_TRUE_COLOUR_SC)
-    video, _, _ = read_frames(video_bytes, MAX_PIXELS)
+    video, _, _, _ = read_frames(video_bytes, MAX_PIXELS)
     assert len(video) == 30 and not np.array_equal(video[0], video[15])
     frame_pixels = video[0].shape[0] * video[0].shape[1]
     with pytest.raises(ImageRejected) as rej:  # each frame within the guard, the 30 of them not
@@ -166,7 +166,7 @@ def test_a_dermoscopy_object_made_from_a_genuine_jpeg_decodes_like_the_jpeg(genu
     jpeg = sorted((genuine_dir / "images").glob("*.jpg"))[0].read_bytes()
     study, series, instance = generate_uid(), generate_uid(), generate_uid()
     data = dicom_from_jpeg(jpeg, study, series, instance)
-    frames, ids, _ = read_frames(data, MAX_PIXELS, salt="s3cret")
+    frames, ids, _, _ = read_frames(data, MAX_PIXELS, salt="s3cret")
     assert ids == {"study_uid": study, "series_uid": series, "sop_instance_uid": instance, "modality": "XC",
                    "patient_key": hashlib.sha256(b"s3cretMRN-0042-X").hexdigest()}
     plain = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=int)

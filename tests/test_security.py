@@ -135,23 +135,29 @@ def test_reject_details_never_carry_the_path(tmp_path):
 @pytest.mark.slow
 def test_everything_a_run_writes_is_closed_to_others(synth_small, tmp_path):
     """A scoring run as a user starts it (a fresh process, so Spark's JVM and Python workers start
-    under it), with flagged overlays: no file or folder it writes is readable by others."""
+    under it), with flagged overlays and DICOM results: no file or folder it writes is readable by others."""
     import shutil
+    from pydicom.uid import generate_uid
     from conftest import publish_untrained_model
+    from test_dicom import dicom_from_jpeg
     archive = tmp_path / "archive"
     archive.mkdir()
     for p in sorted(os.listdir(synth_small["images"][0]))[:6]:
         shutil.copy(os.path.join(synth_small["images"][0], p), archive / p)
+    jpeg = (archive / sorted(os.listdir(archive))[0]).read_bytes()
+    (archive / "IMG0001").write_bytes(dicom_from_jpeg(jpeg, generate_uid(), generate_uid(), generate_uid()))
     root = tmp_path / "root"
     publish_untrained_model(root, name="m", size=32)
     os.umask(0o022)  # the usual default, which would leave everything world-readable
     subprocess.run([sys.executable, "-m", "lesionspark.cli", "--log-level", "WARN", "score", "--root", str(root),
-                    "--archive", str(archive), "--model", "m:v1", "score.explain_flagged=true",
+                    "--archive", str(archive), "--model", "m:v1", "score.explain_flagged=true", "score.dicom_results=true",
                     "evaluate.default_threshold=0.0", "spark.master=local[1]", "spark.conf.spark.ui.enabled=false"],
                    check=True, capture_output=True)
     written = [os.path.join(d, n) for d, dirs, files in os.walk(root / "tables") for n in dirs + files]
-    written += [os.path.join(d, n) for d, dirs, files in os.walk(root / "explanations") for n in dirs + files]
+    for folder in ("explanations", "dicom_results"):
+        written += [os.path.join(d, n) for d, dirs, files in os.walk(root / folder) for n in dirs + files]
     assert any(w.endswith(".png") for w in written) and any("predictions" in w for w in written)
+    assert any(w.endswith(".dcm") for w in written)
     open_to_others = [w for w in written if os.stat(w).st_mode & 0o007]
     assert not open_to_others, open_to_others[:5]
 

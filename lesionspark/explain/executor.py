@@ -42,7 +42,7 @@ def _explained(predictor: Predictor, batch: pd.DataFrame, images: list, staging_
     ``<image>-f<frame>``), their overlays written under the staging folder."""
     classes = predictor.spec.classes
     names = [batch["image"].iat[im.file] + ("" if im.frame is None else f"-f{im.frame}") for im in images]
-    written, probs, blank = write_overlays(predictor.model, predictor.card, [im.array for im in images], names,
+    written, probs, blank, _ = write_overlays(predictor.model, predictor.card, [im.array for im in images], names,
                                            staging_overlays, method=predictor.spec.heatmap, metadata=meta)
     out = batch[["image", "source_path", "true_dx"]].iloc[[im.file for im in images]].reset_index(drop=True)
     out["image"] = names

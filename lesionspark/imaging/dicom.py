@@ -47,6 +47,7 @@ import zlib
 import numpy as np
 
 from ..dataset.clinical import from_dicom
+from .dicom_results import result_header
 from .images import DECODE_TIMEOUT_S, ImageRejected, fit_array
 from ..core.isolate import ChildFailed, in_child
 from ..core.pathkey import digest
@@ -270,11 +271,12 @@ def _check_inflated_size(data: bytes, limit: int) -> None:
 
 def read_frames(data: bytes, max_pixels: int, salt: str | None = None, max_bytes: int = MAX_DECODED_BYTES,
                 size: int | None = None, mode: str = "squash",
-                max_frames: int | None = None) -> tuple[list[np.ndarray], dict, dict]:
+                max_frames: int | None = None) -> tuple[list[np.ndarray], dict, dict, object]:
     """(RGB uint8 frames: full size, or ``size`` x ``size`` by ``images.fit_array`` when ``size`` is
     given; ``IDENTIFIERS``; the patient's age, sex and anatomic site for a model's metadata input
-    (``clinical.from_dicom``: used, never stored)) of a DICOM photograph; ``ImageRejected`` with a
-    reason for anything else, whatever a crafted object makes the parser or a decoder raise.
+    (``clinical.from_dicom``: used, never stored); the header the result objects copy
+    (``dicom_results.result_header``: kept in memory with the batch, never stored)) of a DICOM
+    photograph; ``ImageRejected`` with a reason for anything else, whatever a crafted object makes the parser or a decoder raise.
     ``max_bytes``: the memory budget (``check_budget``); ``max_frames``: more is a reject before decoding."""
     # pydicom logs odd values as it meets them, and a value can be a birth date or a name: silenced
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
@@ -291,7 +293,7 @@ def read_frames(data: bytes, max_pixels: int, salt: str | None = None, max_bytes
 
 
 def _read_frames(data: bytes, max_pixels: int, salt: str | None, max_bytes: int, size: int | None, mode: str,
-                 max_frames: int | None) -> tuple[list[np.ndarray], dict, dict]:
+                 max_frames: int | None) -> tuple[list[np.ndarray], dict, dict, object]:
     import pydicom
     _check_inflated_size(data, max_bytes)
     ds = pydicom.dcmread(io.BytesIO(bytes(data)))
@@ -312,4 +314,4 @@ def _read_frames(data: bytes, max_pixels: int, salt: str | None, max_bytes: int,
     del arr
     if len(rgb) != frames:
         raise ImageRejected("dicom_undecodable", f"{len(rgb)} frames decoded, {frames} declared")
-    return rgb, ids, from_dicom(ds)
+    return rgb, ids, from_dicom(ds), result_header(ds)

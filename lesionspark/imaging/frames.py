@@ -49,7 +49,8 @@ def deadline(seconds: float):
 class Image(NamedTuple):
     """One image of a file: ``frame`` None for a JPEG or PNG, 1..n for a DICOM object's frames;
     ``array`` None with a ``reason`` for a reject; ``clinical`` what the file says of the patient
-    (DICOM: age, sex, anatomic site) for a model's metadata input."""
+    (DICOM: age, sex, anatomic site) for a model's metadata input; ``source`` a DICOM object's header
+    for the result objects (``dicom_results.result_header``), None for anything else."""
     file: int
     frame: int | None
     array: np.ndarray | None
@@ -57,6 +58,7 @@ class Image(NamedTuple):
     detail: str | None
     ids: dict
     clinical: dict
+    source: object = None
 
 
 def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | None, reasons: list,
@@ -80,8 +82,8 @@ def decode_frames(contents, size: int, mode: str, max_pixels: int, salt: str | N
 def _decode_one(i, data, reason, detail, size, mode, max_pixels, salt, max_bytes, max_frames) -> list[Image]:
     if reason is None and is_dicom(data):
         try:
-            frames, ids, clinical = read_frames(data, max_pixels, salt, max_bytes, size, mode, max_frames)
-            return [Image(i, k + 1, f, None, None, ids, clinical) for k, f in enumerate(frames)]
+            frames, ids, clinical, header = read_frames(data, max_pixels, salt, max_bytes, size, mode, max_frames)
+            return [Image(i, k + 1, f, None, None, ids, clinical, header) for k, f in enumerate(frames)]
         except ImageRejected as rej:
             return [Image(i, None, None, rej.code, rej.detail, NO_IDS, {})]
     arrays, r, d = decode_each([data], size, mode, max_pixels, [reason], [detail])

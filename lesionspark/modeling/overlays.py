@@ -29,16 +29,16 @@ def write_overlays(model, card: dict, images: list, names: list[str], out_dir: s
                    method: str = DEFAULT_METHOD, metadata=None):
     """Explain ``images`` (uint8 arrays, None for a reject; ``metadata`` one encoded vector per image
     or None) and write ``out_dir/<name>.png`` for each with a non-empty map: (overlay paths or None,
-    probabilities or None, empty flags or None) per image."""
-    paths, probs, blank = [None] * len(images), [None] * len(images), [None] * len(images)
+    probabilities or None, empty flags or None, heatmaps [H,W] 0..1 or None) per image."""
+    paths, probs, blank, maps = [None] * len(images), [None] * len(images), [None] * len(images), [None] * len(images)
     good = [i for i, im in enumerate(images) if im is not None]
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
         meta = None if metadata is None else np.asarray(metadata)[chunk]
-        _, p, over = explain_arrays(model, card, np.stack([images[i] for i in chunk]), method, meta)
+        cams, p, over = explain_arrays(model, card, np.stack([images[i] for i in chunk]), method, meta)
         for j, i in enumerate(chunk):
-            probs[i], blank[i] = p[j], over[j] is None
+            probs[i], blank[i], maps[i] = p[j], over[j] is None, cams[j]
             if over[j] is not None:
                 paths[i] = f"{out_dir}/{names[i]}.png"
                 storage.write_bytes(paths[i], png(over[j]))
-    return paths, probs, blank
+    return paths, probs, blank, maps

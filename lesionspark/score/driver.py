@@ -26,7 +26,9 @@ from ..dataset.clinical import card_fields, drop_shared, load_sidecar
 from ..imaging.dicom import IDENTIFIERS
 from ..store.listing import Reader, list_files
 from ..inference.spec import build as build_spec
+from .dicom_out import DicomOut
 from .executor import score_files, score_files_schema
+from ..imaging import dicom_results
 from ..core.progress import PhaseClock, timed
 from ..store.registry import explanations_dir, resolve_model
 from ..store.spark import sql_conf, task_count
@@ -145,7 +147,25 @@ def _setup(cfg: Config) -> tuple[str, str, dict, str]:
     card, model_uri = resolve_model(root, cfg.get("score.model"))
     if cfg.get("score.hash_paths") and not cfg.get("score.path_salt"):
         raise ScoreError("score.hash_paths needs score.path_salt (keep it secret and the same across runs)")
+    if cfg.get("score.dicom_results"):
+        try:
+            dicom_results.check_root(cfg.get("dicom.uid_root"))
+        except ValueError as exc:
+            raise ScoreError(str(exc)) from None
     return root, archive, card, model_uri
+
+
+def _dicom_out(cfg: Config, root: str, staging: str, card: dict, spec, threshold: float) -> DicomOut | None:
+    """What the tasks need to write DICOM results (``score.dicom_results``), or None."""
+    if not cfg.get("score.dicom_results"):
+        return None
+    uid_root = cfg.get("dicom.uid_root")
+    if uid_root == dicom_results.EXAMPLE_ROOT:
+        log.warning("score: DICOM results get UIDs under pydicom's example root %s: set dicom.uid_root to your "
+                    "organisation's root before sending them to a PACS", uid_root)
+    return DicomOut(uid_root, f"{staging}/dicom", Layout(root).dicom_results(card["name"], card["version"]),
+                    dicom_results.ModelIdentity.from_card(card, spec.heatmap), tuple(card["classes"]), threshold,
+                    spec.resize)
 
 
 def review_threshold(card: dict, cfg: Config) -> tuple[float, str]:
@@ -254,9 +274,11 @@ def _read_predict(spark, cfg: Config, files, to_read, n_read: int, archive: str,
     overlays = (threshold, f"{staging}/flagged", f"{explanations_dir(root, card)}/flagged") \
         if cfg.get("score.explain_flagged") else None
     reader = Reader([archive], bool(cfg.get("archive.follow_links")), float(cfg.get("archive.read_timeout_s")))
-    fn = score_files(build_spec(cfg, card, model_uri), reader, list(PASSTHROUGH), clock, overlays,
+    spec = build_spec(cfg, card, model_uri)
+    fn = score_files(spec, reader, list(PASSTHROUGH), clock, overlays,
                      pathkey.share(spark, cfg.get("score.path_salt")),
-                     drop_shared(spark, files, load_sidecar(cfg.get("archive.metadata_csv"), card_fields(card))))
+                     drop_shared(spark, files, load_sidecar(cfg.get("archive.metadata_csv"), card_fields(card))),
+                     _dicom_out(cfg, root, staging, card, spec, threshold))
     schema = score_files_schema(", ".join(f"{k} {t}" for k, t in PASSTHROUGH.items()))
     with sql_conf(spark, spark_sql_execution_arrow_maxRecordsPerBatch=int(cfg.get("inference.arrow_batch_rows"))), \
             timed(log, f"read + hash + decode + predict {n_read} files", spark=spark) as step:
@@ -291,7 +313,8 @@ def _score(spark, cfg: Config, run_id: str, root: str, archive: str, card: dict,
         raise ScoreError(f"accounting failed: {lost} listed files would have neither a prediction nor a reject; "
                          "nothing was committed")
     stats = run_stats(spark, staging, card, cfg, counts["predictions"])
-    _commit(root, run_id, lease.check, f"{explanations_dir(root, card)}/flagged")  # fenced: stops moving once lost
+    _commit(root, run_id, lease.check, f"{explanations_dir(root, card)}/flagged",  # fenced: stops moving once lost
+            dicom_dir=Layout(root).dicom_results(model, version))
     scored, rejected = counts["predictions"], counts["score_rejects"]
     skipped = listed - scored - rejected  # already done, or another path of a content scored now
     summary = {"run_id": run_id, "model": model, "model_version": version, "archive": archive,
@@ -367,6 +390,7 @@ def _results_frames(spark, raw: str, done, card: dict, run_id: str, now, thresho
         predicted_label.alias("predicted_label"), F.array_max(probs).alias("confidence"), probs.alias("probabilities"),
         sum((F.element_at(probs, i + 1) for i in malignant_outputs(classes)), F.lit(0.0)).alias("malignant_probability"),
         "metadata_missing", "age_group", "sex", "localization",
+        "dicom_sr_uid", "dicom_sr_path", "dicom_seg_uid", "dicom_seg_path", "dicom_note",
         F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at"),
         F.lit(now.date().isoformat()).alias("scored_date"))
     preds = preds.withColumn("review_flag", F.col("malignant_probability") >= F.lit(threshold)) \
@@ -429,13 +453,16 @@ def _clean_staging(root: str, keep: str | None = None) -> None:
             fs.delete_dir(info.path)
 
 
-def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None, per_file: bool | None = None) -> int:
+def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None, per_file: bool | None = None,
+            dicom_dir: str | None = None) -> int:
     """Move this run's partition directories from staging into the tables; the number of moves.
     The predictions go last: a crash before it leaves files indexed but unscored, which the next
     run scores (its ``done`` check finds no prediction), never the other way round. ``fence`` (the
     lease's check) runs before every move: a run that lost the lease stops there (``LeaseLost``).
-    Flagged overlays (patient images) go first, into ``flagged_dir``: a failed or fenced run leaves
-    none behind outside its staging, and a prediction never names an overlay not yet in place.
+    Flagged overlays (patient images) go first, into ``flagged_dir``, and the DICOM results into
+    ``dicom_dir``: a failed or fenced run leaves none behind outside its staging, and a prediction
+    never names a file not yet in place (each is named by its content or its derived UID: moving
+    it again replaces it).
 
     ``per_file`` (the default where the root cannot move a directory: object stores) moves each
     file of a partition on its own, each one whole (S3: copy, then delete). A crash then leaves
@@ -447,14 +474,16 @@ def _commit(root: str, run_id: str, fence=None, flagged_dir: str | None = None, 
     moved = 0
     if fence is not None:
         fence()  # before anything is created outside the staging
-    fs, src = storage.filesystem(f"{staging}/flagged")
-    if flagged_dir and fs.get_file_info(src).type == pafs.FileType.Directory:
-        _, dst = storage.filesystem(flagged_dir)
+    for folder, final in (("flagged", flagged_dir), ("dicom", dicom_dir)):
+        fs, src = storage.filesystem(f"{staging}/{folder}")
+        if not final or fs.get_file_info(src).type != pafs.FileType.Directory:
+            continue
+        _, dst = storage.filesystem(final)
         fs.create_dir(dst, recursive=True)
         for info in fs.get_file_info(pafs.FileSelector(src)):
             if fence is not None:
                 fence()
-            fs.move(info.path, f"{dst}/{info.base_name}")  # named by content: replacing is rewriting
+            fs.move(info.path, f"{dst}/{info.base_name}")  # named by content or UID: replacing is rewriting
             moved += 1
     for table in ("score_rejects", "score_files", "predictions"):
         fs, src = storage.filesystem(f"{staging}/{table}")

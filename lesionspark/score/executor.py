@@ -15,6 +15,7 @@ from ..imaging.dicom import IDENTIFIERS
 from ..inference.predictor import Predictor, per_batch
 from ..inference.spec import InferSpec
 from ..modeling.overlays import write_overlays
+from .dicom_out import DicomOut
 
 
 def score_files_schema(passthrough: str) -> str:
@@ -25,7 +26,8 @@ def score_files_schema(passthrough: str) -> str:
     comma-joined, empty when none; null for an image-only model)."""
     ids = ", ".join(f"{k} string" for k in IDENTIFIERS)
     ours = (f"image_sha256 string, frame int, {ids}, probabilities array<double>, reason string, detail string, "
-            "explanation_path string, metadata_missing string, age_group string, sex string, localization string")
+            "explanation_path string, metadata_missing string, age_group string, sex string, localization string, "
+            "dicom_sr_uid string, dicom_sr_path string, dicom_seg_uid string, dicom_seg_path string, dicom_note string")
     return f"{passthrough}, {ours}" if passthrough else ours
 
 
@@ -33,14 +35,14 @@ def explain_flagged(predictor: Predictor, arrays: list, probs: list, shas: list,
                     staging_dir: str, final_dir: str):
     """Heatmap overlays (``spec.heatmap``) of the images whose malignant probability reaches ``threshold``,
     written to ``staging_dir/<sha256>.png`` (named by content: a rerun rewrites the same file; the
-    run's commit moves them to ``final_dir``): their final paths, or None (not flagged, or a map with
-    no positive evidence)."""
+    run's commit moves them to ``final_dir``): (their final paths, or None: not flagged, or a map
+    with no positive evidence; their heatmaps, or None where not flagged)."""
     mal = malignant_outputs(predictor.spec.classes)
     flagged = [a if (a is not None and p is not None and sum(p[i] for i in mal) >= threshold) else None
                for a, p in zip(arrays, probs)]
-    paths, _, _ = write_overlays(predictor.model, predictor.card, flagged, list(shas), staging_dir,
-                                 method=predictor.spec.heatmap, metadata=metadata)
-    return [None if p is None else final_dir + p[len(staging_dir):] for p in paths]
+    paths, _, _, maps = write_overlays(predictor.model, predictor.card, flagged, list(shas), staging_dir,
+                                       method=predictor.spec.heatmap, metadata=metadata)
+    return [None if p is None else final_dir + p[len(staging_dir):] for p in paths], maps
 
 
 def read_alternate(reader, files: pd.DataFrame, i: int, fetched: tuple, max_bytes: int) -> tuple:
@@ -64,7 +66,8 @@ def read_alternate(reader, files: pd.DataFrame, i: int, fetched: tuple, max_byte
 
 
 def score_files(spec: InferSpec, reader, passthrough: list[str], clock=None,
-                explain: tuple[float, str, str] | None = None, salt=None, sidecar: dict | None = None):
+                explain: tuple[float, str, str] | None = None, salt=None, sidecar: dict | None = None,
+                dicom: DicomOut | None = None):
     """mapInPandas function over listed files (``path``, ``length`` and ``passthrough`` columns):
     each file is read once, hashed where its bytes are, decoded and predicted, a row per image
     (every frame of a DICOM object is one); files that cannot be scored carry a reason. Files are
@@ -73,7 +76,8 @@ def score_files(spec: InferSpec, reader, passthrough: list[str], clock=None,
     final folder): heatmap overlays (``spec.heatmap``) of the flagged images, their paths in
     ``explanation_path``. ``salt``: a broadcast of the salt for the DICOM patient key
     (``dicom.patient_key``, ``pathkey.share``), or None. ``sidecar``: ``{image id: {field: value}}``
-    for a model's metadata input (``predictor.image_metadata``)."""
+    for a model's metadata input (``predictor.image_metadata``). ``dicom``: DICOM result objects
+    (``dicom_out``) for the images of DICOM objects, staged like the overlays, named in ``dicom_*``."""
     def handle(predictor: Predictor, files: pd.DataFrame) -> Iterator[pd.DataFrame]:
         secret = None if salt is None else salt.value
         shas, spent, predict_s = [None] * len(files), {"read_hash": 0.0, "decode": 0.0}, 0.0
@@ -97,7 +101,7 @@ def score_files(spec: InferSpec, reader, passthrough: list[str], clock=None,
             t0 = time.perf_counter()
             meta, used = predictor.inputs(images, files, "path", sidecar)
             rows = predictor([im.array for im in images], meta)
-            yield _image_rows(files[passthrough], images, shas, rows, predictor, explain, meta, used)
+            yield _image_rows(files[passthrough], images, shas, rows, predictor, explain, meta, used, dicom)
             predict_s += time.perf_counter() - t0
         if clock is not None:
             clock.add(files=len(files), predict=predict_s, **spent)
@@ -105,9 +109,9 @@ def score_files(spec: InferSpec, reader, passthrough: list[str], clock=None,
 
 
 def _image_rows(files: pd.DataFrame, images: list, shas: list, rows: list, predictor: Predictor,
-                explain, meta, used: list) -> pd.DataFrame:
-    """One output row per image: its file's pass-through columns, hash, frame, identifiers, result and
-    the metadata categories the model was given."""
+                explain, meta, used: list, dicom: DicomOut | None = None) -> pd.DataFrame:
+    """One output row per image: its file's pass-through columns, hash, frame, identifiers, result,
+    the metadata categories the model was given and its DICOM result objects."""
     out = files.iloc[[im.file for im in images]].reset_index(drop=True)
     out["image_sha256"] = [shas[im.file] for im in images]
     out["frame"] = pd.array([im.frame for im in images], dtype="Int32")
@@ -118,9 +122,12 @@ def _image_rows(files: pd.DataFrame, images: list, shas: list, rows: list, predi
     out["detail"] = [im.detail for im in images]
     # overlays are named by content, and by frame where a content holds several images
     names = [s if im.frame is None else f"{s}-f{im.frame}" for s, im in zip(out["image_sha256"], images)]
-    out["explanation_path"] = explain_flagged(predictor, [im.array for im in images], rows, names, meta,
-                                              *explain) if explain else [None] * len(out)
+    out["explanation_path"], maps = explain_flagged(predictor, [im.array for im in images], rows, names, meta,
+                                                    *explain) if explain else ([None] * len(out), [None] * len(out))
     out["metadata_missing"] = [None if u is None else missing(u) for u in used]
     for field, column in zip(FIELDS, ("age_group", "sex", "localization")):
         out[column] = [None if u is None else u.get(field) for u in used]
+    written = [dicom.write(im, p, m) if dicom else {} for im, p, m in zip(images, rows, maps)]
+    for column in ("dicom_sr_uid", "dicom_sr_path", "dicom_seg_uid", "dicom_seg_path", "dicom_note"):
+        out[column] = [w.get(column) for w in written]
     return out

@@ -68,3 +68,7 @@ class Layout:
 
     def explanations(self, name: str, version: str) -> str:
         return join(self.root, "explanations", name, version)
+
+    # DICOM results for the PACS: dicom_results/<model>/<version>/<uid>.dcm (score.dicom_results)
+    def dicom_results(self, name: str, version: str) -> str:
+        return join(self.root, "dicom_results", name, version)
