@@ -129,7 +129,7 @@ def spread(args) -> None:
     rows = []
     for seed in args.seeds.split(","):
         env = {**os.environ, "LESIONSPARK_QUALITY_SEED": seed}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-n", "0", "-p", "no:cacheprovider",
                                "tests/test_quality.py"], cwd=REPO, env=env, capture_output=True, text=True)
         out = proc.stdout + proc.stderr
         row = {"seed": int(seed), "passed": proc.returncode == 0}

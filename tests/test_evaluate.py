@@ -111,6 +111,17 @@ def test_the_calibration_sentence_says_what_was_recorded():
     assert "a split the card does not record" in unknown and "an objective the card does not record" in unknown
 
 
+def test_the_selection_sentence_says_which_weights_the_model_holds():
+    from lesionspark.evaluate.report import _selection_note
+    last = _selection_note({"selection": {"rule": "last", "epochs": [8]}, "epochs_run": 8})
+    assert "last epoch (8 of 8 epochs run" in last and "nothing was chosen on val" in last
+    swa = _selection_note({"selection": {"rule": "swa", "epochs": [6, 7, 8]}, "epochs_run": 8})
+    assert "mean of the weights of epochs 6, 7, 8" in swa
+    best = _selection_note({"selection": {"rule": "best", "epochs": [4], "monitor": "val_macro_recall"}, "epochs_run": 8})
+    assert "epoch 4 (of 8 epochs run), the best on val `val_macro_recall`" in best and "optimistic" in best
+    assert "does not record" in _selection_note({})
+
+
 def test_rerun_replaces_its_own_rows_and_compare_lists_versions(spark, evaluated):
     cfg, root, summary, _ = evaluated
     before = _metrics(spark, root)

@@ -19,13 +19,14 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 FAST = {"model.params": {"filters": [8, 16, 16], "dense": 32}, "train.batch_size": 16,
         "train.balance": "none", "train.num_proc": 2, "train.warmup_epochs": 1, "train.patience": 10,
         "train.learning_rate": 0.003, "train.horovod_verbose": 0}
+SWA = {"train.select": "swa", "train.swa_epochs": 3}  # the killed and resumed run: a weight mean across the kill
 
 
 def _kill_mid_run(cfg, run_id: str, run_dir: Path, tmp_path: Path) -> int:
     """``lesionspark train`` in its own process, killed (SIGKILL, Horovod ranks included) once its
     checkpoint says 2 epochs are done; the epoch the checkpoint holds."""
     conf = tmp_path / "run.yaml"
-    conf.write_text(cfg.with_overrides({**FAST, "train.epochs": 4, "train.sleep_after_epoch": 3,
+    conf.write_text(cfg.with_overrides({**FAST, **SWA, "train.epochs": 4, "train.sleep_after_epoch": 3,
                                         "spark.master": "local[2]"}).to_yaml())
     cmd = [str(Path(sys.executable).parent / "lesionspark"), "train", "--conf", str(conf), "--run-id", run_id,
            "spark.conf.spark.ui.showConsoleProgress=false"]
@@ -60,7 +61,7 @@ def trained(spark, ingested_small, tmp_path_factory):
     run_dir = Path(layout.root.replace("file://", "")) / "runs" / run_id
     epoch_at_kill = _kill_mid_run(cfg, run_id, run_dir, tmp_path_factory.mktemp("killed"))
     published_before = (run_dir.parent.parent / "models" / "cnn" / run_id).exists()
-    card = train(spark, cfg.with_overrides({**FAST, "train.epochs": 4}), run_id=run_id)
+    card = train(spark, cfg.with_overrides({**FAST, **SWA, "train.epochs": 4}), run_id=run_id)
     return cfg, layout, card, epoch_at_kill, published_before
 
 
@@ -119,6 +120,25 @@ def test_model_and_card_are_written(trained):
     assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def test_selection_rules_and_the_val_split_they_need(caplog):
+    """Which epochs a model keeps under each ``train.select``; the default does not pick on val; a
+    pick on val warns when a val class is too thin for the monitor to mean anything."""
+    from types import SimpleNamespace
+    from lesionspark.core.config import Config
+    from lesionspark.train.driver import MIN_VAL_IMAGES, selection, thin_val_classes
+    spec = SimpleNamespace(select="best", monitor="val_macro_recall", epochs=8, swa_epochs=3)
+    assert selection(spec, 8, {"epoch": 4, "value": 0.7}) == {"rule": "best", "monitor": "val_macro_recall",
+                                                              "epochs": [5]}
+    assert selection(SimpleNamespace(**{**vars(spec), "select": "last"}), 8, None) == {"rule": "last", "epochs": [8]}
+    assert selection(SimpleNamespace(**{**vars(spec), "select": "swa"}), 8, None) == {"rule": "swa", "epochs": [6, 7, 8]}
+    # the demo's val split (157 images): 1 df and 3 vasc move a balanced-accuracy monitor by up to 0.14
+    demo_val = {"counts": {"by_split": {"val": {"per_class": {"akiec": 5, "bcc": 8, "bkl": 17, "df": 1, "mel": 18,
+                                                              "nv": 105, "vasc": 3}}}}}
+    assert thin_val_classes(demo_val) == {"akiec": 5, "bcc": 8, "bkl": 17, "df": 1, "mel": 18, "vasc": 3}
+    assert MIN_VAL_IMAGES >= 30
+    assert Config.load().get("train.select") != "best"  # the default keeps weights that do not depend on val
+
+
 def test_sharding_plan():
     assert sharding(8, 2) == "row_groups" and sharding(3, 2) == "hash"
 
@@ -130,6 +150,13 @@ def test_a_killed_run_resumes_from_its_checkpoint(trained):
     assert all(r["initial_epoch"] == epoch_at_kill for r in card["ranks"])
     assert card["epochs_run"] == 4  # the history spans the run before and after the crash
     assert all(r["epochs_run"] == 4 - epoch_at_kill for r in card["ranks"])
+    # train.select: swa: the mean of epochs 2 to 4 spans the kill, the resumed run starting from the
+    # mean through its last recorded epoch; each rank ended holding that mean
+    assert card["selection"] == {"rule": "swa", "epochs": [2, 3, 4]}
+    run_dir = Path(layout.root.replace("file://", "")) / "runs" / card["run_id"]
+    assert sorted(p.name for p in run_dir.glob("swa-*.npz")) == ["swa-003.npz", "swa-004.npz"]
+    with np.load(run_dir / "swa-004.npz", allow_pickle=False) as saved:
+        assert int(saved["n"]) == 3
 
 
 def test_binary_mode_with_focal_loss_and_class_weights_on_an_efficientnet(spark, ingested_small):

@@ -222,6 +222,22 @@ def _calibration_note(calibration: dict) -> str:
             "are on the calibrated probabilities.")
 
 
+def _selection_note(card: dict) -> str:
+    """Which weights the evaluated model holds, from the card's ``selection`` (``train.select``)."""
+    sel = card.get("selection") or {}
+    epochs = ", ".join(str(e) for e in sel.get("epochs", [])) or "unknown"
+    of = f"of {card.get('epochs_run')} epochs run"
+    if sel.get("rule") == "last":
+        return f"The model holds the weights of its last epoch ({epochs} {of}; `train.select: last`): nothing was chosen on val."
+    if sel.get("rule") == "swa":
+        return (f"The model holds the mean of the weights of epochs {epochs} ({of}; `train.select: swa`), batch-norm "
+                "statistics recomputed for the mean: nothing was chosen on val.")
+    if sel.get("rule") == "best":
+        return (f"The model holds the weights of epoch {epochs} ({of}), the best on val `{sel.get('monitor')}` "
+                "(`train.select: best`): val took part in choosing it, so val figures are optimistic.")
+    return "The card does not record which epoch's weights the model holds."
+
+
 def _interval_note(resamples: int, seed) -> str:
     if not resamples:
         return "No confidence intervals: `evaluate.bootstrap` was 0 for this run."
@@ -268,7 +284,7 @@ def markdown(card: dict, manifest: dict, results: dict, classes: list[str], thre
     out.append(_table(["split", "images", "accuracy [95% CI]", "balanced accuracy [95% CI]", "macro F1 [95% CI]",
                        "weighted F1", "Cohen's kappa", "macro AUC (OvR)", "malignant AUC", "ECE uncalibrated",
                        "ECE"], rows))
-    out += ["", _calibration_note(card.get("calibration") or {})]
+    out += ["", _selection_note(card), "", _calibration_note(card.get("calibration") or {})]
     out += ["", _interval_note(*intervals), "", "## Benign vs malignant", "",
             f"`malignant_probability` = sum of the probabilities of {', '.join(classes[k] for k in malignant_outputs(classes))}. "
             f"The operating threshold for sensitivity ≥ {target:g} was chosen on **{threshold_split}** "

@@ -23,7 +23,7 @@ import tensorflow as tf
 from ..store import storage
 from ..modeling.metrics import confusion_summary
 from ..modeling.models import model_inputs, preprocess
-from .spec import BEST, CHECKPOINT, STATE, TrainSpec
+from .spec import BEST, CHECKPOINT, STATE, TrainSpec, epoch_weights, swa_weights
 
 
 @dataclass
@@ -219,6 +219,7 @@ class Checkpoint(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         improved = self.state.record(epoch, dict(logs or {}), self.spec.monitor)
+        improved = improved or self.spec.select != "best"  # last (and swa, until its mean replaces it): this epoch's
         if self.rank != 0:
             return
         run_dir = self.spec.run_dir
@@ -228,7 +229,55 @@ class Checkpoint(tf.keras.callbacks.Callback):
                 storage.upload_file(f"{tmp}/{BEST}", f"{run_dir}/{BEST}")
             self.model.save_weights(f"{tmp}/{CHECKPOINT}")
             storage.upload_file(f"{tmp}/{CHECKPOINT}", f"{run_dir}/{CHECKPOINT}")
+            if self.spec.keep_epoch_weights:
+                storage.upload_file(f"{tmp}/{CHECKPOINT}", f"{run_dir}/{epoch_weights(epoch + 1)}")
         rate = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
         self.state.save(run_dir, epoch, rate, self.early.wait)
         if self.spec.sleep_after_epoch:
             time.sleep(self.spec.sleep_after_epoch)  # lets tests kill a run mid-way
+
+
+class WeightAverage(tf.keras.callbacks.Callback):
+    """``train.select: swa``: the running mean of the weights after each of the last ``swa_epochs``
+    epochs. Every rank holds the same mean (the ranks are in lockstep); rank 0 also writes it, before
+    ``Checkpoint`` records the epoch, as ``runs/<run>/swa-<epochs done>.npz`` (arrays only), keeping the
+    previous one, so a resumed run starts from the mean through its last recorded epoch. At the end
+    the model takes the mean, PreciseBN recomputes its batch-norm statistics, and rank 0 writes it as
+    the run's kept weights."""
+
+    def __init__(self, spec: TrainSpec, state: RunState, rank: int, bn: PreciseBatchNorm):
+        super().__init__()
+        self.spec, self.state, self.rank, self.bn = spec, state, rank, bn
+        self.mean, self.n = None, 0
+
+    def on_train_begin(self, logs=None):
+        uri = f"{self.spec.run_dir}/{swa_weights(self.state.epoch)}"
+        if self.state.epoch and storage.exists(uri):  # a resumed run: the mean through its last recorded epoch
+            with storage.local_copy(uri, suffix=".npz") as local, np.load(local, allow_pickle=False) as saved:
+                self.n = int(saved["n"])
+                self.mean = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 <= self.spec.epochs - self.spec.swa_epochs:
+            return
+        weights = self.model.get_weights()
+        self.n += 1
+        self.mean = weights if self.mean is None else [m + (w - m) / self.n for m, w in zip(self.mean, weights)]
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                np.savez(f"{tmp}/swa.npz", n=np.array(self.n), **{f"w{i}": m for i, m in enumerate(self.mean)})
+                storage.upload_file(f"{tmp}/swa.npz", f"{self.spec.run_dir}/{swa_weights(epoch + 1)}")
+            older = f"{self.spec.run_dir}/{swa_weights(epoch - 1)}"
+            if epoch >= 1 and storage.exists(older):
+                storage.delete(older)
+
+    def on_train_end(self, logs=None):
+        if not self.n:
+            return
+        self.model.set_weights(self.mean)
+        self.bn.recompute()
+        sync_non_trainable(self.model)
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.model.save_weights(f"{tmp}/{BEST}")
+                storage.upload_file(f"{tmp}/{BEST}", f"{self.spec.run_dir}/{BEST}")

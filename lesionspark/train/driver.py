@@ -84,6 +84,9 @@ def _training_split(layout: Layout, name: str, manifest: dict, method: str) -> t
     return out + "/train", counts["after"]
 
 
+SELECT = ("best", "last", "swa")  # train.select: which weights a run keeps (docs/stages.md, "Train")
+
+
 def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
     """The run's ``TrainSpec``, from the config and the ingested (or balanced) data."""
     layout = Layout(cfg.get("storage.root"))
@@ -92,6 +95,18 @@ def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
     arch = cfg.get("model.arch")
     if arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if cfg.get("train.select") not in SELECT:
+        raise ConfigError(f"train.select must be one of {SELECT}, got {cfg.get('train.select')!r}")
+    if int(cfg.get("train.swa_epochs")) < 1:
+        raise ConfigError(f"train.swa_epochs must be at least 1, got {cfg.get('train.swa_epochs')!r}")
+    thin = thin_val_classes(manifest)
+    if cfg.get("train.select") == "best" and thin:
+        log.warning("train.select: best picks the epoch by %s on a val split with %s: one image moves it by up "
+                    "to %.2f, so the pick follows noise (docs/benchmarks.md, \"Which weights a run keeps\"); "
+                    "train.select: %s does not depend on val", cfg.get("train.monitor"),
+                    ", ".join(f"{n} {c}" for c, n in sorted(thin.items())),
+                    1 / (sum(1 for n in manifest["counts"]["by_split"]["val"]["per_class"].values() if n)
+                         * min(thin.values())), "last")
     method = training_data(cfg)
     train_url, train_counts = _training_split(layout, name, manifest, method)
     binary = cfg.get("train.mode") == "binary"
@@ -120,6 +135,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
         epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), learning_rate=float(t["learning_rate"]),
         lr_scaling=t["lr_scaling"], warmup_epochs=int(t["warmup_epochs"]), schedule=t["schedule"],
         loss=t["loss"], focal_gamma=float(t["focal_gamma"]), monitor=t["monitor"], patience=int(t["patience"]),
+        select=t["select"], swa_epochs=int(t["swa_epochs"]),
         augment=Augment(**t["augment"]), finetune=Finetune(**t["finetune"]), bn_batches=int(t["bn_batches"]),
         shuffle_buffer=int(t["shuffle_buffer"]), seed=int(t["seed"]),
         samples_per_epoch=int(t["samples_per_epoch"]) if t["samples_per_epoch"] else None,
@@ -127,7 +143,7 @@ def build_spec(spark, cfg: Config, run_id: str) -> TrainSpec:
         num_proc=num_proc, threads=threads_per_worker(spark, num_proc, int(t["threads_per_worker"])),
         reader_workers=int(t["reader_workers"]), deterministic=bool(t["deterministic"]),
         sharding=sharding(n_row_groups, num_proc), row_groups=n_row_groups,
-        sleep_after_epoch=float(t["sleep_after_epoch"] or 0))
+        sleep_after_epoch=float(t["sleep_after_epoch"] or 0), keep_epoch_weights=bool(t["keep_epoch_weights"]))
 
 
 def train(spark, cfg: Config, run_id: str | None = None) -> dict:
@@ -157,6 +173,25 @@ def train(spark, cfg: Config, run_id: str | None = None) -> dict:
     return card
 
 
+MIN_VAL_IMAGES = 30  # per present class, for a pick by a val monitor to be more than noise
+
+
+def thin_val_classes(manifest: dict) -> dict:
+    """The val classes with fewer than ``MIN_VAL_IMAGES`` images (and at least one): on such a split
+    one image moves a balanced-accuracy monitor by 1/(classes x count)."""
+    per_class = manifest["counts"]["by_split"]["val"]["per_class"]
+    return {c: n for c, n in per_class.items() if 0 < n < MIN_VAL_IMAGES}
+
+
+def selection(spec: TrainSpec, epochs_run: int, best: dict | None) -> dict:
+    """The model card's ``selection``: the rule and the epochs (1-based) whose weights the model holds."""
+    if spec.select == "best":
+        return {"rule": "best", "monitor": spec.monitor, "epochs": [best["epoch"] + 1] if best else []}
+    if spec.select == "last":
+        return {"rule": "last", "epochs": [epochs_run]}
+    return {"rule": "swa", "epochs": list(range(max(1, spec.epochs - spec.swa_epochs + 1), epochs_run + 1))}
+
+
 def publish(cfg: Config, spec: TrainSpec, rank0: dict, seconds: float, ranks: list) -> dict:
     import horovod
     import pyspark
@@ -173,7 +208,8 @@ def publish(cfg: Config, spec: TrainSpec, rank0: dict, seconds: float, ranks: li
         "preprocessing": spec.preprocessing, "balance": spec.balance,
         "dataset": spec.dataset, "dataset_fingerprint": spec.fingerprint, "train_counts": spec.train_counts,
         "hyperparameters": spec.hyperparameters(),
-        "epochs_run": len(history.get("loss", [])), "best": rank0.get("best"), "workers": spec.num_proc,
+        "epochs_run": len(history.get("loss", [])), "best": rank0.get("best"),
+        "selection": selection(spec, len(history.get("loss", [])), rank0.get("best")), "workers": spec.num_proc,
         "threads_per_worker": spec.threads, "sharding": spec.sharding, "run_id": spec.run_id,
         "train_seconds": round(seconds, 1), "metrics": rank0["metrics"], "ranks": ranks,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

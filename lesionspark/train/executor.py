@@ -218,9 +218,12 @@ def _callbacks(spec: TrainSpec, model, state, resumed: bool, rank: int, size: in
     x_val, y_val, m_val = load_split(spec.val_url, spec.label_field, rank, size, spec.metadata)
     bn = cb.PreciseBatchNorm(model, spec.bn_batches, _sample_batches(spec, rank, size))
     clock = cb.TrainClock()
-    early = cb.ResumableEarlyStopping(state, resumed, monitor=spec.monitor, mode="max", patience=spec.patience)
+    # only select: best stops early: the other rules keep the last epochs, which must run
+    patience = spec.patience if spec.select == "best" else spec.epochs
+    early = cb.ResumableEarlyStopping(state, resumed, monitor=spec.monitor, mode="max", patience=patience)
+    average = [cb.WeightAverage(spec, state, rank, bn)] if spec.select == "swa" else []  # before the epoch is recorded
     return [clock, hvd.callbacks.BroadcastGlobalVariablesCallback(0), cb.ShardedValidation(spec, x_val, y_val, m_val, bn, loss),
-            hvd.callbacks.MetricAverageCallback(), *_schedule(spec, lr, steps, state.epoch), early,
+            hvd.callbacks.MetricAverageCallback(), *_schedule(spec, lr, steps, state.epoch), early, *average,
             cb.Checkpoint(spec, state, rank, early)], clock
 
 

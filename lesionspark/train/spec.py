@@ -15,6 +15,16 @@ BEST = "best_weights.h5"
 STATE = "state.json"
 
 
+def swa_weights(epoch: int) -> str:
+    """``train.select: swa``: the running mean of the weights through epoch ``epoch`` (1-based; arrays only)."""
+    return f"swa-{epoch:03d}.npz"
+
+
+def epoch_weights(epoch: int) -> str:
+    """The weights after epoch ``epoch`` (1-based), kept with ``train.keep_epoch_weights``."""
+    return f"epoch-{epoch:03d}-weights.h5"
+
+
 @dataclass(frozen=True)
 class Augment:
     """Per-batch augmentation (``lesionspark.modeling.augment``): rotation as a fraction of a full turn."""
@@ -69,6 +79,8 @@ class TrainSpec:
     focal_gamma: float
     monitor: str
     patience: int
+    select: str
+    swa_epochs: int
     augment: Augment
     finetune: Finetune
     bn_batches: int
@@ -85,11 +97,12 @@ class TrainSpec:
     sharding: str
     row_groups: int
     sleep_after_epoch: float
+    keep_epoch_weights: bool = False
 
     def hyperparameters(self) -> dict:
         """The model card's ``hyperparameters`` (JSON-ready)."""
         keys = ("epochs", "batch_size", "learning_rate", "warmup_epochs", "loss", "focal_gamma", "monitor",
-                "patience", "augment", "seed", "lr_scaling", "schedule", "bn_batches", "class_weight",
+                "patience", "select", "swa_epochs", "augment", "seed", "lr_scaling", "schedule", "bn_batches", "class_weight",
                 "compression", "backward_passes_per_step")
         out = {k: getattr(self, k) for k in keys}
         out["augment"] = dataclasses.asdict(self.augment)
