@@ -426,7 +426,11 @@ def test_sigterm_ends_the_run_as_failed_and_releases_the_lease(archive, tmp_path
     conf.write_text(cfg.to_yaml())
     cmd = [str(Path(sys.executable).parent / "lesionspark"), "score", "--conf", str(conf),
            "spark.conf.spark.ui.showConsoleProgress=false"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # stderr to a file, and the wait on the run's own process: a JVM it started, still starting when the
+    # signal came, may hold a pipe open after the run has exited
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as err_out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_out, start_new_session=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not any(r.get("status") == "running" for r in runlog.read(str(tmp_path))):
@@ -434,10 +438,13 @@ def test_sigterm_ends_the_run_as_failed_and_releases_the_lease(archive, tmp_path
             time.sleep(0.2)
         time.sleep(2)  # into the Spark work
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the run's process group is left
+        except ProcessLookupError:
+            pass
+    err = log.read_text(errors="replace")
     assert proc.returncode == 143, err[-3000:]
     rows = runlog.read(str(tmp_path))
     assert [r["status"] for r in rows] == ["failed"] and "SIGTERM" in rows[0]["error"]
