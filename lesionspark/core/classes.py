@@ -23,6 +23,11 @@ def malignant_outputs(classes) -> list[int]:
     return [i for i, c in enumerate(classes) if c in MALIGNANT or c == "malignant"]
 
 
+def malignant_probability(probabilities, classes) -> float:
+    """One image's ``malignant_probability``: its probabilities summed over ``malignant_outputs``."""
+    return float(sum(probabilities[i] for i in malignant_outputs(classes)))
+
+
 def is_binary(classes) -> bool:
     return tuple(classes) == BINARY_CLASSES
 

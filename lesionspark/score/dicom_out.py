@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.classes import malignant_outputs
+import numpy as np
+
+from ..core.classes import malignant_probability
 from ..imaging import dicom_results
 from ..store import storage
 
@@ -29,14 +31,14 @@ class DicomOut:
         staged as ``<uid>.dcm``, their final paths; or why not (``dicom_note``); or nothing (not DICOM)."""
         if image.source is None or probabilities is None:
             return {}
-        mal = sum(probabilities[i] for i in malignant_outputs(self.classes))
+        mal = malignant_probability(probabilities, self.classes)
         out = {}
         try:
             uid, data = dicom_results.build_sr(image.source, image.frame, list(self.classes), list(probabilities),
                                                mal, mal >= self.threshold, self.model, self.uid_root)
             out.update(dicom_sr_uid=uid, dicom_sr_path=self._stage(uid, data))
             if heatmap is not None and mal >= self.threshold and float(heatmap.max()) > 0:
-                predicted = self.classes[max(range(len(probabilities)), key=probabilities.__getitem__)]
+                predicted = self.classes[int(np.argmax(probabilities))]
                 uid, data = dicom_results.build_seg(image.source, image.frame, heatmap, self.resize, predicted,
                                                     self.model, self.uid_root)
                 out.update(dicom_seg_uid=uid, dicom_seg_path=self._stage(uid, data))

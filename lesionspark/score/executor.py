@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from ..core.classes import malignant_outputs
+from ..core.classes import malignant_probability
 from ..dataset.clinical import FIELDS, missing
 from ..imaging.dicom import IDENTIFIERS
 from ..inference.predictor import Predictor, per_batch
@@ -37,8 +37,8 @@ def explain_flagged(predictor: Predictor, arrays: list, probs: list, shas: list,
     written to ``staging_dir/<sha256>.png`` (named by content: a rerun rewrites the same file; the
     run's commit moves them to ``final_dir``): (their final paths, or None: not flagged, or a map
     with no positive evidence; their heatmaps, or None where not flagged)."""
-    mal = malignant_outputs(predictor.spec.classes)
-    flagged = [a if (a is not None and p is not None and sum(p[i] for i in mal) >= threshold) else None
+    classes = predictor.spec.classes
+    flagged = [a if (a is not None and p is not None and malignant_probability(p, classes) >= threshold) else None
                for a, p in zip(arrays, probs)]
     paths, _, _, maps = write_overlays(predictor.model, predictor.card, flagged, list(shas), staging_dir,
                                        method=predictor.spec.heatmap, metadata=metadata)

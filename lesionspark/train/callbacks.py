@@ -209,6 +209,15 @@ class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
             self.best, self.wait = self.state.best["value"], self.state.wait
 
 
+def upload_weights(model, uris: list) -> None:
+    """The model's weights (HDF5 arrays only) serialised once and uploaded to each of ``uris`` in
+    order, each replaced whole."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_weights(f"{tmp}/weights.h5")
+        for uri in uris:
+            storage.upload_file(f"{tmp}/weights.h5", uri)
+
+
 class Checkpoint(tf.keras.callbacks.Callback):
     """Every epoch: record the logs in the run state; rank 0 writes the weights (and the best
     weights when the monitor improved) and ``state.json``, each replaced whole."""
@@ -219,18 +228,13 @@ class Checkpoint(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         improved = self.state.record(epoch, dict(logs or {}), self.spec.monitor)
-        improved = improved or self.spec.select != "best"  # last (and swa, until its mean replaces it): this epoch's
+        # the kept weights: best, when the monitor improved; last, every epoch; swa: WeightAverage, at the end
+        keep = improved if self.spec.select == "best" else self.spec.select == "last"
         if self.rank != 0:
             return
         run_dir = self.spec.run_dir
-        with tempfile.TemporaryDirectory() as tmp:
-            if improved:
-                self.model.save_weights(f"{tmp}/{BEST}")
-                storage.upload_file(f"{tmp}/{BEST}", f"{run_dir}/{BEST}")
-            self.model.save_weights(f"{tmp}/{CHECKPOINT}")
-            storage.upload_file(f"{tmp}/{CHECKPOINT}", f"{run_dir}/{CHECKPOINT}")
-            if self.spec.keep_epoch_weights:
-                storage.upload_file(f"{tmp}/{CHECKPOINT}", f"{run_dir}/{epoch_weights(epoch + 1)}")
+        upload_weights(self.model, [f"{run_dir}/{BEST}"] * keep + [f"{run_dir}/{CHECKPOINT}"]
+                       + [f"{run_dir}/{epoch_weights(epoch + 1)}"] * self.spec.keep_epoch_weights)
         rate = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
         self.state.save(run_dir, epoch, rate, self.early.wait)
         if self.spec.sleep_after_epoch:
@@ -278,6 +282,4 @@ class WeightAverage(tf.keras.callbacks.Callback):
         self.bn.recompute()
         sync_non_trainable(self.model)
         if self.rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                self.model.save_weights(f"{tmp}/{BEST}")
-                storage.upload_file(f"{tmp}/{BEST}", f"{self.spec.run_dir}/{BEST}")
+            upload_weights(self.model, [f"{self.spec.run_dir}/{BEST}"])
